@@ -1,0 +1,519 @@
+"""One streaming pass over the corpus that keeps, for every neuron of the chosen layers, its top
+windows, a uniform random sample, random samples per band of activation, and running moments.
+
+Memory is bounded by neurons x (kept windows), whatever the corpus length: the reductions run
+inside the TransformerLens hooks, on the device the model runs on, and the forward pass stops
+after the last chosen layer. State is checkpointed, so an interrupted pass resumes where it was.
+
+On disk (`runs/<name>/activations/`):
+    manifest.json           every setting, the corpus, model, library versions, progress
+    windows.npy             int32 [n_windows, window] token ids
+    token_strings.json      each vocabulary id decoded on its own (what a reader sees)
+    layer_XX/*.npy          per-layer arrays, read with memory mapping one neuron at a time
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .corpus import Windows
+from .records import ActivationRecord, NeuronId, NeuronRecord
+from .subject import SubjectError, check_layers, hook_name, info
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class CollectError(ValueError):
+    """A collection that cannot run or cannot be read."""
+
+
+@dataclass
+class CollectConfig:
+    """Settings of one collection pass (saved in the manifest)."""
+
+    layers: list[int] | None = None
+    """Layers to collect; None means every layer."""
+    top_k: int = 40
+    """Top windows kept per neuron (dealt into 4 splits of 10)."""
+    n_random: int = 30
+    """Uniform random windows kept per neuron (dealt into 3 splits of 10)."""
+    quantile_levels: list[float] = field(default_factory=lambda: [0.5, 0.9, 0.99])
+    """Quantiles of the window maximum that separate the activation bands."""
+    per_quantile: int = 5
+    """Random windows kept per band."""
+    quantile_calibration_windows: int = 512
+    """Leading (already shuffled) windows whose maxima set the band boundaries."""
+    batch_size: int = 32
+    """Windows per forward pass."""
+    seed: int = 0
+    """Seed of every random choice (each neuron's random sample is its own)."""
+    checkpoint_seconds: float = 300.0
+    """Seconds between checkpoints (0 checkpoints after every batch)."""
+    compile: bool = True
+    """Fuse the per-batch reductions with torch.compile (falls back to eager if it fails)."""
+
+    def __post_init__(self):
+        if self.top_k < 1 or self.n_random < 0 or self.per_quantile < 0 or self.batch_size < 1:
+            raise CollectError("top_k and batch_size must be >= 1; n_random and per_quantile >= 0")
+        levels = list(self.quantile_levels)
+        if any(not 0 < q < 1 for q in levels) or levels != sorted(levels):
+            raise CollectError(f"quantile_levels must be increasing values in (0, 1), got {levels}")
+
+
+# --- the per-batch reduction -----------------------------------------------------------------
+
+
+def _reduce(x: Float[Tensor, "batch pos d_mlp"], shift: Float[Tensor, " d_mlp"]):
+    """Window maxima and the first four power sums of (x - shift) over every token."""
+    mx = x.amax(1)
+    d = (x - shift).reshape(-1, x.shape[-1])
+    d2 = d * d
+    return mx, d.sum(0), d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0)
+
+
+class _Reducer:
+    """`_reduce`, compiled for the full batch shape when possible, eager otherwise."""
+
+    def __init__(self, use_compile: bool):
+        self.compiled = None
+        if use_compile:
+            try:
+                self.compiled = torch.compile(_reduce, dynamic=False)
+            except Exception as exc:  # no compiler backend on this platform
+                log.warning("torch.compile unavailable (%s); using eager reductions", exc)
+
+    def __call__(self, x, shift, full_batch: bool):
+        if self.compiled is not None and full_batch:
+            try:
+                return self.compiled(x, shift)
+            except Exception as exc:  # e.g. no C++ compiler: fall back once, for good
+                log.warning("compiled reduction failed (%s: %s); using eager reductions", type(exc).__name__, exc)
+                self.compiled = None
+        return _reduce(x, shift)
+
+
+class KeepBest:
+    """For each of `n` neurons, the `k` windows with the highest score seen so far, with the
+    neuron's per-token activations on them. Updates touch only neurons whose threshold was beaten."""
+
+    def __init__(self, n: int, k: int, window: int, device, dtype=torch.float32):
+        self.scores = torch.full((n, k), -math.inf, device=device)
+        self.windows = torch.full((n, k), -1, dtype=torch.int64, device=device)
+        self.acts = torch.zeros((n, k, window), device=device, dtype=dtype)
+
+    def update(
+        self,
+        scores: Float[Tensor, "batch n"],
+        acts: Float[Tensor, "batch pos n"],
+        window_ids: Int[Tensor, " batch"],
+    ) -> None:
+        if self.scores.shape[1] == 0:
+            return
+        threshold = self.scores.min(dim=1).values
+        hit = (scores > threshold).any(dim=0).nonzero().squeeze(1)
+        if hit.numel() == 0:
+            return
+        k = self.scores.shape[1]
+        new = scores[:, hit].T  # [m, batch]
+        cand = torch.cat([self.scores[hit], new], dim=1)
+        chosen = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, cand.topk(k, dim=1).indices, True)
+        # Slots stay unordered: each new window that made the cut overwrites one evicted slot, so
+        # the cost is proportional to the windows that enter, not to everything kept.
+        evicted = ~chosen[:, :k]
+        entering = chosen[:, k:] & (new > -math.inf)
+        slots = torch.sort((~evicted).to(torch.int8), dim=1, stable=True).indices
+        cands = torch.sort((~entering).to(torch.int8), dim=1, stable=True).indices
+        p = min(k, new.shape[1])
+        valid = torch.arange(p, device=hit.device) < entering.sum(1, keepdim=True)
+        rows = hit.unsqueeze(1).expand(-1, p)[valid]
+        slot = slots[:, :p][valid]
+        cand_idx = cands[:, :p][valid]
+        local = torch.arange(hit.numel(), device=hit.device).unsqueeze(1).expand(-1, p)[valid]
+        self.scores[rows, slot] = new[local, cand_idx]
+        self.windows[rows, slot] = window_ids.to(self.windows.device)[cand_idx]
+        self.acts[rows, slot] = acts[cand_idx, :, rows].to(self.acts.dtype)
+
+    def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Scores, window ids and activations sorted by score, best first (empty slots last)."""
+        order = self.scores.argsort(dim=1, descending=True)
+        acts = self.acts.gather(1, order.unsqueeze(-1).expand(-1, -1, self.acts.shape[-1]))
+        return self.scores.gather(1, order), self.windows.gather(1, order), acts
+
+    def state(self) -> dict:
+        return {"scores": self.scores, "windows": self.windows, "acts": self.acts}
+
+    def load(self, state: dict) -> None:
+        self.scores, self.windows, self.acts = state["scores"], state["windows"], state["acts"]
+
+
+class LayerState:
+    """Everything kept for one layer during the pass."""
+
+    def __init__(self, d_mlp: int, cfg: CollectConfig, window: int, n_calib: int, device):
+        self.top = KeepBest(d_mlp, cfg.top_k, window, device)
+        self.random = KeepBest(d_mlp, cfg.n_random, window, device)
+        n_bands = len(cfg.quantile_levels) + 1
+        self.bands = [KeepBest(d_mlp, cfg.per_quantile, window, device) for _ in range(n_bands)]
+        self.calib_max = torch.zeros((n_calib, d_mlp), device=device)
+        self.boundaries: Tensor | None = None
+        self.shift: Tensor | None = None
+        self.count = 0
+        self.sums = torch.zeros((4, d_mlp), dtype=torch.float64, device=device)
+
+    def state(self) -> dict:
+        return {
+            "top": self.top.state(),
+            "random": self.random.state(),
+            "bands": [b.state() for b in self.bands],
+            "calib_max": self.calib_max,
+            "boundaries": self.boundaries,
+            "shift": self.shift,
+            "count": self.count,
+            "sums": self.sums,
+        }
+
+    def load(self, s: dict) -> None:
+        self.top.load(s["top"])
+        self.random.load(s["random"])
+        for band, bs in zip(self.bands, s["bands"], strict=True):
+            band.load(bs)
+        self.calib_max, self.boundaries, self.shift = s["calib_max"], s["boundaries"], s["shift"]
+        self.count, self.sums = s["count"], s["sums"]
+
+    def moments(self) -> Float[Tensor, "4 d_mlp"]:
+        """Mean, variance, skewness and excess kurtosis from the shifted power sums."""
+        n = max(self.count, 1)
+        s1, s2, s3, s4 = (self.sums[i] / n for i in range(4))
+        mean_d = s1
+        m2 = (s2 - mean_d**2).clamp(min=0)
+        m3 = s3 - 3 * mean_d * s2 + 2 * mean_d**3
+        m4 = s4 - 4 * mean_d * s3 + 6 * mean_d**2 * s2 - 3 * mean_d**4
+        mean = self.shift.double() + mean_d
+        safe = torch.where(m2 > 0, m2, torch.ones_like(m2))
+        skew = torch.where(m2 > 0, m3 / safe**1.5, torch.zeros_like(m2))
+        kurt = torch.where(m2 > 0, m4 / safe**2 - 3, torch.zeros_like(m2))
+        return torch.stack([mean, m2, skew, kurt])
+
+
+class _StopForward(Exception):
+    """Raised in the last chosen layer's hook: nothing after it is needed."""
+
+
+# --- the pass --------------------------------------------------------------------------------
+
+
+def _versions() -> dict:
+    import transformer_lens
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "numpy": np.__version__,
+    }
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _batch_keys(seed: int, batch_index: int, shape: tuple[int, ...], device) -> Tensor:
+    """Random keys that depend only on (seed, batch): a resumed pass draws the same ones."""
+    gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + batch_index)
+    return torch.rand(shape, generator=gen).to(device)
+
+
+def collect(
+    model,
+    windows: Windows,
+    out_dir: str | Path,
+    config: CollectConfig | None = None,
+    progress: bool = True,
+    max_batches: int | None = None,
+) -> Path:
+    """Run the pass and write `out_dir` (normally `runs/<name>/activations`); returns it.
+
+    If `out_dir` holds a finished pass with the same settings it is returned as is; a partial one
+    is resumed from its checkpoint. `max_batches` stops early (the pass stays resumable).
+    """
+    cfg = config or CollectConfig()
+    out = Path(out_dir)
+    shape = info(model)
+    try:
+        layers = check_layers(model, cfg.layers)
+    except SubjectError as exc:
+        raise CollectError(str(exc)) from exc
+    if windows.n_windows == 0:
+        raise CollectError("the corpus gave no windows; use a larger corpus")
+    if windows.window > shape.n_ctx:
+        raise CollectError(
+            f"windows of {windows.window} tokens are longer than the model's context of {shape.n_ctx}; "
+            f"use window <= {shape.n_ctx}"
+        )
+    device = next(model.parameters()).device
+    n_calib = min(cfg.quantile_calibration_windows, windows.n_windows // 2) // cfg.batch_size * cfg.batch_size
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "model": shape.name,
+        "n_layers": shape.n_layers,
+        "d_mlp": shape.d_mlp,
+        "layers": layers,
+        "config": {**asdict(cfg), "layers": layers},
+        "corpus": {
+            "source": windows.source,
+            "n_windows": windows.n_windows,
+            "window": windows.window,
+            "n_tokens": windows.n_tokens,
+            "n_documents": windows.n_documents,
+        },
+        "quantile_calibration_windows_used": n_calib,
+    }
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        same = {k: old.get(k) for k in settings} == settings
+        if not same:
+            raise CollectError(
+                f"{out} holds a collection with other settings ({old.get('model')}, {old.get('corpus')}); "
+                "choose another run name, or delete that directory to start over"
+            )
+        if old.get("status") == "complete":
+            log.info("collection in %s is complete; nothing to do", out)
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    tokens_np = windows.tokens.numpy().astype(np.int32)
+    windows_path = out / "windows.npy"
+    if windows_path.exists():
+        if not np.array_equal(np.load(windows_path, mmap_mode="r"), tokens_np):
+            raise CollectError(f"{windows_path} holds other windows; delete {out} to start over")
+    else:
+        np.save(windows_path, tokens_np)
+    tok = model.tokenizer
+    strings_path = out / "token_strings.json"
+    if not strings_path.exists():
+        strings = [tok.decode([i]) for i in range(len(tok))]
+        _atomic_json(strings_path, strings)
+
+    states = {layer: LayerState(shape.d_mlp, cfg, windows.window, n_calib, device) for layer in layers}
+    done_windows = 0
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        done_windows = ckpt["done_windows"]
+        for layer in layers:
+            states[layer].load(ckpt["layers"][layer])
+        log.info("resuming %s at window %d of %d", out, done_windows, windows.n_windows)
+    manifest = {**settings, "versions": _versions(), "status": "partial", "done_windows": done_windows}
+    _atomic_json(manifest_path, manifest)
+
+    def save_checkpoint() -> None:
+        tmp = ckpt_path.with_suffix(".pt.tmp")
+        torch.save({"done_windows": done_windows, "layers": {lay: states[lay].state() for lay in layers}}, tmp)
+        os.replace(tmp, ckpt_path)
+        manifest["done_windows"] = done_windows
+        _atomic_json(manifest_path, manifest)
+
+    reducer = _Reducer(cfg.compile)
+    last = layers[-1]
+    bs = cfg.batch_size
+    batch_index = done_windows // bs
+    ctx = {}
+
+    def hook(x: Float[Tensor, "batch pos d_mlp"], hook) -> None:
+        layer = int(hook.name.split(".")[1])
+        st = states[layer]
+        x = x.detach().float()
+        if st.shift is None:
+            st.shift = x.mean(dim=(0, 1)).contiguous()
+        mx, *sums = reducer(x, st.shift, full_batch=x.shape[0] == bs)
+        st.count += x.shape[0] * x.shape[1]
+        st.sums += torch.stack(sums).double()
+        ids = ctx["ids"]
+        st.top.update(mx, x, ids)
+        st.random.update(ctx["rand_keys"][:, layer_pos[layer]], x, ids)
+        start = ctx["start"]
+        if start < n_calib:
+            st.calib_max[start : start + x.shape[0]] = mx
+        elif st.bands[0].scores.shape[1] > 0:
+            if st.boundaries is None:
+                q = torch.tensor(cfg.quantile_levels, device=mx.device)
+                st.boundaries = torch.quantile(st.calib_max, q, dim=0).T.contiguous() if n_calib else None
+            if st.boundaries is not None:
+                band = (mx.unsqueeze(-1) > st.boundaries.unsqueeze(0)).sum(-1)
+                keys = ctx["band_keys"][:, layer_pos[layer]]
+                for b, keeper in enumerate(st.bands):
+                    keeper.update(torch.where(band == b, keys, -math.inf), x, ids)
+        if layer == last:
+            raise _StopForward
+
+    layer_pos = {layer: i for i, layer in enumerate(layers)}
+    fwd_hooks = [(hook_name(layer), hook) for layer in layers]
+    n_batches = math.ceil(windows.n_windows / bs)
+    bar = tqdm(
+        total=windows.n_tokens,
+        initial=done_windows * windows.window,
+        unit="tok",
+        unit_scale=True,
+        desc=f"collect {len(layers)} layers x {shape.d_mlp} neurons",
+        disable=not progress,
+    )
+    last_ckpt = time.monotonic()
+    ran = 0
+    try:
+        with torch.inference_mode():
+            while batch_index < n_batches:
+                if max_batches is not None and ran >= max_batches:
+                    break
+                start = batch_index * bs
+                batch = windows.tokens[start : start + bs].to(device)
+                b = batch.shape[0]
+                ctx["start"] = start
+                ctx["ids"] = torch.arange(start, start + b, device=device)
+                ctx["rand_keys"] = _batch_keys(cfg.seed, 2 * batch_index, (b, len(layers), shape.d_mlp), device)
+                ctx["band_keys"] = _batch_keys(cfg.seed, 2 * batch_index + 1, (b, len(layers), shape.d_mlp), device)
+                try:
+                    model.run_with_hooks(batch, fwd_hooks=fwd_hooks, return_type=None)
+                except _StopForward:
+                    pass
+                batch_index += 1
+                ran += 1
+                done_windows = min(batch_index * bs, windows.n_windows)
+                bar.update(b * windows.window)
+                if time.monotonic() - last_ckpt >= cfg.checkpoint_seconds and batch_index < n_batches:
+                    save_checkpoint()
+                    last_ckpt = time.monotonic()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        bar.close()
+        log.warning("interrupted: checkpoint saved at window %d; run again to resume", done_windows)
+        raise
+    bar.close()
+    if batch_index < n_batches:
+        save_checkpoint()
+        return out
+    for layer in layers:
+        _write_layer(out / f"layer_{layer:02d}", states[layer])
+    manifest.update(status="complete", done_windows=windows.n_windows)
+    _atomic_json(manifest_path, manifest)
+    ckpt_path.unlink(missing_ok=True)
+    return out
+
+
+def _write_layer(path: Path, st: LayerState) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    _, top_windows, top_acts = st.top.ordered()
+    _, random_windows, random_acts = st.random.ordered()
+    bands = [b.ordered() for b in st.bands]
+    arrays = {
+        "top_acts": top_acts,
+        "top_windows": top_windows,
+        "random_acts": random_acts,
+        "random_windows": random_windows,
+        "band_acts": torch.stack([b[2] for b in bands], 1),
+        "band_windows": torch.stack([b[1] for b in bands], 1),
+        "moments": st.moments().T,
+    }
+    if st.boundaries is not None:
+        arrays["quantile_boundaries"] = st.boundaries
+    for name, tensor in arrays.items():
+        np.save(path / f"{name}.npy", tensor.cpu().numpy())
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class Activations:
+    """A finished collection on disk; records are read one neuron at a time with memory mapping."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.exists():
+            raise CollectError(f"{self.path} holds no collection (no manifest.json); run collection first")
+        self.manifest = json.loads(manifest.read_text())
+        if self.manifest.get("status") != "complete":
+            raise CollectError(
+                f"the collection in {self.path} is not finished ({self.manifest.get('done_windows')} of "
+                f"{self.manifest['corpus']['n_windows']} windows); run it again to resume"
+            )
+        self.windows = np.load(self.path / "windows.npy", mmap_mode="r")
+        self._strings: list[str] | None = None
+        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.manifest["d_mlp"])
+
+    @property
+    def token_strings(self) -> list[str]:
+        if self._strings is None:
+            self._strings = json.loads((self.path / "token_strings.json").read_text())
+        return self._strings
+
+    def _array(self, layer: int, name: str) -> np.ndarray | None:
+        key = (layer, name)
+        if key not in self._arrays:
+            file = self.path / f"layer_{layer:02d}" / f"{name}.npy"
+            self._arrays[key] = np.load(file, mmap_mode="r") if file.exists() else None
+        return self._arrays[key]
+
+    def _records(self, acts: np.ndarray, window_ids: np.ndarray) -> list[ActivationRecord]:
+        strings = self.token_strings
+        out = []
+        for a, w in zip(acts, window_ids, strict=True):
+            if w < 0:
+                continue
+            out.append(ActivationRecord(tokens=[strings[t] for t in self.windows[w]], activations=[float(v) for v in a]))
+        return out
+
+    def neuron_record(self, layer: int, neuron: int) -> NeuronRecord:
+        if layer not in self.layers:
+            raise CollectError(f"layer {layer} was not collected; this collection has layers {self.layers}")
+        if not 0 <= neuron < self.d_mlp:
+            raise CollectError(f"neuron {neuron} is out of range: layers have neurons 0 to {self.d_mlp - 1}")
+        mean, var, skew, kurt = (float(v) for v in self._array(layer, "moments")[neuron])
+        bounds = self._array(layer, "quantile_boundaries")
+        band_acts, band_windows = self._array(layer, "band_acts")[neuron], self._array(layer, "band_windows")[neuron]
+        return NeuronRecord(
+            neuron_id=NeuronId(layer, neuron),
+            random_sample=self._records(self._array(layer, "random_acts")[neuron], self._array(layer, "random_windows")[neuron]),
+            random_sample_by_quantile=None
+            if bounds is None
+            else [self._records(a, w) for a, w in zip(band_acts, band_windows, strict=True)],
+            quantile_boundaries=None if bounds is None else [float(v) for v in bounds[neuron]],
+            mean=mean,
+            variance=var,
+            skewness=skew,
+            kurtosis=kurt,
+            most_positive_activation_records=self._records(
+                self._array(layer, "top_acts")[neuron], self._array(layer, "top_windows")[neuron]
+            ),
+        )
+
+
+def load_neuron(path: str | Path, layer: int, neuron: int) -> NeuronRecord:
+    """One neuron's record from a finished collection directory."""
+    return Activations(path).neuron_record(layer, neuron)
