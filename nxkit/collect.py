@@ -161,14 +161,76 @@ class KeepBest:
         self.scores, self.windows, self.acts = state["scores"], state["windows"], state["acts"]
 
 
+class PlannedSample:
+    """Each neuron's own uniform random sample of windows, drawn up front from the seed.
+
+    The window ids are known before the pass, so a batch only writes the (window, neuron) pairs
+    that fall inside it: exact, independent per neuron, and nearly free.
+    """
+
+    def __init__(self, d_mlp: int, k: int, n_windows: int, window: int, seed: int, layer: int, device):
+        k_eff = min(k, n_windows)
+        gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + layer)
+        chosen = torch.rand((d_mlp, n_windows), generator=gen).topk(k_eff, dim=1).indices.sort(dim=1).values
+        flat_windows = chosen.reshape(-1)
+        order = flat_windows.argsort(stable=True)
+        self.plan_windows = flat_windows[order].to(device)
+        self.plan_neurons = torch.arange(d_mlp).repeat_interleave(k_eff)[order].to(device)
+        self.plan_slots = torch.arange(k_eff).repeat(d_mlp)[order].to(device)
+        self.windows = torch.full((d_mlp, k), -1, dtype=torch.int64, device=device)
+        self.windows[:, :k_eff] = chosen.to(device)
+        self.acts = torch.zeros((d_mlp, k, window), device=device)
+
+    def update(self, acts: Float[Tensor, "batch pos n"], start: int) -> None:
+        lo, hi = torch.searchsorted(self.plan_windows, torch.tensor([start, start + acts.shape[0]], device=acts.device)).tolist()
+        if hi > lo:
+            n, slot = self.plan_neurons[lo:hi], self.plan_slots[lo:hi]
+            self.acts[n, slot] = acts[self.plan_windows[lo:hi] - start, :, n].to(self.acts.dtype)
+
+    def state(self) -> dict:
+        return {"acts": self.acts}
+
+    def load(self, state: dict) -> None:
+        self.acts = state["acts"]
+
+
+class BandSample:
+    """For each neuron and band of window-maximum activation, the first `k` windows that land in
+    the band. The windows arrive in a uniformly random order, so these are a uniform sample of the
+    band's windows."""
+
+    def __init__(self, d_mlp: int, n_bands: int, k: int, window: int, device):
+        self.k = k
+        self.count = torch.zeros((d_mlp, n_bands), dtype=torch.int64, device=device)
+        self.windows = torch.full((d_mlp, n_bands, k), -1, dtype=torch.int64, device=device)
+        self.acts = torch.zeros((d_mlp, n_bands, k, window), device=device)
+
+    def update(self, band: Int[Tensor, "batch n"], acts: Float[Tensor, "batch pos n"], start: int) -> None:
+        if self.k == 0 or bool((self.count >= self.k).all()):
+            return
+        onehot = torch.nn.functional.one_hot(band, self.count.shape[1])  # [batch, n, bands]
+        pos = self.count.unsqueeze(0) + onehot.cumsum(0) - 1
+        j, n, b = (onehot.bool() & (pos < self.k)).nonzero(as_tuple=True)
+        if j.numel():
+            slot = pos[j, n, b]
+            self.acts[n, b, slot] = acts[j, :, n].to(self.acts.dtype)
+            self.windows[n, b, slot] = j + start
+        self.count += onehot.sum(0)
+
+    def state(self) -> dict:
+        return {"count": self.count, "windows": self.windows, "acts": self.acts}
+
+    def load(self, state: dict) -> None:
+        self.count, self.windows, self.acts = state["count"], state["windows"], state["acts"]
+
+
 class LayerState:
     """Everything kept for one layer during the pass."""
 
-    def __init__(self, d_mlp: int, cfg: CollectConfig, window: int, n_calib: int, device):
+    def __init__(self, d_mlp: int, cfg: CollectConfig, window: int, n_windows: int, n_calib: int, layer: int, device):
         self.top = KeepBest(d_mlp, cfg.top_k, window, device)
-        self.random = KeepBest(d_mlp, cfg.n_random, window, device)
-        n_bands = len(cfg.quantile_levels) + 1
-        self.bands = [KeepBest(d_mlp, cfg.per_quantile, window, device) for _ in range(n_bands)]
+        self.random = PlannedSample(d_mlp, cfg.n_random, n_windows, window, cfg.seed, layer, device)
+        self.bands = BandSample(d_mlp, len(cfg.quantile_levels) + 1, cfg.per_quantile, window, device)
         self.calib_max = torch.zeros((n_calib, d_mlp), device=device)
         self.boundaries: Tensor | None = None
         self.shift: Tensor | None = None
@@ -179,7 +241,7 @@ class LayerState:
         return {
             "top": self.top.state(),
             "random": self.random.state(),
-            "bands": [b.state() for b in self.bands],
+            "bands": self.bands.state(),
             "calib_max": self.calib_max,
             "boundaries": self.boundaries,
             "shift": self.shift,
@@ -190,8 +252,7 @@ class LayerState:
     def load(self, s: dict) -> None:
         self.top.load(s["top"])
         self.random.load(s["random"])
-        for band, bs in zip(self.bands, s["bands"], strict=True):
-            band.load(bs)
+        self.bands.load(s["bands"])
         self.calib_max, self.boundaries, self.shift = s["calib_max"], s["boundaries"], s["shift"]
         self.count, self.sums = s["count"], s["sums"]
 
@@ -234,12 +295,6 @@ def _atomic_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
-
-
-def _batch_keys(seed: int, batch_index: int, shape: tuple[int, ...], device) -> Tensor:
-    """Random keys that depend only on (seed, batch): a resumed pass draws the same ones."""
-    gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + batch_index)
-    return torch.rand(shape, generator=gen).to(device)
 
 
 def collect(
@@ -313,7 +368,7 @@ def collect(
         strings = [tok.decode([i]) for i in range(len(tok))]
         _atomic_json(strings_path, strings)
 
-    states = {layer: LayerState(shape.d_mlp, cfg, windows.window, n_calib, device) for layer in layers}
+    states = {layer: LayerState(shape.d_mlp, cfg, windows.window, windows.n_windows, n_calib, layer, device) for layer in layers}
     done_windows = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
@@ -349,23 +404,18 @@ def collect(
         st.sums += torch.stack(sums).double()
         ids = ctx["ids"]
         st.top.update(mx, x, ids)
-        st.random.update(ctx["rand_keys"][:, layer_pos[layer]], x, ids)
         start = ctx["start"]
+        st.random.update(x, start)
         if start < n_calib:
             st.calib_max[start : start + x.shape[0]] = mx
-        elif st.bands[0].scores.shape[1] > 0:
+        elif n_calib and cfg.per_quantile:
             if st.boundaries is None:
                 q = torch.tensor(cfg.quantile_levels, device=mx.device)
-                st.boundaries = torch.quantile(st.calib_max, q, dim=0).T.contiguous() if n_calib else None
-            if st.boundaries is not None:
-                band = (mx.unsqueeze(-1) > st.boundaries.unsqueeze(0)).sum(-1)
-                keys = ctx["band_keys"][:, layer_pos[layer]]
-                for b, keeper in enumerate(st.bands):
-                    keeper.update(torch.where(band == b, keys, -math.inf), x, ids)
+                st.boundaries = torch.quantile(st.calib_max, q, dim=0).T.contiguous()
+            st.bands.update((mx.unsqueeze(-1) > st.boundaries.unsqueeze(0)).sum(-1), x, start)
         if layer == last:
             raise _StopForward
 
-    layer_pos = {layer: i for i, layer in enumerate(layers)}
     fwd_hooks = [(hook_name(layer), hook) for layer in layers]
     n_batches = math.ceil(windows.n_windows / bs)
     bar = tqdm(
@@ -388,8 +438,6 @@ def collect(
                 b = batch.shape[0]
                 ctx["start"] = start
                 ctx["ids"] = torch.arange(start, start + b, device=device)
-                ctx["rand_keys"] = _batch_keys(cfg.seed, 2 * batch_index, (b, len(layers), shape.d_mlp), device)
-                ctx["band_keys"] = _batch_keys(cfg.seed, 2 * batch_index + 1, (b, len(layers), shape.d_mlp), device)
                 try:
                     model.run_with_hooks(batch, fwd_hooks=fwd_hooks, return_type=None)
                 except _StopForward:
@@ -421,15 +469,13 @@ def collect(
 def _write_layer(path: Path, st: LayerState) -> None:
     path.mkdir(parents=True, exist_ok=True)
     _, top_windows, top_acts = st.top.ordered()
-    _, random_windows, random_acts = st.random.ordered()
-    bands = [b.ordered() for b in st.bands]
     arrays = {
         "top_acts": top_acts,
         "top_windows": top_windows,
-        "random_acts": random_acts,
-        "random_windows": random_windows,
-        "band_acts": torch.stack([b[2] for b in bands], 1),
-        "band_windows": torch.stack([b[1] for b in bands], 1),
+        "random_acts": st.random.acts,
+        "random_windows": st.random.windows,
+        "band_acts": st.bands.acts,
+        "band_windows": st.bands.windows,
         "moments": st.moments().T,
     }
     if st.boundaries is not None:
