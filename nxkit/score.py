@@ -1,0 +1,171 @@
+"""Scores: how well simulated activations match real ones.
+
+Every score is a `Score(value, flag)`: `value` is None and `flag` says why when the score is
+undefined (constant or empty input), so a dead window or a flat prediction never crashes a run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from .prompts import SIM_MAX
+from .records import ActivationRecord, ScoredSequenceSimulation, ScoredSimulation, SequenceSimulation
+
+OFFLINE_NOTE = (
+    "Note: the offline default explainer and simulator (SmolLM2-135M) is a smoke-level model; its "
+    "simulations barely read the explanation, so scores near 0 and a shuffled-control gap near 0 are expected."
+)
+
+
+class Score(NamedTuple):
+    """A score, or None with the reason it is undefined."""
+
+    value: float | None
+    flag: str | None = None
+
+
+def _arrays(real: Sequence[float], predicted: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    r, p = np.asarray(real, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    if r.shape != p.shape:
+        raise ValueError(f"real and predicted differ in length: {r.shape} vs {p.shape}")
+    return r, p
+
+
+def correlation_score(real: Sequence[float], predicted: Sequence[float]) -> Score:
+    """Pearson correlation; undefined (flagged) when either side is empty or constant."""
+    r, p = _arrays(real, predicted)
+    if r.size < 2:
+        return Score(None, "empty")
+    if np.ptp(r) == 0:
+        return Score(None, "constant_real")
+    if np.ptp(p) == 0:
+        return Score(None, "constant_predicted")
+    return Score(float(np.corrcoef(r, p)[0, 1]))
+
+
+def rsquared_score(real: Sequence[float], predicted: Sequence[float]) -> Score:
+    """1 - SSE / SST of the prediction taken as is (so it needs predictions in real units)."""
+    r, p = _arrays(real, predicted)
+    if r.size == 0:
+        return Score(None, "empty")
+    sst = float(((r - r.mean()) ** 2).sum())
+    if sst == 0:
+        return Score(None, "constant_real")
+    return Score(1 - float(((r - p) ** 2).sum()) / sst)
+
+
+def absolute_dev_explained_score(real: Sequence[float], predicted: Sequence[float]) -> Score:
+    """1 - mean|real - predicted| / mean|real| (needs predictions in real units)."""
+    r, p = _arrays(real, predicted)
+    if r.size == 0:
+        return Score(None, "empty")
+    denom = float(np.abs(r).mean())
+    if denom == 0:
+        return Score(None, "zero_real")
+    return Score(1 - float(np.abs(r - p).mean()) / denom)
+
+
+def aggregate_correlation(
+    real_sequences: Sequence[Sequence[float]], predicted_sequences: Sequence[Sequence[float]]
+) -> Score:
+    """Correlation over all sequences concatenated (not an average of per-sequence correlations)."""
+    if len(real_sequences) != len(predicted_sequences):
+        raise ValueError(f"{len(real_sequences)} real sequences but {len(predicted_sequences)} predicted")
+    real = [v for s in real_sequences for v in s]
+    pred = [v for s in predicted_sequences for v in s]
+    return correlation_score(real, pred)
+
+
+def to_activation_units(expected: Sequence[float], max_activation: float) -> list[float]:
+    """Simulator predictions (0-9) rescaled to the neuron's units, for r^2 and deviation scores."""
+    return [v / SIM_MAX * max_activation for v in expected]
+
+
+def _failed_sequence(record: ActivationRecord) -> SequenceSimulation:
+    """A window whose simulation failed: empty predictions (never zeros), skipped by every aggregate."""
+    return SequenceSimulation(list(record.tokens), [], "simulated_normalized_activations", [], [])
+
+
+def score_simulation(records: list[ActivationRecord], simulations: list, max_activation: float) -> ScoredSimulation:
+    """Score each window and all of them together; failed windows keep empty predictions and are skipped."""
+    from .simulate import SimulationFailure
+
+    if len(records) != len(simulations):
+        raise ValueError(f"{len(records)} records but {len(simulations)} simulations")
+    seqs = []
+    for rec, sim in zip(records, simulations, strict=True):
+        if isinstance(sim, SimulationFailure) or not sim.expected_activations:
+            seqs.append(ScoredSequenceSimulation(_failed_sequence(rec), list(rec.activations), None, None, None))
+            continue
+        if len(sim.expected_activations) != len(rec.activations):
+            raise ValueError(
+                f"a simulation of {len(sim.expected_activations)} tokens for a window of {len(rec.activations)}"
+            )
+        units = to_activation_units(sim.expected_activations, max_activation)
+        seqs.append(
+            ScoredSequenceSimulation(
+                simulation=sim,
+                true_activations=list(rec.activations),
+                ev_correlation_score=correlation_score(rec.activations, sim.expected_activations).value,
+                rsquared_score=rsquared_score(rec.activations, units).value,
+                absolute_dev_explained_score=absolute_dev_explained_score(rec.activations, units).value,
+            )
+        )
+    return aggregate_scored(seqs, max_activation)
+
+
+def aggregate_scored(seqs: list[ScoredSequenceSimulation], max_activation: float) -> ScoredSimulation:
+    """Aggregate scores over the windows that have predictions."""
+    ok = [s for s in seqs if s.simulation.expected_activations]
+    real = [v for s in ok for v in s.true_activations]
+    pred = [v for s in ok for v in s.simulation.expected_activations]
+    units = to_activation_units(pred, max_activation)
+    return ScoredSimulation(
+        scored_sequence_simulations=seqs,
+        ev_correlation_score=correlation_score(real, pred).value,
+        rsquared_score=rsquared_score(real, units).value,
+        absolute_dev_explained_score=absolute_dev_explained_score(real, units).value,
+    )
+
+
+def score_flag(scored: ScoredSimulation) -> str | None:
+    """Why the aggregate correlation of `scored` is undefined (None when it is defined)."""
+    ok = [s for s in scored.scored_sequence_simulations if s.simulation.expected_activations]
+    real = [v for s in ok for v in s.true_activations]
+    pred = [v for s in ok for v in s.simulation.expected_activations]
+    return correlation_score(real, pred).flag
+
+
+def random_only(scored: ScoredSimulation, max_activation: float) -> ScoredSimulation:
+    """The second half of a top-then-random scored simulation (the random windows), re-aggregated."""
+    seqs = scored.scored_sequence_simulations
+    return aggregate_scored(seqs[len(seqs) // 2 :], max_activation)
+
+
+def summary(scored: ScoredSimulation) -> dict:
+    """Aggregate correlation with its flag and window counts, as plain JSON."""
+    seqs = scored.scored_sequence_simulations
+    failed = sum(not s.simulation.expected_activations for s in seqs)
+    return {
+        "score": scored.ev_correlation_score,
+        "flag": score_flag(scored),
+        "n_windows": len(seqs),
+        "n_failed": failed,
+    }
+
+
+def mean_scores(rows: list[dict]) -> dict:
+    """Means over neurons of top-and-random, random-only, shuffled-control scores and the gap (undefined ones skipped)."""
+
+    def mean(key: str) -> tuple[float | None, int]:
+        vals = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+        return (float(np.mean(vals)) if vals else None, len(vals))
+
+    out: dict = {"n_neurons": len(rows)}
+    for key in ("top_and_random", "random_only", "shuffled_control", "shuffled_gap"):
+        out[key], out[f"n_{key}"] = mean(key)
+    return out
