@@ -89,7 +89,9 @@ def gpt2xl_shaped(device):
     cfg = GPT2Config(n_layer=48, n_embd=1600, n_head=25, n_positions=1024, vocab_size=50257)
     hf = GPT2LMHeadModel(cfg).to(torch.float16).eval()
     _, tok = load_offline_hf()  # any tokenizer: the bridge wants one; tokens are random ids
-    bridge = TransformerBridge.boot_transformers("gpt2-xl", hf_model=hf, tokenizer=tok, device=device, dtype=torch.float16)
+    bridge = TransformerBridge.boot_transformers(
+        "gpt2-xl", hf_model=hf, tokenizer=tok, device=device, dtype=torch.float16
+    )
     bridge.nxkit_name = "gpt2-xl-shaped-random"
     return bridge
 
@@ -118,7 +120,8 @@ def main() -> None:
         print(
             f"{r['tokens']:>9,} tokens, {r['neurons']:,} neurons: bare pass {r['bare_tok_s']:,.0f} tok/s, "
             f"collection {r['collect_tok_s']:,.0f} tok/s, ratio {r['collect_tok_s'] / r['bare_tok_s']:.3f}, "
-            f"peak RSS {r['peak_rss_mb']:,.0f} MB" + (f", peak GPU {r['peak_gpu_mb']:,.0f} MB" if r["peak_gpu_mb"] else "")
+            f"peak RSS {r['peak_rss_mb']:,.0f} MB"
+            + (f", peak GPU {r['peak_gpu_mb']:,.0f} MB" if r["peak_gpu_mb"] else "")
         )
     small, large = results
     mem_key = "peak_gpu_mb" if large["peak_gpu_mb"] else "peak_rss_mb"

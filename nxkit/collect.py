@@ -182,7 +182,9 @@ class PlannedSample:
         self.acts = torch.zeros((d_mlp, k, window), device=device)
 
     def update(self, acts: Float[Tensor, "batch pos n"], start: int) -> None:
-        lo, hi = torch.searchsorted(self.plan_windows, torch.tensor([start, start + acts.shape[0]], device=acts.device)).tolist()
+        lo, hi = torch.searchsorted(
+            self.plan_windows, torch.tensor([start, start + acts.shape[0]], device=acts.device)
+        ).tolist()
         if hi > lo:
             n, slot = self.plan_neurons[lo:hi], self.plan_slots[lo:hi]
             self.acts[n, slot] = acts[self.plan_windows[lo:hi] - start, :, n].to(self.acts.dtype)
@@ -368,7 +370,10 @@ def collect(
         strings = [tok.decode([i]) for i in range(len(tok))]
         _atomic_json(strings_path, strings)
 
-    states = {layer: LayerState(shape.d_mlp, cfg, windows.window, windows.n_windows, n_calib, layer, device) for layer in layers}
+    states = {
+        layer: LayerState(shape.d_mlp, cfg, windows.window, windows.n_windows, n_calib, layer, device)
+        for layer in layers
+    }
     done_windows = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
@@ -532,7 +537,9 @@ class Activations:
         for a, w in zip(acts, window_ids, strict=True):
             if w < 0:
                 continue
-            out.append(ActivationRecord(tokens=[strings[t] for t in self.windows[w]], activations=[float(v) for v in a]))
+            out.append(
+                ActivationRecord(tokens=[strings[t] for t in self.windows[w]], activations=[float(v) for v in a])
+            )
         return out
 
     def neuron_record(self, layer: int, neuron: int) -> NeuronRecord:
@@ -545,7 +552,9 @@ class Activations:
         band_acts, band_windows = self._array(layer, "band_acts")[neuron], self._array(layer, "band_windows")[neuron]
         return NeuronRecord(
             neuron_id=NeuronId(layer, neuron),
-            random_sample=self._records(self._array(layer, "random_acts")[neuron], self._array(layer, "random_windows")[neuron]),
+            random_sample=self._records(
+                self._array(layer, "random_acts")[neuron], self._array(layer, "random_windows")[neuron]
+            ),
             random_sample_by_quantile=None
             if bounds is None
             else [self._records(a, w) for a, w in zip(band_acts, band_windows, strict=True)],

@@ -57,7 +57,11 @@ def pydoc_documents() -> list[str]:
 def hf_documents(spec: str, text_column: str = "text", max_documents: int | None = None) -> list[str]:
     """A Hugging Face dataset, `hf:name[:config][:split]` (needs a reachable hub)."""
     parts = spec.split(":")[1:]
-    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (parts[2] if len(parts) > 2 else "train")
+    name, config, split = (
+        parts[0],
+        (parts[1] if len(parts) > 1 and parts[1] else None),
+        (parts[2] if len(parts) > 2 else "train"),
+    )
     try:
         import datasets
 

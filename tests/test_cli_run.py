@@ -1,0 +1,85 @@
+"""`nxkit run`: the whole pipeline on the real offline model, tiny, then resumed; neuron selection; clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nxkit.cli import main
+from nxkit.pipeline import PipelineConfig, PipelineError, parse_neurons, select_neurons
+from nxkit.records import NeuronId
+
+TINY = [
+    "--layers", "0", "--neurons", "0:11", "0:42", "--max-tokens", "4096", "--corpus", "fortunes",
+    "--top-k", "8", "--n-random", "6", "--no-compile", "--best-of", "1", "--explain-windows", "2",
+    "--valid-windows", "1", "--sim-window-tokens", "24", "--revision-rounds", "1",
+]  # fmt: skip
+
+
+def test_select_neurons_lists_and_samples():
+    assert parse_neurons(["3", "1:7"], [0, 2]) == [NeuronId(0, 3), NeuronId(1, 7), NeuronId(2, 3)]
+    a = select_neurons([0, 5], 100, sample=3, seed=1)
+    assert len(a) == 6 and a == select_neurons([0, 5], 100, sample=3, seed=1)
+    assert a != select_neurons([0, 5], 100, sample=3, seed=2)
+    with pytest.raises(PipelineError, match="write N .* or LAYER:N"):
+        parse_neurons(["x:1"], [0])
+    with pytest.raises(PipelineError, match="not in the collection"):
+        select_neurons([0], 10, neurons=["3:1"])
+    with pytest.raises(PipelineError, match="revision_rounds"):
+        PipelineConfig(revision_rounds=-1)
+
+
+def test_bad_neuron_is_a_clear_error(capsys):
+    assert main(["run", "--neurons", "a:b"]) == 2
+    assert "LAYER:N" in capsys.readouterr().err
+
+
+def test_unreachable_server_fails_before_collection(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "local")
+    run_dir = tmp_path / "remote"
+    argv = ["run", "--run-dir", str(run_dir), "--explainer", "some-model", "--base-url", "http://127.0.0.1:9/v1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the LLM server at http://127.0.0.1:9/v1" in err and "base_url" in err
+    assert not (run_dir / "activations").exists()
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_resume(tmp_path, capsys):
+    run_dir = tmp_path / "tiny"
+    assert main(["run", "--run-dir", str(run_dir), *TINY]) == 0
+    out = capsys.readouterr().out
+    for stage in (
+        "[1/5] collection",
+        "[2/5] explanation and scoring: 2 of 2",
+        "[3/5] shuffled",
+        "[4/5] revision",
+        "[5/5] report",
+    ):
+        assert stage in out, out
+    assert "layer neuron status" in out and "mean over" in out and f"report: {run_dir / 'report.html'}" in out
+    summaries = {n: json.loads((run_dir / "neurons" / "0" / f"{n}.json").read_text()) for n in (11, 42)}
+    assert all(s["status"] in ("done", "failed") for s in summaries.values())
+    done = [n for n, s in summaries.items() if s["status"] == "done"]
+    assert done, summaries
+    for n in done:
+        assert (run_dir / "explanations" / "0" / f"{n}.jsonl").exists()
+        assert (run_dir / "revisions" / "0" / f"{n}.json").exists()
+    if len(done) == 2:
+        assert all(summaries[n]["shuffled_control_from"] for n in done)
+    page = (run_dir / "report.html").read_text()
+    assert "plotly" in page and 'id="n-0-11"' in page
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["pipeline"]["best_of"] == 1 and manifest["neurons"] == [[0, 11], [0, 42]]
+
+    # a second run finds everything done: nothing is recomputed
+    stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "neurons").rglob("*.json")}
+    assert main(["run", "--run-dir", str(run_dir), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "reusing the finished collection" in out and "0 of 2 neurons to do" in out
+    assert stamps == {p: p.stat().st_mtime_ns for p in (run_dir / "neurons").rglob("*.json")}
+
+    # the same run directory with another corpus is refused, naming the fix
+    assert main(["run", "--run-dir", str(run_dir), *TINY[:-2], "--corpus", "pydoc"]) == 2
+    assert "choose another run name" in capsys.readouterr().err
