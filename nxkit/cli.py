@@ -94,6 +94,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_collect_args(p)
     g = p.add_argument_group("neurons")
     g.add_argument(
+        "--explain-layers",
+        type=int,
+        nargs="+",
+        help="explain neurons of these layers only (default: every collected layer)",
+    )
+    g.add_argument(
         "--neurons", nargs="+", metavar="N|L:N", help="neurons to explain: N (in every chosen layer) or LAYER:N"
     )
     g.add_argument(
@@ -157,6 +163,7 @@ def cmd_run(args) -> Path:
         layers=args.layers,
         neurons=args.neurons,
         sample=args.sample,
+        explain_layers=args.explain_layers,
         seed=args.seed,
         explainer=args.explainer,
         simulator=args.simulator,

@@ -41,6 +41,8 @@ class PipelineConfig:
     """Tokens per window."""
     layers: list[int] | None = None
     """Layers to collect and explain (None: every layer)."""
+    explain_layers: list[int] | None = None
+    """Layers whose neurons are explained (None: every collected layer); collection still covers `layers`."""
     neurons: list[str] | None = None
     """Neurons to explain: `N` (that index in every layer) or `L:N`; None samples `sample` per layer."""
     sample: int = 2
@@ -223,7 +225,12 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             f"{run.path} was collected for layers {acts.layers}, not {sorted(set(config.layers) - set(acts.layers))}; "
             "use another run name for other layers"
         )
-    layers = sorted(config.layers) if config.layers else acts.layers
+    layers = sorted(config.explain_layers or config.layers or acts.layers)
+    if not set(layers) <= set(acts.layers):
+        raise PipelineError(
+            f"--explain-layers {sorted(set(layers) - set(acts.layers))} were not collected (collected: {acts.layers}); "
+            "choose collected layers, or collect them with --layers"
+        )
     neurons = select_neurons(layers, acts.d_mlp, config.neurons, config.sample, config.seed)
     run.update_manifest(neurons=[[n.layer_index, n.neuron_index] for n in neurons])
     seconds["collection"] = time.perf_counter() - t
