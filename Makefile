@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test bench lint clean-demo
+.PHONY: setup demo test bench bench-scores lint clean-demo
 
 setup: $(VENV)/.nxkit-installed
 
@@ -44,8 +44,11 @@ $(VENV)/.nxkit-installed: pyproject.toml Makefile
 	fi
 	@touch $@
 
+# every neuron (30 layers x 1,536) over 200k tokens, then explain, score, control and revise 2 sampled
+# neurons of layers 4 and 16 with the offline SmolLM2, write runs/demo/report.html, and print top tokens
 demo: setup
-	$(BIN)/nxkit collect --name demo --max-tokens 200000
+	$(BIN)/nxkit run --name demo --max-tokens 200000 --explain-layers 4 16 --sample 2 --best-of 2 \
+		--calibration-windows 3 --valid-windows 5 --revision-rounds 1
 	$(BIN)/nxkit top --name demo
 
 test: setup
@@ -53,6 +56,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/simulate.py
+
+# offline scores (>= 20 neurons) and the measured effect of revision: long on a CPU
+bench-scores: setup
+	$(BIN)/python bench/offline_scores.py --neurons 20
+	$(BIN)/python bench/revise.py --neurons 20
 
 lint: setup
 	$(BIN)/ruff check nxkit tests bench notebooks
