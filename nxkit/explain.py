@@ -73,13 +73,18 @@ class ExplainConfig:
                 raise ExplainError(f"{name} must be None or >= 1, got {value}")
 
 
-def explainer_windows(record: NeuronRecord, config: ExplainConfig) -> list[prompts.Window]:
-    """The top training windows as (token, 0-10 activation) pairs, cropped around their peaks."""
+def train_windows(record: NeuronRecord, n_windows: int, max_tokens: int | None) -> list[prompts.Window]:
+    """The first `n_windows` top training windows as (token, 0-10 activation) pairs, cropped around their peaks."""
     out = []
-    for rec in top_splits(record)["train"][: config.n_windows]:
-        tokens, acts = prompts.crop_window(rec.tokens, rec.activations, config.max_window_tokens)
+    for rec in top_splits(record)["train"][:n_windows]:
+        tokens, acts = prompts.crop_window(rec.tokens, rec.activations, max_tokens)
         out.append(list(zip(tokens, normalize_activations(acts, record.max_activation), strict=True)))
     return out
+
+
+def explainer_windows(record: NeuronRecord, config: ExplainConfig) -> list[prompts.Window]:
+    """The windows the explainer is shown."""
+    return train_windows(record, config.n_windows, config.max_window_tokens)
 
 
 async def explain_neuron(backend: Backend, record: NeuronRecord, config: ExplainConfig) -> tuple[list[str], list[dict]]:

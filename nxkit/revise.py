@@ -26,10 +26,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import prompts
-from .explain import held_out, simulate_and_score
+from .explain import held_out, simulate_and_score, train_windows
 from .llm import Backend, LLMError, run_sync
 from .probe import ProbeError, probe_many
-from .records import ActivationRecord, NeuronId, NeuronRecord, normalize_activations, split_records, top_splits
+from .records import ActivationRecord, NeuronId, NeuronRecord, normalize_activations, split_records
 from .runs import Run
 from .score import random_only
 from .simulate import SimulateError, Simulator
@@ -218,11 +218,7 @@ def held_out_windows(run: Run, nid: NeuronId, record: NeuronRecord | None = None
 
 def top_windows(record: NeuronRecord, config: ReviseConfig) -> list[prompts.Window]:
     """The strongest training windows, cropped around their peaks, on the 0-10 scale."""
-    out = []
-    for rec in top_splits(record)["train"][: config.n_top_windows]:
-        tokens, acts = prompts.crop_window(rec.tokens, rec.activations, config.top_window_tokens)
-        out.append(list(zip(tokens, normalize_activations(acts, record.max_activation), strict=True)))
-    return out
+    return train_windows(record, config.n_top_windows, config.top_window_tokens)
 
 
 def sample_live_neurons(acts, n: int, seed: int = 0, layers: list[int] | None = None) -> list[NeuronId]:
