@@ -47,8 +47,8 @@ $(VENV)/.nxkit-installed: pyproject.toml Makefile
 # every neuron (30 layers x 1,536) over 200k tokens, then explain, score, control and revise 2 sampled
 # neurons of layers 4 and 16 with the offline SmolLM2, write runs/demo/report.html, and print top tokens
 demo: setup
-	$(BIN)/nxkit run --name demo --max-tokens 200000 --explain-layers 4 16 --sample 2 --best-of 2 \
-		--calibration-windows 3 --valid-windows 5 --revision-rounds 1
+	$(BIN)/nxkit run --name demo --max-tokens 200000 --explain-layers 4 16 --sample 2 --explain.best-of 2 \
+		--explain.calibration-windows 3 --explain.valid-windows 5 --revise.rounds 1
 	$(BIN)/nxkit top --name demo
 
 test: setup

@@ -19,7 +19,7 @@ from nxkit.llm import LocalBackend
 from nxkit.records import NeuronId
 from nxkit.runs import ensure_collection
 from nxkit.score import OFFLINE_NOTE, mean_scores
-from nxkit.simulate import Simulator
+from nxkit.simulate import make_simulator
 
 
 def main() -> None:
@@ -41,20 +41,20 @@ def main() -> None:
     random.Random(args.seed).shuffle(pool)
     neurons = pool[: args.neurons]
     backend = LocalBackend()
-    simulator = Simulator(backend)
+    simulator = make_simulator(backend)
     config = ExplainConfig(
-        n_candidates=args.candidates,
-        n_windows=args.explain_windows,
-        max_window_tokens=32,
+        best_of=args.candidates,
+        explain_windows=args.explain_windows,
+        explain_window_tokens=32,
         calibration_windows=2,
         valid_windows=args.valid_windows,
         sim_window_tokens=args.sim_window_tokens,
     )
     explain_and_score(run, neurons, backend, simulator, config)
-    shuffled_controls(run, simulator, config)
-    rows = [r for r in run.score_rows() if NeuronId(r["layer"], r["neuron"]) in set(neurons)]
-    statuses = [run.read_neuron(n)["status"] for n in neurons]
-    means = mean_scores(rows)
+    shuffled_controls(run, simulator)
+    table = run.table(neurons=neurons)
+    statuses = list(table.status)
+    means = mean_scores(table[table.status == "done"].to_dict("records"))
     print(
         f"run {run.path}: {len(neurons)} neurons of layers {args.layers}; status counts "
         f"{ {s: statuses.count(s) for s in sorted(set(statuses))} }; {time.perf_counter() - t0:.0f} s"

@@ -21,7 +21,7 @@ from nxkit.records import NeuronId
 from nxkit.revise import ReviseConfig, revise_run, score_on_split, summarize
 from nxkit.runs import ensure_collection
 from nxkit.score import OFFLINE_NOTE
-from nxkit.simulate import Simulator
+from nxkit.simulate import make_simulator
 from nxkit.subject import load_subject
 
 
@@ -47,9 +47,13 @@ def main() -> None:
     random.Random(args.seed).shuffle(pool)
     neurons = pool[: args.neurons]
     backend = LocalBackend()
-    simulator = Simulator(backend)
+    simulator = make_simulator(backend)
     explain = ExplainConfig(
-        n_candidates=1, n_windows=5, max_window_tokens=32, valid_windows=args.valid_windows, sim_window_tokens=args.crop
+        best_of=1,
+        explain_windows=5,
+        explain_window_tokens=32,
+        valid_windows=args.valid_windows,
+        sim_window_tokens=args.crop,
     )
     explain_and_score(run, neurons, backend, simulator, explain)
     t1 = time.perf_counter()
@@ -58,7 +62,7 @@ def main() -> None:
     )
     revisions = revise_run(run, model, backend, simulator, config, neurons=neurons)
     t2 = time.perf_counter()
-    changed = [r for r in revisions if r["status"] == "done" and r["final_explanation"] != r["original_explanation"]]
+    changed = [r for r in revisions if r.status == "done" and r.final_explanation != r.original_explanation]
     test = [score_on_split(run, r, simulator, "test", args.valid_windows, args.crop) for r in changed]
     t3 = time.perf_counter()
 
@@ -70,7 +74,7 @@ def main() -> None:
     print(
         f"revise config: {json.dumps(config.__dict__)}; held-out: {args.valid_windows}+{args.valid_windows} windows of {args.crop} tokens"
     )
-    reasons = [rnd["skipped_reason"].split(":")[0] for r in revisions for rnd in r["rounds"] if rnd["skipped_reason"]]
+    reasons = [rnd.skipped_reason.split(":")[0] for r in revisions for rnd in r.rounds if rnd.skipped_reason]
     print(
         f"rounds: {s['n_rounds']}, skipped {s['n_rounds_skipped']} { ({k: reasons.count(k) for k in sorted(set(reasons))}) }"
     )

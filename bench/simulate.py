@@ -17,7 +17,7 @@ from nxkit.explain import held_out, simulate_and_score
 from nxkit.llm import LocalBackend, run_sync
 from nxkit.runs import ensure_collection
 from nxkit.score import OFFLINE_NOTE
-from nxkit.simulate import Simulator
+from nxkit.simulate import make_simulator
 
 EXPLANATIONS = ["words about money", "the end of a sentence", "names of people", "verbs in the past tense"]
 
@@ -31,7 +31,7 @@ def main() -> None:
     run = ensure_collection(args.run, layers=[args.layer], max_tokens=64 * 512, source="default")
     acts = run.activations()
     backend = LocalBackend()
-    sim = Simulator(backend)
+    sim = make_simulator(backend)
     records = [acts.neuron_record(args.layer, n) for n in range(acts.d_mlp)]
     records = [r for r in records if r.max_activation > 0][: args.neurons]
     run_sync(simulate_and_score(sim, "warm-up", held_out(records[0], "valid", 1), records[0].max_activation))

@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 
 from .corpus import Windows
 from .records import ActivationRecord, NeuronId, NeuronRecord
-from .subject import SubjectError, check_layers, hook_name, info
+from .runs import atomic_write
+from .seeds import mix_seed
+from .subject import SubjectError, check_layers, info, run_capture
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +172,7 @@ class PlannedSample:
 
     def __init__(self, d_mlp: int, k: int, n_windows: int, window: int, seed: int, layer: int, device):
         k_eff = min(k, n_windows)
-        gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + layer)
+        gen = torch.Generator(device="cpu").manual_seed(mix_seed(seed, layer))
         chosen = torch.rand((d_mlp, n_windows), generator=gen).topk(k_eff, dim=1).indices.sort(dim=1).values
         flat_windows = chosen.reshape(-1)
         order = flat_windows.argsort(stable=True)
@@ -273,10 +275,6 @@ class LayerState:
         return torch.stack([mean, m2, skew, kurt])
 
 
-class _StopForward(Exception):
-    """Raised in the last chosen layer's hook: nothing after it is needed."""
-
-
 # --- the pass --------------------------------------------------------------------------------
 
 
@@ -293,10 +291,117 @@ def _versions() -> dict:
     }
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2))
+
+
+def _settings(model, windows: Windows, cfg: CollectConfig) -> dict:
+    """What identifies a pass: model, layers, settings and corpus (a resumed pass must match them)."""
+    shape = info(model)
+    try:
+        layers = check_layers(model, cfg.layers)
+    except SubjectError as exc:
+        raise CollectError(str(exc)) from exc
+    if windows.n_windows == 0:
+        raise CollectError("the corpus gave no windows; use a larger corpus")
+    if windows.window > shape.n_ctx:
+        raise CollectError(
+            f"windows of {windows.window} tokens are longer than the model's context of {shape.n_ctx}; "
+            f"use window <= {shape.n_ctx}"
+        )
+    n_calib = min(cfg.quantile_calibration_windows, windows.n_windows // 2) // cfg.batch_size * cfg.batch_size
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": shape.name,
+        "n_layers": shape.n_layers,
+        "d_mlp": shape.d_mlp,
+        "layers": layers,
+        "config": {**asdict(cfg), "layers": layers},
+        "corpus": {
+            "source": windows.source,
+            "n_windows": windows.n_windows,
+            "window": windows.window,
+            "n_tokens": windows.n_tokens,
+            "n_documents": windows.n_documents,
+        },
+        "quantile_calibration_windows_used": n_calib,
+    }
+
+
+def _previous_status(out: Path, settings: dict) -> str | None:
+    """The status of a pass already in `out` ("partial", "complete"), None if none; other settings are an error."""
+    manifest_path = out / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    old = json.loads(manifest_path.read_text())
+    if {k: old.get(k) for k in settings} != settings:
+        raise CollectError(
+            f"{out} holds a collection with other settings ({old.get('model')}, {old.get('corpus')}); "
+            "choose another run name, or delete that directory to start over"
+        )
+    return old.get("status")
+
+
+def _write_inputs(out: Path, model, windows: Windows) -> None:
+    """The windows' token ids and the vocabulary's strings, written once (a resumed pass checks the windows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokens_np = windows.tokens.numpy().astype(np.int32)
+    windows_path = out / "windows.npy"
+    if windows_path.exists():
+        if not np.array_equal(np.load(windows_path, mmap_mode="r"), tokens_np):
+            raise CollectError(f"{windows_path} holds other windows; delete {out} to start over")
+    else:
+        np.save(windows_path, tokens_np)
+    strings_path = out / "token_strings.json"
+    if not strings_path.exists():
+        tok = model.tokenizer
+        _write_json(strings_path, [tok.decode([i]) for i in range(len(tok))])
+
+
+class _Pass:
+    """The per-layer states of a pass and what one batch does to them."""
+
+    def __init__(self, settings: dict, cfg: CollectConfig, windows: Windows, device):
+        self.cfg, self.layers, self.d_mlp = cfg, settings["layers"], settings["d_mlp"]
+        self.n_calib = settings["quantile_calibration_windows_used"]
+        self.states = {
+            layer: LayerState(settings["d_mlp"], cfg, windows.window, windows.n_windows, self.n_calib, layer, device)
+            for layer in self.layers
+        }
+        self.reducer = _Reducer(cfg.compile)
+        self.start = 0
+        self.ids: Tensor | None = None
+
+    def update(self, layer: int, x: Float[Tensor, "batch pos d_mlp"]) -> None:
+        """Fold one layer's activations on the current batch into its state (runs inside the hook)."""
+        st, cfg = self.states[layer], self.cfg
+        x = x.detach().float()
+        if st.shift is None:
+            st.shift = x.mean(dim=(0, 1)).contiguous()
+        mx, *sums = self.reducer(x, st.shift, full_batch=x.shape[0] == cfg.batch_size)
+        st.count += x.shape[0] * x.shape[1]
+        st.sums += torch.stack(sums).double()
+        st.top.update(mx, x, self.ids)
+        st.random.update(x, self.start)
+        if self.start < self.n_calib:
+            st.calib_max[self.start : self.start + x.shape[0]] = mx
+        elif self.n_calib and cfg.per_quantile:
+            if st.boundaries is None:
+                q = torch.tensor(cfg.quantile_levels, device=mx.device)
+                st.boundaries = torch.quantile(st.calib_max, q, dim=0).T.contiguous()
+            st.bands.update((mx.unsqueeze(-1) > st.boundaries.unsqueeze(0)).sum(-1), x, self.start)
+
+    def save(self, path: Path, done_windows: int) -> None:
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"done_windows": done_windows, "layers": {k: s.state() for k, s in self.states.items()}}, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path, device) -> int:
+        """Restore a checkpoint; returns the windows it had done."""
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        for layer in self.layers:
+            self.states[layer].load(ckpt["layers"][layer])
+        return ckpt["done_windows"]
 
 
 def collect(
@@ -314,161 +419,70 @@ def collect(
     """
     cfg = config or CollectConfig()
     out = Path(out_dir)
-    shape = info(model)
-    try:
-        layers = check_layers(model, cfg.layers)
-    except SubjectError as exc:
-        raise CollectError(str(exc)) from exc
-    if windows.n_windows == 0:
-        raise CollectError("the corpus gave no windows; use a larger corpus")
-    if windows.window > shape.n_ctx:
-        raise CollectError(
-            f"windows of {windows.window} tokens are longer than the model's context of {shape.n_ctx}; "
-            f"use window <= {shape.n_ctx}"
-        )
+    settings = _settings(model, windows, cfg)
+    if _previous_status(out, settings) == "complete":
+        log.info("collection in %s is complete; nothing to do", out)
+        return out
+    _write_inputs(out, model, windows)
     device = next(model.parameters()).device
-    n_calib = min(cfg.quantile_calibration_windows, windows.n_windows // 2) // cfg.batch_size * cfg.batch_size
-    settings = {
-        "format_version": FORMAT_VERSION,
-        "model": shape.name,
-        "n_layers": shape.n_layers,
-        "d_mlp": shape.d_mlp,
-        "layers": layers,
-        "config": {**asdict(cfg), "layers": layers},
-        "corpus": {
-            "source": windows.source,
-            "n_windows": windows.n_windows,
-            "window": windows.window,
-            "n_tokens": windows.n_tokens,
-            "n_documents": windows.n_documents,
-        },
-        "quantile_calibration_windows_used": n_calib,
-    }
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        same = {k: old.get(k) for k in settings} == settings
-        if not same:
-            raise CollectError(
-                f"{out} holds a collection with other settings ({old.get('model')}, {old.get('corpus')}); "
-                "choose another run name, or delete that directory to start over"
-            )
-        if old.get("status") == "complete":
-            log.info("collection in %s is complete; nothing to do", out)
-            return out
-    out.mkdir(parents=True, exist_ok=True)
-    tokens_np = windows.tokens.numpy().astype(np.int32)
-    windows_path = out / "windows.npy"
-    if windows_path.exists():
-        if not np.array_equal(np.load(windows_path, mmap_mode="r"), tokens_np):
-            raise CollectError(f"{windows_path} holds other windows; delete {out} to start over")
-    else:
-        np.save(windows_path, tokens_np)
-    tok = model.tokenizer
-    strings_path = out / "token_strings.json"
-    if not strings_path.exists():
-        strings = [tok.decode([i]) for i in range(len(tok))]
-        _atomic_json(strings_path, strings)
-
-    states = {
-        layer: LayerState(shape.d_mlp, cfg, windows.window, windows.n_windows, n_calib, layer, device)
-        for layer in layers
-    }
-    done_windows = 0
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        done_windows = ckpt["done_windows"]
-        for layer in layers:
-            states[layer].load(ckpt["layers"][layer])
+    state = _Pass(settings, cfg, windows, device)
+    ckpt_path, manifest_path = out / "checkpoint.pt", out / "manifest.json"
+    done_windows = state.load(ckpt_path, device) if ckpt_path.exists() else 0
+    if done_windows:
         log.info("resuming %s at window %d of %d", out, done_windows, windows.n_windows)
     manifest = {**settings, "versions": _versions(), "status": "partial", "done_windows": done_windows}
-    _atomic_json(manifest_path, manifest)
+    _write_json(manifest_path, manifest)
 
-    def save_checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".pt.tmp")
-        torch.save({"done_windows": done_windows, "layers": {lay: states[lay].state() for lay in layers}}, tmp)
-        os.replace(tmp, ckpt_path)
-        manifest["done_windows"] = done_windows
-        _atomic_json(manifest_path, manifest)
+    def checkpoint(done: int) -> None:
+        state.save(ckpt_path, done)
+        _write_json(manifest_path, {**manifest, "done_windows": done})
 
-    reducer = _Reducer(cfg.compile)
-    last = layers[-1]
-    bs = cfg.batch_size
-    batch_index = done_windows // bs
-    ctx = {}
+    finished = _run_batches(model, windows, state, done_windows, checkpoint, progress, max_batches)
+    if not finished:
+        return out
+    for layer in state.layers:
+        _write_layer(out / f"layer_{layer:02d}", state.states[layer])
+    _write_json(manifest_path, {**manifest, "status": "complete", "done_windows": windows.n_windows})
+    ckpt_path.unlink(missing_ok=True)
+    return out
 
-    def hook(x: Float[Tensor, "batch pos d_mlp"], hook) -> None:
-        layer = int(hook.name.split(".")[1])
-        st = states[layer]
-        x = x.detach().float()
-        if st.shift is None:
-            st.shift = x.mean(dim=(0, 1)).contiguous()
-        mx, *sums = reducer(x, st.shift, full_batch=x.shape[0] == bs)
-        st.count += x.shape[0] * x.shape[1]
-        st.sums += torch.stack(sums).double()
-        ids = ctx["ids"]
-        st.top.update(mx, x, ids)
-        start = ctx["start"]
-        st.random.update(x, start)
-        if start < n_calib:
-            st.calib_max[start : start + x.shape[0]] = mx
-        elif n_calib and cfg.per_quantile:
-            if st.boundaries is None:
-                q = torch.tensor(cfg.quantile_levels, device=mx.device)
-                st.boundaries = torch.quantile(st.calib_max, q, dim=0).T.contiguous()
-            st.bands.update((mx.unsqueeze(-1) > st.boundaries.unsqueeze(0)).sum(-1), x, start)
-        if layer == last:
-            raise _StopForward
 
-    fwd_hooks = [(hook_name(layer), hook) for layer in layers]
-    n_batches = math.ceil(windows.n_windows / bs)
+def _run_batches(model, windows: Windows, state: _Pass, done_windows: int, checkpoint, progress, max_batches) -> bool:
+    """Every remaining batch through the model, checkpointing on a timer and on Ctrl-C; True when all are done."""
+    bs = state.cfg.batch_size
+    device = next(model.parameters()).device
+    batch_index, n_batches = done_windows // bs, math.ceil(windows.n_windows / bs)
     bar = tqdm(
         total=windows.n_tokens,
         initial=done_windows * windows.window,
         unit="tok",
         unit_scale=True,
-        desc=f"collect {len(layers)} layers x {shape.d_mlp} neurons",
+        desc=f"collect {len(state.layers)} layers x {state.d_mlp:,} neurons",
         disable=not progress,
     )
-    last_ckpt = time.monotonic()
-    ran = 0
+    last_ckpt, ran = time.monotonic(), 0
     try:
         with torch.inference_mode():
-            while batch_index < n_batches:
-                if max_batches is not None and ran >= max_batches:
-                    break
-                start = batch_index * bs
-                batch = windows.tokens[start : start + bs].to(device)
-                b = batch.shape[0]
-                ctx["start"] = start
-                ctx["ids"] = torch.arange(start, start + b, device=device)
-                try:
-                    model.run_with_hooks(batch, fwd_hooks=fwd_hooks, return_type=None)
-                except _StopForward:
-                    pass
-                batch_index += 1
-                ran += 1
-                done_windows = min(batch_index * bs, windows.n_windows)
-                bar.update(b * windows.window)
-                if time.monotonic() - last_ckpt >= cfg.checkpoint_seconds and batch_index < n_batches:
-                    save_checkpoint()
+            while batch_index < n_batches and (max_batches is None or ran < max_batches):
+                state.start = batch_index * bs
+                batch = windows.tokens[state.start : state.start + bs].to(device)
+                state.ids = torch.arange(state.start, state.start + batch.shape[0], device=device)
+                run_capture(model, batch, state.layers, state.update)
+                batch_index, ran = batch_index + 1, ran + 1
+                bar.update(batch.shape[0] * windows.window)
+                if time.monotonic() - last_ckpt >= state.cfg.checkpoint_seconds and batch_index < n_batches:
+                    checkpoint(batch_index * bs)
                     last_ckpt = time.monotonic()
     except KeyboardInterrupt:
-        save_checkpoint()
+        checkpoint(min(batch_index * bs, windows.n_windows))
         bar.close()
-        log.warning("interrupted: checkpoint saved at window %d; run again to resume", done_windows)
+        log.warning("interrupted: checkpoint saved at window %d; run again to resume", batch_index * bs)
         raise
     bar.close()
     if batch_index < n_batches:
-        save_checkpoint()
-        return out
-    for layer in layers:
-        _write_layer(out / f"layer_{layer:02d}", states[layer])
-    manifest.update(status="complete", done_windows=windows.n_windows)
-    _atomic_json(manifest_path, manifest)
-    ckpt_path.unlink(missing_ok=True)
-    return out
+        checkpoint(batch_index * bs)
+        return False
+    return True
 
 
 def _write_layer(path: Path, st: LayerState) -> None:
@@ -530,6 +544,10 @@ class Activations:
             file = self.path / f"layer_{layer:02d}" / f"{name}.npy"
             self._arrays[key] = np.load(file, mmap_mode="r") if file.exists() else None
         return self._arrays[key]
+
+    def moments(self, layer: int) -> np.ndarray:
+        """[d_mlp, 4] mean, variance, skewness and excess kurtosis of every neuron of `layer`."""
+        return np.asarray(self._array(layer, "moments"))
 
     def _records(self, acts: np.ndarray, window_ids: np.ndarray) -> list[ActivationRecord]:
         strings = self.token_strings

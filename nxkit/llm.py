@@ -1,7 +1,8 @@
 """The LLM seam: an OpenAI-compatible backend (any `base_url`) and a local in-process backend.
 
-Both speak the same small async interface (`chat`, and where possible prompt log-probabilities) and
-declare what they can do in `Capabilities`, so the simulator picks its mode from them. The remote
+Both follow the `Backend` protocol (`chat`, prompt log-probabilities, `describe`, `check`) and
+declare what they can do in `Capabilities`, so the simulator picks its mode from them and no caller
+branches on a backend's class. The remote
 backend retries with backoff, bounds concurrency and caches every response on disk; the local one
 scores whole prompts in one forward pass and reuses the keys and values of the longest shared prefix.
 """
@@ -17,11 +18,11 @@ import random
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .subject import cache_dir
+from .offline import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Capabilities:
     """Top log-probabilities of generated tokens."""
     prompt_logprobs: bool
     """Log-probabilities at every prompt position (all-at-once simulation)."""
+    concurrent: bool = True
+    """Many requests in flight help (a server); False for a model in this process, where requests run in turn."""
 
 
 @dataclass
@@ -283,51 +286,13 @@ class OpenAIBackend:
 
     async def _call(self, endpoint: str, params: dict[str, Any]) -> dict:
         """Send one request (or serve it from the cache) with retries; returns the response as a dict."""
-        import openai
-
         request = {"endpoint": endpoint, "base_url": self.url, "model": self.config.model, **params}
         key = ResponseCache.key(request)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.usage.cache_hits += 1
             return hit
         await self.check()
-        client, sem = self._client()
-        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                async with sem:
-                    resp = await create(model=self.config.model, **params)
-                break
-            except openai.BadRequestError as exc:
-                raise LLMError(f"the server at {self.url} rejected the request (400): {exc}") from exc
-            except openai.NotFoundError as exc:
-                raise LLMError(
-                    f"the server at {self.url} answered 404 for model {self.config.model!r} ({exc}); "
-                    f"check the model name and base_url"
-                ) from exc
-            except openai.AuthenticationError as exc:
-                raise LLMError(
-                    f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key="
-                ) from exc
-            except (
-                openai.RateLimitError,
-                openai.InternalServerError,
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-            ) as exc:
-                if attempt == self.config.max_retries:
-                    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
-                        raise self._unreachable(exc) from exc
-                    raise LLMError(f"giving up after {attempt + 1} attempts at {self.url}: {exc}") from exc
-                delay = self.config.backoff * 2**attempt * (0.5 + random.random())
-                log.warning("%s from %s; retrying in %.1f s", type(exc).__name__, self.url, delay)
-                await asyncio.sleep(delay)
-            except openai.APIStatusError as exc:
-                if exc.status_code >= 500 and attempt < self.config.max_retries:
-                    await asyncio.sleep(self.config.backoff * 2**attempt * (0.5 + random.random()))
-                    continue
-                raise LLMError(f"the server at {self.url} answered {exc.status_code}: {exc}") from exc
-        data = resp.model_dump()
+        data = await self._send(endpoint, params)
         self.usage.requests += 1
         if usage := data.get("usage"):
             self.usage.prompt_tokens += usage.get("prompt_tokens") or 0
@@ -335,6 +300,55 @@ class OpenAIBackend:
         if self.cache is not None:
             self.cache.put(key, data)
         return data
+
+    async def _send(self, endpoint: str, params: dict[str, Any]) -> dict:
+        """The request itself, retried with exponential backoff and jitter on what a retry can fix."""
+        client, sem = self._client()
+        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                async with sem:
+                    resp = await create(model=self.config.model, **params)
+                return resp.model_dump()
+            except Exception as exc:
+                error = self._fatal(exc, last=attempt == self.config.max_retries, attempts=attempt + 1)
+                if error is not None:
+                    raise error from exc
+                delay = self.config.backoff * 2**attempt * (0.5 + random.random())
+                log.warning("%s from %s; retrying in %.1f s", type(exc).__name__, self.url, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _fatal(self, exc: Exception, last: bool, attempts: int) -> Exception | None:
+        """The error to raise for `exc`, or None when the request should be retried."""
+        import openai
+
+        if isinstance(exc, openai.BadRequestError):
+            return LLMError(f"the server at {self.url} rejected the request (400): {exc}")
+        if isinstance(exc, openai.NotFoundError):
+            return LLMError(
+                f"the server at {self.url} answered 404 for model {self.config.model!r} ({exc}); "
+                f"check the model name and base_url"
+            )
+        if isinstance(exc, openai.AuthenticationError):
+            return LLMError(f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key=")
+        retryable = (
+            openai.RateLimitError,
+            openai.InternalServerError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+        )
+        if isinstance(exc, openai.APIStatusError) and not isinstance(exc, retryable):
+            if exc.status_code < 500 or last:
+                return LLMError(f"the server at {self.url} answered {exc.status_code}: {exc}")
+            return None
+        if not isinstance(exc, retryable):
+            return exc
+        if not last:
+            return None
+        if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+            return self._unreachable(exc)
+        return LLMError(f"giving up after {attempts} attempts at {self.url}: {exc}")
 
     async def chat(
         self,
@@ -403,6 +417,32 @@ class OpenAIBackend:
             tops = [None, *tops[:-1]]
         return PromptLogprobs(tokens=list(lp["tokens"]), offsets=list(lp["text_offset"]), top=tops)
 
+    async def placeholder_logprobs(
+        self, prefix: str, text: str, offsets: list[int], candidates: list[str], top: int = 20
+    ) -> list[dict[str, float] | None]:
+        """Log-probabilities of `candidates` as the next token at each character offset of `text` (after `prefix`).
+
+        Per offset: the candidates among the server's top `top` alternatives there (possibly none), or
+        None when no prompt token starts at that offset.
+        """
+        lp = await self.prompt_logprobs(prefix + text, top=top)
+        return logprobs_at(lp, [len(prefix) + o for o in offsets], candidates)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records of this backend (never the key)."""
+        return {"backend": self.name, "model": self.config.model, "base_url": self.url, "smoke_level": False}
+
+
+def logprobs_at(lp: PromptLogprobs, offsets: list[int], candidates: list[str]) -> list[dict[str, float] | None]:
+    """From a prompt's top log-probabilities: per character offset, those of `candidates` (None off a token start)."""
+    index = {o: j for j, o in enumerate(lp.offsets)}
+    out: list[dict[str, float] | None] = []
+    for o in offsets:
+        j = index.get(o)
+        top = lp.top[j] if j is not None else None
+        out.append(None if top is None else {c: top[c] for c in candidates if c in top})
+    return out
+
 
 # --- a transformers model in this process ------------------------------------------------------
 
@@ -414,11 +454,12 @@ class LocalBackend:
     """
 
     name = "local"
-    capabilities = Capabilities(chat=True, generated_logprobs=True, prompt_logprobs=True)
+    capabilities = Capabilities(chat=True, generated_logprobs=True, prompt_logprobs=True, concurrent=False)
 
     def __init__(self, model=None, tokenizer=None, reuse_prefix: bool = True):
+        self.default_model = model is None
         if model is None:
-            from .subject import load_offline_hf
+            from .offline import load_offline_hf
 
             model, tokenizer = load_offline_hf()
         self.model, self.tokenizer = model, tokenizer
@@ -427,6 +468,7 @@ class LocalBackend:
         self.usage = Usage()
         self._kv = None
         self._kv_ids: list[int] = []
+        self._prefix: tuple[str, list[int]] = ("", [])
 
     def __repr__(self) -> str:
         return f"LocalBackend({type(self.model).__name__}, reuse_prefix={self.reuse_prefix})"
@@ -478,6 +520,39 @@ class LocalBackend:
         self.usage.prompt_tokens += len(rest) + len(continuation)
         self.usage.reused_prompt_tokens += shared
         return torch.log_softmax(out.logits[0, [p - 1 for p in positions]].float(), dim=-1)
+
+    async def check(self) -> None:
+        """Nothing to reach: the model is in this process."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records of this backend."""
+        model = "SmolLM2-135M-Instruct (offline default)" if self.default_model else type(self.model).__name__
+        return {"backend": self.name, "model": model, "smoke_level": self.default_model}
+
+    async def placeholder_logprobs(
+        self, prefix: str, text: str, offsets: list[int], candidates: list[str], top: int = 20
+    ) -> list[dict[str, float] | None]:
+        """Exact log-probabilities of every candidate as the next token at each offset of `text` (after `prefix`).
+
+        One forward pass over `text`, reusing the keys and values of `prefix`; None at every offset when a
+        placeholder merged with its neighbour in tokenisation (`top` is not needed: nothing is truncated).
+        """
+        if self._prefix[0] != prefix:
+            self._prefix = (prefix, self.encode(prefix)[0])
+        ids, starts = self.encode(text)
+        index = {o: j for j, o in enumerate(starts)}
+        if any(o not in index for o in offsets):
+            return [None] * len(offsets)
+        cand_ids = []
+        for c in candidates:
+            piece = self.tokenizer(c, add_special_tokens=False)["input_ids"]
+            if len(piece) != 1:
+                raise LLMError(
+                    f"the local model's tokenizer splits {c!r} into {len(piece)} tokens; candidates must be one"
+                )
+            cand_ids.append(piece[0])
+        logprobs = self.next_token_logprobs(self._prefix[1], ids, [index[o] for o in offsets])[:, cand_ids]
+        return [dict(zip(candidates, row, strict=True)) for row in logprobs.tolist()]
 
     async def prompt_logprobs(self, prompt: str, top: int = 5) -> PromptLogprobs:
         """Top log-probabilities at every prompt position (the same shape the server path returns)."""
@@ -543,11 +618,40 @@ class LocalBackend:
         )
 
 
-Backend = OpenAIBackend | LocalBackend
+@runtime_checkable
+class Backend(Protocol):
+    """An LLM the explainer and the simulators talk to. Implementations: `OpenAIBackend`, `LocalBackend`."""
+
+    name: str
+    capabilities: Capabilities
+    usage: Usage
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_logprobs: int = 0,
+    ) -> Completion: ...
+
+    async def placeholder_logprobs(
+        self, prefix: str, text: str, offsets: list[int], candidates: list[str], top: int = 20
+    ) -> list[dict[str, float] | None]: ...
+
+    async def check(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
-def make_backend(spec: str = "local", **kwargs) -> Backend:
-    """`local` for the in-process SmolLM2, else an OpenAI-compatible model name (with base_url=..., api_key=...)."""
+def make_backend(spec: str = "local", base_url: str | None = None, api_key: str | None = None, **kwargs) -> Backend:
+    """`local` for the in-process SmolLM2, else a model name on an OpenAI-compatible server.
+
+    Every spec takes the same arguments; `base_url` and `api_key` mean nothing to `local` and are ignored there.
+    """
     if spec == "local":
+        if base_url:
+            log.info("base_url %s is ignored: the local backend runs in this process", base_url)
         return LocalBackend(**kwargs)
-    return OpenAIBackend(spec, **kwargs)
+    return OpenAIBackend(spec, base_url=base_url, api_key=api_key, **kwargs)

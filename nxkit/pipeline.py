@@ -1,24 +1,30 @@
 """The main job behind `nxkit run`: collection, explanation, simulation and scoring with the shuffled control,
 revision, and the report, into one run directory.
 
-Every stage resumes: a finished collection is reused, finished neurons are skipped, a stopped run
-picks up where it was. The settings are saved in the run manifest under `pipeline`.
+`PipelineConfig` composes the stage configs (`CollectConfig`, `ExplainConfig`, `SimulateConfig`,
+`ReviseConfig`) without renaming their fields; the command line is generated from it. Every stage
+resumes: a finished collection is reused, finished neurons are skipped, a stopped run picks up where
+it was. The settings are saved in the run manifest under `pipeline`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tqdm.auto import tqdm
+
+from .collect import CollectConfig
+from .explain import ExplainConfig
 from .records import NeuronId
+from .revise import ReviseConfig
 from .runs import Run
-
-log = logging.getLogger(__name__)
+from .seeds import mix_seed
+from .simulate import SimulateConfig
 
 
 class PipelineError(ValueError):
@@ -26,29 +32,49 @@ class PipelineError(ValueError):
 
 
 @dataclass
-class PipelineConfig:
-    """Everything `nxkit run` does, in one place (saved in the run manifest)."""
+class SourceConfig:
+    """Where a run lives and what it is collected from: the subject model and the corpus."""
 
-    run_dir: str = "runs/demo"
-    """Run directory (created; an existing one is resumed)."""
+    name: str = "demo"
+    """Run name: results go to runs/NAME."""
+    run_dir: str | None = None
+    """Explicit run directory (overrides the name)."""
     model: str = "smollm2-135m"
     """Subject model: the offline default, or a TransformerLens / Hugging Face name (needs a hub)."""
     corpus: str = "default"
-    """Corpus: default | fortunes | pydoc | hf:NAME | FILE.txt | FILE.jsonl."""
+    """Corpus: default | fortunes | pydoc | hf:NAME[:CONFIG][:SPLIT] | FILE.txt | FILE.jsonl."""
     max_tokens: int = 200_000
     """Corpus tokens to collect over."""
     window: int = 64
     """Tokens per window."""
-    layers: list[int] | None = None
-    """Layers to collect and explain (None: every layer)."""
-    explain_layers: list[int] | None = None
-    """Layers whose neurons are explained (None: every collected layer); collection still covers `layers`."""
-    neurons: list[str] | None = None
-    """Neurons to explain: `N` (that index in every layer) or `L:N`; None samples `sample` per layer."""
-    sample: int = 2
-    """Neurons sampled per layer (uniformly, with `seed`) when `neurons` is None."""
     seed: int = 0
-    """Seed of the corpus windows, the neuron sample and the explainer's sampling."""
+    """Seed of the corpus windows' order and of the neuron sample."""
+    device: str | None = None
+    """cpu | cuda (None: cuda when available)."""
+
+    def __post_init__(self):
+        if self.max_tokens < self.window or self.window < 2:
+            raise PipelineError(f"max_tokens ({self.max_tokens}) must be >= window ({self.window}) >= 2")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+@dataclass
+class PipelineConfig:
+    """Everything `nxkit run` does, in one place (saved in the run manifest)."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """The run directory, subject model and corpus."""
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    """Collection settings (layers, windows kept per neuron, batch size)."""
+    explain_layers: list[int] | None = None
+    """Layers whose neurons are explained (None: every collected layer)."""
+    neurons: list[str] | None = None
+    """Neurons to explain: `N` (that index in every explained layer) or `L:N`; None samples `sample` per layer."""
+    sample: int = 2
+    """Neurons sampled per layer (uniformly, with the source's seed) when `neurons` is None."""
     explainer: str = "local"
     """`local` (the offline SmolLM2 in process) or a model name on an OpenAI-compatible server."""
     simulator: str | None = None
@@ -57,42 +83,22 @@ class PipelineConfig:
     """OpenAI-compatible server of the explainer (None: $OPENAI_BASE_URL or OpenAI's API)."""
     simulator_base_url: str | None = None
     """Server of the simulator (None: `base_url`)."""
-    best_of: int = 3
-    """Explanations sampled per neuron; the best on the calibration windows is kept."""
-    explain_windows: int = 5
-    """Top windows shown to the explainer."""
-    calibration_windows: int | None = 5
-    """Top and random calibration windows, each, that rank the candidates."""
-    valid_windows: int | None = None
-    """Top and random valid windows, each, the chosen explanation is scored on (None: all 10 and 10)."""
-    sim_window_tokens: int | None = None
-    """Crop scored windows to this many tokens around their peak (None: whole windows)."""
-    revision_rounds: int = 1
-    """Counterexample-driven revision rounds per neuron (0 skips revision)."""
-    top_k: int = 40
-    """Top windows kept per neuron in collection (4 splits)."""
-    n_random: int = 30
-    """Random windows kept per neuron (3 splits)."""
-    batch_size: int = 32
-    """Windows per forward pass in collection."""
-    compile: bool = True
-    """torch.compile the collection's reductions."""
-    checkpoint_seconds: float = 300.0
-    """Seconds between collection checkpoints."""
-    device: str | None = None
-    """cpu | cuda (None: cuda when available)."""
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    """Explanation and scoring settings (best-of-k, windows)."""
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    """Simulator settings (mode, top log-probabilities)."""
+    revise: ReviseConfig = field(default_factory=ReviseConfig)
+    """Counterexample revision settings (rounds: 0 skips revision)."""
     retry_failed: bool = False
-    """Try neurons whose explanation failed before again."""
+    """Try neurons whose explanation or revision failed before again."""
     report: bool = True
     """Write runs/<name>/report.html at the end."""
     progress: bool = True
-    """Progress bars."""
+    """Progress bars and stage headers."""
 
     def __post_init__(self):
         if self.sample < 1 and not self.neurons:
             raise PipelineError("sample must be >= 1 when no neurons are listed; or list them with --neurons")
-        if self.best_of < 1 or self.revision_rounds < 0 or self.max_tokens < self.window:
-            raise PipelineError("best_of >= 1, revision_rounds >= 0 and max_tokens >= window are required")
         parse_neurons(self.neurons or [], [0])  # validates the syntax early
 
 
@@ -123,7 +129,7 @@ def select_neurons(
         if bad:
             raise PipelineError(
                 f"neuron {bad[0].layer_index}:{bad[0].neuron_index} is not in the collection "
-                f"(layers {layers}, neurons 0 to {d_mlp - 1}); add its layer with --layers or pick another"
+                f"(layers {layers}, neurons 0 to {d_mlp - 1}); add its layer with --collect.layers or pick another"
             )
         return chosen
     if sample > d_mlp:
@@ -131,7 +137,7 @@ def select_neurons(
     return sorted(
         NeuronId(layer, n)
         for layer in layers
-        for n in random.Random(seed * 100_003 + layer).sample(range(d_mlp), sample)
+        for n in random.Random(mix_seed(seed, layer)).sample(range(d_mlp), sample)
     )
 
 
@@ -147,169 +153,161 @@ class PipelineResult:
     """Wall time per stage."""
     report: Path | None = None
     """The report, when written."""
-    revision_skipped: str | None = None
-    """Why revision did not run, when it did not."""
-
-
-def _stage(i: int, n: int, text: str, progress: bool) -> None:
-    if progress:
-        print(f"\n[{i}/{n}] {text}", flush=True)
+    smoke_level: bool = False
+    """True when the explainer or simulator is a smoke-level model (its scores say little)."""
 
 
 def make_llms(config: PipelineConfig):
-    """The explainer backend and the simulator from the config (one local model serves both when both are local)."""
-    from .llm import make_backend
-    from .simulate import Simulator
+    """The explainer backend and the simulator from the config (one backend serves both when they are the same).
 
-    explainer = make_backend(config.explainer, **({"base_url": config.base_url} if config.explainer != "local" else {}))
+    Each backend checks its server first, so an unreachable server or an unknown model fails before any work.
+    """
+    from .llm import make_backend, run_sync
+    from .simulate import make_simulator
+
+    explainer = make_backend(config.explainer, base_url=config.base_url)
     sim_spec = config.simulator or config.explainer
     sim_url = config.simulator_base_url or config.base_url
-    if sim_spec == config.explainer and sim_url == config.base_url:
-        backend = explainer
-    else:
-        backend = make_backend(sim_spec, **({"base_url": sim_url} if sim_spec != "local" else {}))
-    return explainer, Simulator(backend)
+    same = sim_spec == config.explainer and sim_url == config.base_url
+    backend = explainer if same else make_backend(sim_spec, base_url=sim_url)
+    for b in {id(b): b for b in (explainer, backend)}.values():
+        run_sync(b.check())
+    return explainer, make_simulator(backend, config.simulate)
 
 
-def check_servers(*backends) -> None:
-    """Ask each OpenAI-compatible backend's server for its models: an unreachable server or unknown model fails now."""
-    from .llm import OpenAIBackend, run_sync
+class _Stages:
+    """Stage headers and wall times of one run."""
 
-    for b in dict.fromkeys(backends):
-        if isinstance(b, OpenAIBackend):
-            run_sync(b.check())
+    def __init__(self, n: int, progress: bool):
+        self.n, self.i, self.progress, self.seconds = n, 0, progress, {}
+
+    def start(self, name: str, text: str) -> None:
+        self.i += 1
+        self.name, self.t0 = name, time.perf_counter()
+        if self.progress:
+            print(f"\n[{self.i}/{self.n}] {text}", flush=True)
+
+    def stop(self) -> None:
+        self.seconds[self.name] = time.perf_counter() - self.t0
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run (or resume) every stage; returns what was done. Prints a stage header and progress for each."""
-    from .collect import Activations, CollectConfig, collect
-    from .corpus import make_windows
-    from .explain import ExplainConfig, explain_and_score, shuffled_controls
-    from .subject import load_subject
+    from .explain import explain_and_score, shuffled_controls
 
-    run = Run(config.run_dir)
-    stages = 5 if config.revision_rounds else 4
-    seconds: dict[str, float] = {}
-    p = config.progress
-    explainer, simulator = make_llms(config)
-    check_servers(explainer, simulator.backend)  # fail before the collection, not after it
+    run = Run(config.source.path)
+    stages = _Stages(4 + bool(config.revise.rounds), config.progress)
+    explainer, simulator = make_llms(config)  # fails before the collection when a server is unreachable
 
-    t = time.perf_counter()
-    _stage(1, stages, f"collection: {config.model} over {config.max_tokens:,} tokens of '{config.corpus}'", p)
-    model = None
-    acts_manifest = run.activations_dir / "manifest.json"
-    if not (acts_manifest.exists() and _collection_complete(acts_manifest)):
-        model = load_subject(config.model, device=config.device)
-        windows = make_windows(
-            model.tokenizer, config.corpus, window=config.window, max_tokens=config.max_tokens, seed=config.seed
-        )
-        if p:
-            print(f"corpus: {windows.summary()}", flush=True)
-        ccfg = CollectConfig(
-            layers=config.layers,
-            top_k=config.top_k,
-            n_random=config.n_random,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            compile=config.compile,
-            checkpoint_seconds=config.checkpoint_seconds,
-        )
-        collect(model, windows, run.activations_dir, ccfg, progress=p)
-    elif p:
-        print(f"reusing the finished collection in {run.activations_dir}", flush=True)
-    acts = Activations(run.activations_dir)
-    _check_same_collection(acts.manifest, config, run)
-    run.update_manifest(pipeline=asdict(config))
-    if config.layers and not set(config.layers) <= set(acts.layers):
-        raise PipelineError(
-            f"{run.path} was collected for layers {acts.layers}, not {sorted(set(config.layers) - set(acts.layers))}; "
-            "use another run name for other layers"
-        )
-    layers = sorted(config.explain_layers or config.layers or acts.layers)
-    if not set(layers) <= set(acts.layers):
-        raise PipelineError(
-            f"--explain-layers {sorted(set(layers) - set(acts.layers))} were not collected (collected: {acts.layers}); "
-            "choose collected layers, or collect them with --layers"
-        )
-    neurons = select_neurons(layers, acts.d_mlp, config.neurons, config.sample, config.seed)
-    run.update_manifest(neurons=[[n.layer_index, n.neuron_index] for n in neurons])
-    seconds["collection"] = time.perf_counter() - t
+    src = config.source
+    stages.start("collection", f"collection: {src.model} over {src.max_tokens:,} tokens of '{src.corpus}'")
+    model = prepare_collection(config, run)
+    neurons = choose_neurons(config, run)
+    stages.stop()
 
-    t = time.perf_counter()
-    ecfg = ExplainConfig(
-        n_candidates=config.best_of,
-        n_windows=config.explain_windows,
-        seed=config.seed,
-        calibration_windows=config.calibration_windows,
-        valid_windows=config.valid_windows,
-        sim_window_tokens=config.sim_window_tokens,
-    )
     todo = run.todo(neurons, config.retry_failed)
-    _stage(
-        2, stages, f"explanation and scoring: {len(todo)} of {len(neurons)} neurons to do (best of {config.best_of})", p
+    stages.start(
+        "explain+score",
+        f"explanation and scoring: {len(todo)} of {len(neurons)} neurons to do (best of {config.explain.best_of})",
     )
-    explain_and_score(run, neurons, explainer, simulator, ecfg, retry_failed=config.retry_failed, progress=p)
-    seconds["explain+score"] = time.perf_counter() - t
+    explain_and_score(
+        run, neurons, explainer, simulator, config.explain, retry_failed=config.retry_failed, progress=config.progress
+    )
+    stages.stop()
 
-    t = time.perf_counter()
-    _stage(3, stages, "shuffled-explanation control (each neuron scored with another neuron's explanation)", p)
-    shuffled_controls(run, simulator, ecfg, progress=p)
-    seconds["shuffled control"] = time.perf_counter() - t
+    stages.start(
+        "shuffled control", "shuffled-explanation control (each neuron scored with another neuron's explanation)"
+    )
+    shuffled_controls(run, simulator, progress=config.progress)
+    stages.stop()
 
-    skipped = None
-    if config.revision_rounds:
-        t = time.perf_counter()
-        _stage(4, stages, f"revision: {config.revision_rounds} round(s) of counterexamples per neuron", p)
-        try:
-            from .revise import ReviseConfig, revise_run
-        except ImportError as exc:
-            skipped = f"nxkit.revise is not available ({exc}); revision skipped"
-            log.warning(skipped)
-        else:
-            from .viz import revision_path
-
-            pending = [n for n in neurons if not revision_path(run, n.layer_index, n.neuron_index).exists()]
-            if model is None and (pending or config.retry_failed):
-                model = load_subject(config.model, device=config.device)
-            revise_run(
-                run,
-                model,
-                explainer,
-                simulator,
-                ReviseConfig(rounds=config.revision_rounds, seed=config.seed),
-                neurons=neurons,
-                progress=p,
-                retry_failed=config.retry_failed,
-            )
-        seconds["revision"] = time.perf_counter() - t
+    if config.revise.rounds:
+        stages.start("revision", f"revision: {config.revise.rounds} round(s) of counterexamples per neuron")
+        revise_stage(config, run, model, explainer, simulator, neurons)
+        stages.stop()
 
     report = None
     if config.report:
         from .report import write_report
 
-        t = time.perf_counter()
-        _stage(stages, stages, "report", p)
+        stages.start("report", "report")
         report = write_report(run)
-        seconds["report"] = time.perf_counter() - t
-    run.update_manifest(pipeline_seconds={k: round(v, 1) for k, v in seconds.items()})
-    return PipelineResult(run, neurons, seconds, report, skipped)
+        stages.stop()
+    run.update_manifest(pipeline_seconds={k: round(v, 1) for k, v in stages.seconds.items()})
+    smoke = any(d.get("smoke_level") for d in (explainer.describe(), simulator.describe()))
+    return PipelineResult(run, neurons, stages.seconds, report, smoke)
+
+
+def prepare_collection(config: PipelineConfig, run: Run):
+    """Collect (or resume collecting) unless the run has a finished collection; returns the subject model when
+    it was loaded (else None), after checking that the collection matches the config."""
+    from .corpus import make_windows
+    from .subject import load_subject
+
+    src, model = config.source, None
+    if not run.has_collection():
+        from .collect import collect
+
+        model = load_subject(src.model, device=src.device)
+        windows = make_windows(model.tokenizer, src.corpus, window=src.window, max_tokens=src.max_tokens, seed=src.seed)
+        if config.progress:
+            print(f"corpus: {windows.summary()}", flush=True)
+        collect(model, windows, run.activations_dir, config.collect, progress=config.progress)
+    elif config.progress:
+        print(f"reusing the finished collection in {run.activations_dir}", flush=True)
+    _check_same_collection(run.collection_manifest(), config, run)
+    run.update_manifest(pipeline=asdict(config))
+    return model
+
+
+def choose_neurons(config: PipelineConfig, run: Run) -> list[NeuronId]:
+    """The neurons to explain, checked against the collection, recorded in the manifest."""
+    acts = run.activations()
+    wanted = config.collect.layers
+    if wanted and not set(wanted) <= set(acts.layers):
+        raise PipelineError(
+            f"{run.path} was collected for layers {acts.layers}, not {sorted(set(wanted) - set(acts.layers))}; "
+            "use another run name for other layers"
+        )
+    layers = sorted(config.explain_layers or wanted or acts.layers)
+    if not set(layers) <= set(acts.layers):
+        raise PipelineError(
+            f"--explain-layers {sorted(set(layers) - set(acts.layers))} were not collected (collected: {acts.layers}); "
+            "choose collected layers, or collect them with --collect.layers"
+        )
+    neurons = select_neurons(layers, acts.d_mlp, config.neurons, config.sample, config.source.seed)
+    run.update_manifest(neurons=[[n.layer_index, n.neuron_index] for n in neurons])
+    return neurons
+
+
+def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, neurons: list[NeuronId]) -> None:
+    """Counterexample revision of every chosen neuron not revised yet (the subject model loads only if needed)."""
+    from .revise import pending, revise_run
+    from .subject import load_subject
+
+    if model is None and pending(run, neurons, config.retry_failed):
+        model = load_subject(config.source.model, device=config.source.device)
+    revise_run(
+        run, model, explainer, simulator, config.revise, neurons=neurons, progress=config.progress,
+        retry_failed=config.retry_failed,
+    )  # fmt: skip
 
 
 def _check_same_collection(manifest: dict, config: PipelineConfig, run: Run) -> None:
     """A resumed run must describe the same subject model and corpus as its collection."""
-    from .subject import OFFLINE_ALIASES, OFFLINE_DEFAULT
+    from .offline import OFFLINE_ALIASES, OFFLINE_DEFAULT
 
-    want = OFFLINE_DEFAULT if config.model in OFFLINE_ALIASES else config.model
+    src = config.source
+    want = OFFLINE_DEFAULT if src.model in OFFLINE_ALIASES else src.model
     have = (manifest.get("model"), manifest.get("corpus", {}).get("source"))
-    if have != (want, config.corpus):
+    if have != (want, src.corpus):
         raise PipelineError(
-            f"{run.path} was collected with model {have[0]!r} on corpus {have[1]!r}, not {want!r} on {config.corpus!r}; "
+            f"{run.path} was collected with model {have[0]!r} on corpus {have[1]!r}, not {want!r} on {src.corpus!r}; "
             "choose another run name (--name), or delete that run directory to start over"
         )
 
 
-def _collection_complete(manifest_path: Path) -> bool:
-    return json.loads(manifest_path.read_text()).get("status") == "complete"
+# --- what a run shows ----------------------------------------------------------------------------
 
 
 def _fmt(v) -> str:
@@ -317,14 +315,11 @@ def _fmt(v) -> str:
 
 
 def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 60) -> str:
-    """A plain-text table of the run's neurons (scores, control, revision) with the means underneath."""
+    """A plain-text table of the run's neurons (the kept explanation, its scores, control, revision) with means."""
     from .score import mean_scores
-    from .viz import neuron_table, share_above
+    from .viz import share_above
 
-    df = neuron_table(run)
-    if neurons is not None:
-        keep = {(n.layer_index, n.neuron_index) for n in neurons}
-        df = df[[(r.layer, r.neuron) in keep for r in df.itertuples()]]
+    df = run.table(neurons=neurons)
     head = f"{'layer':>5} {'neuron':>6} {'status':<7} {'score':>6} {'random':>6} {'shuffl':>6} {'gap':>6} {'revised':>7}  explanation"
     lines = [head, "-" * len(head)]
     for r in df.itertuples():
@@ -335,8 +330,7 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
             f"{r.layer:>5} {r.neuron:>6} {r.status or '?':<7} {_fmt(r.top_and_random):>6} {_fmt(r.random_only):>6} "
             f"{_fmt(r.shuffled_control):>6} {_fmt(r.shuffled_gap):>6} {_fmt(r.score_after):>7}  {text}"
         )
-    rows = [row for row in run.score_rows() if neurons is None or NeuronId(row["layer"], row["neuron"]) in set(neurons)]
-    m = mean_scores(rows)
+    m = mean_scores(df[df["status"] == "done"].to_dict("records"))
     share = share_above(df)
     lines.append("-" * len(head))
     lines.append(
@@ -347,5 +341,104 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
     after = df["score_after"].dropna()
     if len(after):
         before = df.loc[after.index, "score_before"]
-        lines.append(f"revision: {len(after)} neurons, mean {_fmt(before.mean())} -> {_fmt(after.mean())}")
+        kept = int((df["kept"] == "revised").sum())
+        lines.append(
+            f"revision: {len(after)} neurons, mean {_fmt(before.mean())} -> {_fmt(after.mean())}; "
+            f"revised explanation kept for {kept}"
+        )
     return "\n".join(lines)
+
+
+def small_run_config(run_dir: str, revision_rounds: int = 0, layers: list[int] | None = None) -> PipelineConfig:
+    """A run small enough for a notebook on a CPU in a few minutes (one layer, two neurons, short windows)."""
+    return PipelineConfig(
+        source=SourceConfig(run_dir=run_dir, max_tokens=64 * 128),
+        collect=CollectConfig(layers=layers or [0], top_k=8, n_random=6),
+        sample=2,
+        explain=ExplainConfig(best_of=1, valid_windows=1, sim_window_tokens=32),
+        revise=ReviseConfig(rounds=revision_rounds),
+        report=False,
+    )
+
+
+def ensure_run(config: PipelineConfig) -> Run:
+    """The run of `config`, running the pipeline first when it has no explained neurons (notebooks use this)."""
+    run = Run(config.source.path)
+    if not run.neurons():
+        run_pipeline(config)
+    return run
+
+
+# --- OpenAI's public GPT-2 XL release, scored by our simulator -----------------------------------------
+
+
+def rescore_released(
+    neurons, simulator, explainer=None, explain_config: ExplainConfig | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Score each released explanation with our simulator on the very windows the release scored, side by side.
+
+    Windows carry their split (found by matching the neuron's records), so random-only scores never mix
+    in top windows. With an `explainer`, also explain each neuron from its released records with our
+    pipeline and score that explanation on the same windows. Returns one plain row per neuron.
+    """
+    from .explain import process_neuron, simulate_and_score
+    from .llm import run_sync
+    from .public import released_windows
+    from .score import scores
+
+    rows = []
+    for neuron in tqdm(list(neurons), desc="re-score", unit="neuron", disable=not progress):
+        windows = released_windows(neuron)
+        splits = [w.split for w in windows]
+        released = neuron.results.scored_explanations[0]
+        top = neuron.record.max_activation if neuron.record else 0.0
+        max_act = top if top > 0 else max((a for w in windows for a in w.activations), default=1.0)
+        _, ours, _ = run_sync(simulate_and_score(simulator, released.explanation, windows, max_act))
+        row = {
+            "layer": neuron.neuron_id.layer_index,
+            "neuron": neuron.neuron_id.neuron_index,
+            "n_windows": len(windows),
+            "splits": splits,
+            "released_explanation": released.explanation,
+            "released_score": released.scored_simulation.ev_correlation_score,
+            "released_random_only": scores(released.scored_simulation, splits).random_only,
+            "rescored": ours.top_and_random,
+            "rescored_random_only": ours.random_only,
+            "rescored_flag": ours.top_and_random_flag,
+        }
+        if explainer is not None:
+            if neuron.record is None:
+                raise PipelineError(f"neuron {neuron.neuron_id} needs its activation records to be explained by us")
+            summary, _ = run_sync(
+                process_neuron(neuron.record, explainer, simulator, explain_config or ExplainConfig())
+            )
+            own = None
+            if summary.explanation:
+                _, own, _ = run_sync(simulate_and_score(simulator, summary.explanation, windows, max_act))
+            row |= {
+                "our_explanation": summary.explanation,
+                "our_score": own.top_and_random if own else None,
+                "our_random_only": own.random_only if own else None,
+                "our_status": summary.status,
+            }
+        rows.append(row)
+    return rows
+
+
+def open_notebook_run(
+    run_dir: str,
+    layers: list[int],
+    max_tokens: int,
+    llm: str = "local",
+    base_url: str | None = None,
+    api_key: str | None = None,
+):
+    """The run a notebook works on (collecting a small one first if it has none), the LLM backend and its
+    simulator: the setup the explain, simulate and revise notebooks share."""
+    from .llm import make_backend
+    from .runs import ensure_collection
+    from .simulate import make_simulator
+
+    run = ensure_collection(run_dir, layers=layers, max_tokens=max_tokens)
+    backend = make_backend(llm, base_url=base_url, api_key=api_key)
+    return run, backend, make_simulator(backend)

@@ -12,17 +12,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .records import ActivationRecord
-from .subject import check_neuron, hook_name
+from .subject import check_neuron, hook_name, run_capture
 
 DEFAULT_BATCH = 16
 
 
 class ProbeError(ValueError):
     """A text that cannot be probed (empty, or longer than the model's context)."""
-
-
-class _StopForward(Exception):
-    """Raised in the probed layer's hook: nothing after it is needed."""
 
 
 def encode(model, text: str) -> list[int]:
@@ -58,9 +54,8 @@ def probe_tokens_many(
     device = next(model.parameters()).device
     got: dict[str, Tensor] = {}
 
-    def hook(x: Float[Tensor, "batch pos d_mlp"], hook) -> None:
+    def keep(layer: int, x: Float[Tensor, "batch pos d_mlp"]) -> None:
         got["acts"] = x[:, :, neuron].detach().float().cpu()
-        raise _StopForward
 
     out: list[ActivationRecord] = []
     for start in range(0, len(token_ids), batch_size):
@@ -71,10 +66,7 @@ def probe_tokens_many(
             batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         got.clear()
         with torch.inference_mode():
-            try:  # run_with_hooks removes the hook on the way out, also when the hook raises
-                model.run_with_hooks(batch.to(device), fwd_hooks=[(hook_name(layer), hook)], return_type=None)
-            except _StopForward:
-                pass
+            run_capture(model, batch.to(device), [layer], keep)
         if "acts" not in got:
             raise ProbeError(f"the hook {hook_name(layer)} never ran; this model does not expose it")
         for row, ids in enumerate(chunk):

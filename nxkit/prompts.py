@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import Mismatch
 
 SIM_MAX = 9
 """Largest activation the simulator writes (one digit)."""
@@ -329,21 +333,85 @@ def align_lines(tokens: list[str], lines: list[ParsedLine]) -> list[ParsedLine |
     return out
 
 
-# --- revision (counterexamples and revised explanations) ------------------------------------------
+# --- revision: proposals that test an explanation, and the revised explanation ------------------
 
-COUNTEREXAMPLE_SYSTEM = (
-    "You test explanations of neurons in a language model. Given an explanation, write short texts that "
-    "could show it is wrong: texts that match the explanation but might leave the neuron silent, and "
-    "texts that do not match it but might make the neuron fire. One text per line, numbered 1., 2., ..."
+KINDS = ("fire", "silent")
+"""Proposals meant to make the neuron fire, and proposals meant to leave it silent."""
+
+PROPOSE_SYSTEM = (
+    "You test explanations of single neurons in a language model. Given an explanation of what makes a "
+    "neuron fire, write short, varied texts of one sentence each, as asked. One text per line, numbered "
+    "1., 2., ... Write nothing else."
 )
+_ASK = {
+    "fire": "Write {n} texts that, by this explanation, should make the neuron fire strongly.",
+    "silent": "Write {n} texts that, by this explanation, should leave the neuron silent.",
+}
+PROPOSE_EXAMPLES: dict[str, str] = {
+    "fire": "1. We could meet on Tuesday after lunch.\n2. The shop is closed every Sunday.\n3. See you Friday!",
+    "silent": "1. The river flows slowly to the sea.\n2. She painted the fence green.\n3. Add two cups of flour.",
+}
+"""Worked answers for the explanation `names of weekdays`, shown before the real request."""
+EXAMPLE_EXPLANATION = "names of weekdays"
 
 
-def counterexample_messages(explanation: str, n: int = 5) -> list[dict[str, str]]:
-    """Chat messages asking for `n` probing texts for an explanation."""
+def _propose_user(explanation: str, kind: str, n: int) -> str:
+    return f"Explanation: it fires on {explanation}.\n{_ASK[kind].format(n=n)}"
+
+
+def proposal_messages(explanation: str, kind: str, n: int) -> list[dict[str, str]]:
+    """Chat messages asking for `n` texts of one kind (`fire` or `silent`) for an explanation."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    example_n = PROPOSE_EXAMPLES[kind].count("\n") + 1
     return [
-        {"role": "system", "content": COUNTEREXAMPLE_SYSTEM},
-        {"role": "user", "content": f"Explanation: it fires on {explanation}.\nWrite {n} texts."},
+        {"role": "system", "content": PROPOSE_SYSTEM},
+        {"role": "user", "content": _propose_user(EXAMPLE_EXPLANATION, kind, example_n)},
+        {"role": "assistant", "content": PROPOSE_EXAMPLES[kind]},
+        {"role": "user", "content": _propose_user(explanation, kind, n)},
     ]
+
+
+def parse_proposals(text: str, n: int, max_chars: int = 200) -> list[str]:
+    """Up to `n` distinct numbered texts from an answer, each cut to `max_chars`; [] when none is numbered."""
+    out: list[str] = []
+    for line in parse_numbered_lines(text):
+        line = line[:max_chars].strip()
+        if line and line.lower() not in {o.lower() for o in out}:
+            out.append(line)
+    return out[:n]
+
+
+REVISE_SYSTEM = (
+    "You improve explanations of single neurons in a language model. You get the current explanation, "
+    "texts where the neuron fired most strongly, and test texts on which the explanation was wrong. "
+    "Texts are shown one token per line: the token, a tab, and the neuron's real activation from 0 "
+    f'(silent) to 10 (strongest). Write a better explanation in one short sentence that begins "{ANSWER_LEAD}". '
+    "Describe the pattern; do not list tokens one by one."
+)
+_EXPECTED = {"fire": "meant to make it fire, but it stayed silent", "silent": "meant to leave it silent, but it fired"}
+
+
+def _token_lines(pairs: list[tuple[str, int]]) -> list[str]:
+    return [f"{format_token(t)}\t{a}" for t, a in pairs]
+
+
+def revision_messages(
+    explanation: str, mismatches: list[Mismatch], top_windows: list[Window] | None = None
+) -> list[dict[str, str]]:
+    """Chat messages asking to revise `explanation` given the proposals it got wrong, with their real activations."""
+    parts = [f"Current explanation: it fires on {explanation}."]
+    if top_windows:
+        parts.append("Texts where the neuron fired most strongly:")
+        for i, window in enumerate(top_windows, 1):
+            parts.append("\n".join([f"<window {i}>", *_token_lines(window), "</window>"]))
+    parts.append("Test texts the explanation got wrong:")
+    for i, m in enumerate(mismatches, 1):
+        lines = [f"<test {i}> {_EXPECTED[m.kind]} (peak {m.probe.max_normalized} of 10)"]
+        lines += _token_lines(list(zip(m.probe.tokens, m.probe.normalized, strict=True)))
+        parts.append("\n".join([*lines, "</test>"]))
+    parts.append("Write the better explanation.")
+    return [{"role": "system", "content": REVISE_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def parse_numbered_lines(text: str) -> list[str]:
@@ -354,25 +422,3 @@ def parse_numbered_lines(text: str) -> list[str]:
         if m:
             out.append(m.group(1).strip().strip("\"'“”").strip())
     return [t for t in out if t]
-
-
-REVISE_SYSTEM = (
-    "You improve explanations of neurons in a language model. You get the current explanation and "
-    "texts where it went wrong: each line holds a token, a tab, the neuron's real activation (0-10), "
-    "a tab, and the activation predicted from the explanation (0-10). Write a better explanation in "
-    f'one short sentence that begins "{ANSWER_LEAD}". Describe the pattern; do not list tokens one by one.'
-)
-
-
-def revise_messages(explanation: str, mismatches: list[list[tuple[str, int, int]]]) -> list[dict[str, str]]:
-    """Chat messages asking to revise `explanation` given windows of (token, real, predicted) triples."""
-    blocks = []
-    for i, window in enumerate(mismatches, 1):
-        lines = [f"<window {i}>"] + [f"{format_token(t)}\t{r}\t{p}" for t, r, p in window] + ["</window>"]
-        blocks.append("\n".join(lines))
-    user = (
-        f"Current explanation: it fires on {explanation}.\n\n"
-        + "\n\n".join(blocks)
-        + "\n\nWrite the better explanation."
-    )
-    return [{"role": "system", "content": REVISE_SYSTEM}, {"role": "user", "content": user}]

@@ -17,9 +17,7 @@ import dataclasses
 import http.client
 import json
 import operator
-import os
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -31,28 +29,26 @@ from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from . import __version__
+from .offline import cache_dir
 from .records import (
     _REGISTRY,
-    ActivationRecord,
+    RANDOM,
+    TOP,
+    UNKNOWN,
+    HeldOutWindow,
     NeuronId,
     NeuronRecord,
     NeuronSimulationResults,
-    ScoredSimulation,
     dump_neuron_record,
     dump_simulation_results,
     from_json_obj,
 )
-from .subject import cache_dir
-
-if TYPE_CHECKING:  # for annotations only: the LLM stages load when `rescore_released` runs
-    from .explain import ExplainConfig
-    from .llm import Backend
-    from .simulate import Simulator
+from .runs import as_run, atomic_write
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/neuron-explainer/data"
 """Root of the release (GPT-2 XL: 48 layers x 6,400 neurons; a few neurons are missing)."""
@@ -292,7 +288,7 @@ class PublicDataset:
         if cached.is_file():
             return cached.read_bytes()
         data = self._download(url, nid, part)
-        _atomic_write(cached, data)
+        atomic_write(cached, data)
         return data
 
     def _download(self, url: str, nid: NeuronId, part: str) -> bytes:
@@ -410,20 +406,6 @@ def _check_complete(part: str, data: bytes) -> None:
     json.loads(text.splitlines()[0] if part == EXPLANATIONS and text else text)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 # --- writing in the release's layout -------------------------------------------------------------
 
 
@@ -435,26 +417,16 @@ def write_neuron(
     if record is not None:
         nid = _neuron_id(record.neuron_id)
         path = out / ACTIVATIONS / str(nid.layer_index) / f"{nid.neuron_index}.json"
-        _atomic_write(path, dump_neuron_record(record).encode("utf-8"))
+        atomic_write(path, dump_neuron_record(record).encode("utf-8"))
         written.append(path)
     if results is not None:
         nid = _neuron_id(results.neuron_id)
         if record is not None and nid != record.neuron_id:
             raise ValueError(f"record is {_name(record.neuron_id)} but results are {_name(nid)}")
         path = out / EXPLANATIONS / str(nid.layer_index) / f"{nid.neuron_index}.jsonl"
-        _atomic_write(path, (dump_simulation_results(results) + "\n").encode("utf-8"))
+        atomic_write(path, (dump_simulation_results(results) + "\n").encode("utf-8"))
         written.append(path)
     return written
-
-
-def _explained(run_dir: Path) -> list[NeuronId]:
-    """Neurons with an explanations file in a run directory."""
-    root = run_dir / EXPLANATIONS
-    found = []
-    for path in root.glob("*/*.jsonl") if root.is_dir() else []:
-        if path.parent.name.isdigit() and path.stem.isdigit():
-            found.append(NeuronId(int(path.parent.name), int(path.stem)))
-    return sorted(found)
 
 
 def export_run(
@@ -465,25 +437,20 @@ def export_run(
 ) -> list[NeuronId]:
     """Export a run of ours (`runs/<name>/`) in the release's layout, so tools built for the release read it.
 
-    Exports `neurons` (default: every neuron the run explained): its activation records from
-    `activations/`, and its explanations file when the run has one. Returns the neurons written.
+    Exports `neurons` (default: every neuron the run explained): its activation records, and its
+    explanations file when the run has one (the kept explanation first, as the run shows it). Returns
+    the neurons written.
     """
-    from .collect import Activations  # torch is imported only when a run is exported
-
-    run = Path(run_dir)
-    ids = sorted({_neuron_id(n) for n in neurons}) if neurons is not None else _explained(run)
+    run = as_run(run_dir)
+    ids = sorted({_neuron_id(n) for n in neurons}) if neurons is not None else run.done_neurons(("done",))
     if not ids:
         raise ValueError(
-            f"{run} has no explanations ({run / EXPLANATIONS}/<layer>/<neuron>.jsonl); explain some neurons "
-            "first, or pass neurons= to export activation records alone"
+            f"{run.path} has no explanations; explain some neurons first, or pass neurons= to export "
+            "activation records alone"
         )
-    acts = Activations(run / "activations")
+    acts = run.activations()
     for nid in tqdm(ids, desc="export", unit="neuron", disable=not progress):
-        explanation = run / EXPLANATIONS / str(nid.layer_index) / f"{nid.neuron_index}.jsonl"
-        results = None
-        if explanation.is_file():
-            results = parse_simulation_results(explanation.read_bytes(), str(explanation), nid)
-        write_neuron(out_dir, acts.neuron_record(nid.layer_index, nid.neuron_index), results)
+        write_neuron(out_dir, acts.neuron_record(nid.layer_index, nid.neuron_index), run.read_results(nid))
     return ids
 
 
@@ -506,73 +473,32 @@ def released_rows(neurons: Iterable[PublicNeuron]) -> list[dict[str, Any]]:
     return rows
 
 
-# --- comparison with our simulator ---------------------------------------------------------------
+# --- the windows the release scored ------------------------------------------------------------
 
 
-def released_windows(neuron: PublicNeuron) -> list[ActivationRecord]:
-    """The windows the release scored its explanation on (valid split: top, then random), with real activations."""
+def released_splits(neuron: PublicNeuron) -> list[str]:
+    """The split of each window the release scored its explanation on, found by matching it against the neuron's
+    top and random records (`unknown` when it matches neither, or the records were not fetched)."""
     if not (neuron.results and neuron.results.scored_explanations):
         raise ValueError(f"{_name(neuron.neuron_id)} has no released explanation; fetch its explanations file")
+    rec = neuron.record
+    top = {tuple(r.tokens) for r in rec.most_positive_activation_records} if rec else set()
+    rand = {tuple(r.tokens) for r in rec.random_sample} if rec else set()
     seqs = neuron.results.scored_explanations[0].scored_simulation.scored_sequence_simulations
-    return [ActivationRecord(tokens=list(s.simulation.tokens), activations=list(s.true_activations)) for s in seqs]
+    out = []
+    for s in seqs:
+        key = tuple(s.simulation.tokens)
+        out.append(TOP if key in top else RANDOM if key in rand else UNKNOWN)
+    return out
 
 
-def rescore_released(
-    neurons: Iterable[PublicNeuron],
-    simulator: Simulator,
-    explainer: Backend | None = None,
-    explain_config: ExplainConfig | None = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Score each released explanation with our simulator on the very windows the release scored, side by side.
-
-    With an `explainer`, also explain each neuron from its released records with our pipeline and score
-    that explanation on the same windows. Returns one plain row per neuron (for a pandas DataFrame).
-    """
-    from .explain import ExplainConfig, process_neuron
-    from .llm import run_sync
-    from .score import random_only, score_flag, score_simulation
-
-    rows = []
-    for neuron in tqdm(list(neurons), desc="re-score", unit="neuron", disable=not progress):
-        windows = released_windows(neuron)
-        released = neuron.results.scored_explanations[0]
-        top = neuron.record.max_activation if neuron.record else 0.0
-        max_act = top if top > 0 else max((a for w in windows for a in w.activations), default=1.0)
-
-        def score(explanation: str, windows=windows, max_act=max_act) -> tuple[ScoredSimulation, ScoredSimulation]:
-            sims = simulator.simulate_sync(explanation, [w.tokens for w in windows])
-            scored = score_simulation(windows, sims, max_act)
-            return scored, random_only(scored, max_act)
-
-        ours, ours_random = score(released.explanation)
-        row = {
-            "layer": neuron.neuron_id.layer_index,
-            "neuron": neuron.neuron_id.neuron_index,
-            "n_windows": len(windows),
-            "released_explanation": released.explanation,
-            "released_score": released.scored_simulation.ev_correlation_score,
-            "released_random_only": random_only(released.scored_simulation, max_act).ev_correlation_score,
-            "rescored": ours.ev_correlation_score,
-            "rescored_random_only": ours_random.ev_correlation_score,
-            "rescored_flag": score_flag(ours),
-        }
-        if explainer is not None:
-            if neuron.record is None:
-                raise ValueError(f"{_name(neuron.neuron_id)} needs its activation records to be explained by us")
-            summary, _ = run_sync(
-                process_neuron(neuron.record, explainer, simulator, explain_config or ExplainConfig())
-            )
-            text = summary.get("explanation")
-            own, own_random = score(text) if text else (None, None)
-            row |= {
-                "our_explanation": text,
-                "our_score": own.ev_correlation_score if own else None,
-                "our_random_only": own_random.ev_correlation_score if own_random else None,
-                "our_status": summary["status"],
-            }
-        rows.append(row)
-    return rows
+def released_windows(neuron: PublicNeuron) -> list[HeldOutWindow]:
+    """The windows the release scored its explanation on, with real activations and their splits."""
+    seqs = neuron.results.scored_explanations[0].scored_simulation.scored_sequence_simulations if neuron.results else []
+    return [
+        HeldOutWindow(list(s.simulation.tokens), list(s.true_activations), split)
+        for s, split in zip(seqs, released_splits(neuron), strict=True)
+    ]
 
 
 # --- a local server, for notebooks and tests -----------------------------------------------------

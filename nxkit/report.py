@@ -8,7 +8,6 @@ or an LLM is escaped.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from . import viz
 from .records import NeuronId
-from .runs import Run
+from .runs import Run, as_run, atomic_write
 from .score import OFFLINE_NOTE, mean_scores
 from .viz import esc
 
@@ -51,10 +50,6 @@ table.nx-sortable td, table.nx-sortable th { border-bottom: 1px solid #ddd; padd
 """
 
 
-def _num(v) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 def _sort_value(v) -> str:
     """Sort key of a cell: missing numbers sort below every score."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -84,7 +79,7 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
             if key == "neuron":
                 shown = f'<a href="#n-{r.layer}-{r.neuron}">{v}</a>'
             elif key in viz.SCORE_COLUMNS:
-                shown = _num(v)
+                shown = viz.num(v)
             elif key == "explanation":
                 text = v if isinstance(v, str) else (r.reason if isinstance(r.reason, str) else "")
                 shown = esc(text)
@@ -95,40 +90,16 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
     return f'<table class="nx-sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def neuron_section(run: Run, row, max_windows: int = 6) -> str:
-    """One neuron: explanation, candidates, scores, revision, and heatmaps of its scored windows (top half, random half)."""
-    nid = NeuronId(int(row.layer), int(row.neuron))
-    s = run.read_neuron(nid) or {}
+def neuron_section(run: Run, nid: NeuronId, max_windows: int = 6) -> str:
+    """One neuron: explanation, candidates, scores, revision, and heatmaps of its scored windows by split."""
+    summary = run.read_neuron(nid)
     parts = [f'<div class="nx-neuron" id="n-{nid.layer_index}-{nid.neuron_index}">']
-    parts.append(f"<h3>layer {nid.layer_index} · neuron {nid.neuron_index} · {esc(s.get('status'))}</h3>")
-    if s.get("status") != "done":
-        parts.append(f"<p>{esc(s.get('reason') or '')}</p></div>")
-        return "".join(parts)
-    parts.append(f"<p><b>explanation:</b> {esc(s.get('explanation'))}</p>")
-    parts.append(
-        f"<p>score {_num(s.get('top_and_random'))} · random only {_num(s.get('random_only'))} · "
-        f"shuffled control {_num(s.get('shuffled_control'))} · gap {_num(s.get('shuffled_gap'))} · "
-        f"max activation {_num(s.get('max_activation'))}</p>"
-    )
-    cands = s.get("candidates") or []
-    if len(cands) > 1:
-        items = "".join(f"<li>{_num(c.get('calibration_score'))} · {esc(c.get('text'))}</li>" for c in cands)
-        parts.append(
-            f"<details><summary>{len(cands)} candidates (calibration scores)</summary><ul>{items}</ul></details>"
-        )
-    if isinstance(row.final_explanation, str):
-        parts.append(
-            f"<p><b>revised ({esc(row.revision_status)}):</b> {esc(row.final_explanation)} · "
-            f"{_num(row.score_before)} → {_num(row.score_after)}</p>"
-        )
+    parts.append(viz.neuron_html(summary, run.read_revision(nid)))
     results = run.read_results(nid)
-    if results and results.scored_explanations:
+    if summary is not None and summary.status == "done" and results and results.scored_explanations:
         seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
-        half = len(seqs) // 2
-        n = max(1, max_windows // 2)
-        max_act = float(s.get("max_activation") or max((max(q.true_activations, default=0) for q in seqs), default=1))
-        parts.append("<h4>top windows</h4>" + viz.scored_heatmaps(seqs[:half], max_act, n))
-        parts.append("<h4>random windows</h4>" + viz.scored_heatmaps(seqs[half:], max_act, n))
+        max_act = viz.max_activation_of(summary, seqs=seqs)
+        parts.append(viz.split_heatmaps(seqs, summary.window_splits, max_act, max(1, max_windows // 2)))
     parts.append("</div>")
     return "".join(parts)
 
@@ -140,38 +111,49 @@ def _figures(df: pd.DataFrame) -> list:
     return figs
 
 
+def _describe(d) -> str:
+    """A backend or simulator description from the manifest, as one line."""
+    if not isinstance(d, dict):
+        return str(d or "?")
+    return " ".join(f"{k}={v}" for k, v in d.items() if k != "smoke_level" and v is not None)
+
+
 def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: int = 6) -> str:
     """The report as one HTML string (plotly.js inlined once)."""
-    run = run if isinstance(run, Run) else Run(run)
-    df = viz.neuron_table(run)
-    manifest = run.manifest()
-    means = mean_scores(run.score_rows())
+    run = as_run(run)
+    df = run.table()
+    means = mean_scores(df[df["status"] == "done"].to_dict("records"))
     share = viz.share_above(df)
-    explain = manifest.get("explain", {})
-    acts_manifest = {}
-    if (run.activations_dir / "manifest.json").exists():
-        acts_manifest = json.loads((run.activations_dir / "manifest.json").read_text())
-    corpus = acts_manifest.get("corpus", {})
+    explain = run.manifest().get("explain", {})
+    collection = run.collection_manifest()
+    corpus = collection.get("corpus", {})
     meta = [
-        f"subject model: {esc(acts_manifest.get('model', '?'))}",
+        f"subject model: {esc(collection.get('model', '?'))}",
         f"corpus: {esc(corpus.get('source', '?'))} ({corpus.get('n_tokens', 0):,} tokens)",
-        f"explainer: {esc(explain.get('explainer', '?'))}",
-        f"simulator: {esc(explain.get('simulator', '?'))}",
+        f"explainer: {esc(_describe(explain.get('explainer')))}",
+        f"simulator: {esc(_describe(explain.get('simulator')))}",
     ]
     counts = df["status"].value_counts().to_dict()
     summary = (
         f"{len(df)} neurons ({', '.join(f'{esc(k)}: {v}' for k, v in counts.items()) or 'none yet'}) · "
-        f"mean score {_num(means['top_and_random'])} · random only {_num(means['random_only'])} · "
-        f"shuffled control {_num(means['shuffled_control'])} · gap {_num(means['shuffled_gap'])} · "
+        f"mean score {viz.num(means['top_and_random'])} · random only {viz.num(means['random_only'])} · "
+        f"shuffled control {viz.num(means['shuffled_control'])} · gap {viz.num(means['shuffled_gap'])} · "
         f"above {viz.PAPER_THRESHOLD}: {share['above']} of {share['n']}"
     )
-    note = f'<p class="nx-note">{esc(OFFLINE_NOTE)}</p>' if "LocalBackend" in str(explain.get("simulator", "")) else ""
+    simulator = explain.get("simulator")
+    note = (
+        f'<p class="nx-note">{esc(OFFLINE_NOTE)}</p>'
+        if isinstance(simulator, dict) and simulator.get("smoke_level")
+        else ""
+    )
     figs = []
     for i, fig in enumerate(_figures(df)):
         fig.update_layout(height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
         figs.append(fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False}))
     shown = df.sort_values("top_and_random", ascending=False, na_position="last").head(max_neurons)
-    sections = "".join(neuron_section(run, r, max_windows) for r in shown.itertuples())
+    sections = "".join(
+        neuron_section(run, NeuronId(int(r.layer), int(r.neuron)), max_windows) for r in shown.itertuples()
+    )
     more = f"<p>showing {len(shown)} of {len(df)} neurons (highest scores first)</p>" if len(df) > len(shown) else ""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -190,10 +172,5 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
 
 def write_report(run: Run | str | Path, path: str | Path | None = None, **kwargs) -> Path:
     """Write `runs/<name>/report.html` (or `path`) and return its path."""
-    run = run if isinstance(run, Run) else Run(run)
-    out = Path(path) if path else run.path / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render_report(run, **kwargs), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    run = as_run(run)
+    return atomic_write(Path(path) if path else run.report_path, render_report(run, **kwargs))

@@ -1,30 +1,71 @@
-"""A run directory: the manifest, the collection, and one explanation file and summary per neuron.
+"""A run directory: the only module that knows its layout.
 
 Layout of `runs/<name>/`:
     manifest.json                        every stage's settings, library versions, token usage
-    activations/                         the collection (`nxkit.collect`)
-    explanations/{layer}/{neuron}.jsonl  one line: `NeuronSimulationResults` (chosen explanation, valid split)
-    neurons/{layer}/{neuron}.json        nxkit's summary: candidates, scores, control, failures, status
+    activations/                         the collection (`nxkit.collect` owns what is inside)
+    explanations/{layer}/{neuron}.jsonl  one line: `NeuronSimulationResults` (kept explanation first, valid split)
+    neurons/{layer}/{neuron}.json        `NeuronSummary`: candidates, scores, control, failures, status
+    revisions/{layer}/{neuron}.json      `NeuronRevision`: every revision round
+    report.html                          the run report
 Files are written atomically, summary last, so a neuron is finished exactly when its summary says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from .records import NeuronId, NeuronSimulationResults, dump_simulation_results, load_simulation_results
+from .records import (
+    NeuronId,
+    NeuronRevision,
+    NeuronSimulationResults,
+    NeuronSummary,
+    ScoredExplanation,
+    ScoredSimulation,
+    dump_simulation_results,
+    dumps,
+    load_simulation_results,
+    loads,
+)
 
 FINISHED = ("done", "dead", "failed")
+TABLE_COLUMNS = [
+    "run", "layer", "neuron", "status", "reason", "explanation", "kept", "top_and_random", "random_only",
+    "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
+    "original_explanation", "original_top_and_random", "revision_status", "score_before", "score_after",
+    "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens",
+]  # fmt: skip
+"""Columns of the run table, one row per neuron."""
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` to `path` through a uniquely named temporary file in the same folder, so a reader never sees
+    half a file and concurrent writers (threads, processes) never share a temporary file. The one writer of nxkit."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read_typed(path: Path, cls: type) -> Any:
+    if not path.exists():
+        return None
+    obj = loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, cls):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}; it was written by another tool")
+    return obj
 
 
 class Run:
@@ -36,6 +77,8 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
+    # --- paths ---
+
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
@@ -44,41 +87,97 @@ class Run:
     def activations_dir(self) -> Path:
         return self.path / "activations"
 
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.html"
+
+    def _neuron_file(self, kind: str, nid: NeuronId, suffix: str = ".json") -> Path:
+        return self.path / kind / str(nid.layer_index) / f"{nid.neuron_index}{suffix}"
+
+    def explanation_path(self, nid: NeuronId) -> Path:
+        return self._neuron_file("explanations", nid, ".jsonl")
+
+    def summary_path(self, nid: NeuronId) -> Path:
+        return self._neuron_file("neurons", nid)
+
+    def revision_path(self, nid: NeuronId) -> Path:
+        return self._neuron_file("revisions", nid)
+
+    # --- manifest and collection ---
+
     def manifest(self) -> dict[str, Any]:
         return json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
 
     def update_manifest(self, **sections: Any) -> dict[str, Any]:
         """Merge top-level sections into manifest.json (other sections are kept)."""
         manifest = {**self.manifest(), **sections}
-        _atomic_write(self.manifest_path, json.dumps(manifest, indent=1, default=str))
+        atomic_write(self.manifest_path, json.dumps(manifest, indent=1, default=str))
         return manifest
+
+    def has_collection(self) -> bool:
+        """True when a finished collection is in `activations/`."""
+        path = self.activations_dir / "manifest.json"
+        return path.exists() and json.loads(path.read_text()).get("status") == "complete"
+
+    def collection_manifest(self) -> dict[str, Any]:
+        """The collection's manifest (model, corpus, settings), empty when there is none."""
+        path = self.activations_dir / "manifest.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def activations(self):
         from .collect import Activations
 
         return Activations(self.activations_dir)
 
-    def explanation_path(self, layer: int, neuron: int) -> Path:
-        return self.path / "explanations" / str(layer) / f"{neuron}.jsonl"
+    # --- per-neuron records ---
 
-    def neuron_path(self, layer: int, neuron: int) -> Path:
-        return self.path / "neurons" / str(layer) / f"{neuron}.json"
-
-    def write_neuron(self, nid: NeuronId, summary: dict, results: NeuronSimulationResults | None = None) -> None:
+    def write_neuron(self, summary: NeuronSummary, results: NeuronSimulationResults | None = None) -> None:
         """Write the explanation file (if any) and then the summary, each atomically."""
         if results is not None:
-            _atomic_write(
-                self.explanation_path(nid.layer_index, nid.neuron_index), dump_simulation_results(results) + "\n"
-            )
-        _atomic_write(self.neuron_path(nid.layer_index, nid.neuron_index), json.dumps(summary, indent=1))
+            atomic_write(self.explanation_path(summary.neuron_id), dump_simulation_results(results) + "\n")
+        atomic_write(self.summary_path(summary.neuron_id), dumps(summary))
 
-    def read_neuron(self, nid: NeuronId) -> dict | None:
-        path = self.neuron_path(nid.layer_index, nid.neuron_index)
-        return json.loads(path.read_text()) if path.exists() else None
+    def read_neuron(self, nid: NeuronId) -> NeuronSummary | None:
+        return _read_typed(self.summary_path(nid), NeuronSummary)
 
     def read_results(self, nid: NeuronId) -> NeuronSimulationResults | None:
-        path = self.explanation_path(nid.layer_index, nid.neuron_index)
+        path = self.explanation_path(nid)
         return load_simulation_results(path.read_text().splitlines()[0]) if path.exists() else None
+
+    def read_revision(self, nid: NeuronId) -> NeuronRevision | None:
+        return _read_typed(self.revision_path(nid), NeuronRevision)
+
+    def write_revision(self, revision: NeuronRevision, kept: ScoredSimulation | None = None) -> None:
+        """Write a neuron's revision file and show its outcome in the summary and the explanation file.
+
+        When the revision beat the original (`kept` is its scored simulation), the summary's explanation
+        and scores become the revision's, with the original beside them, and the explanation file lists
+        the revision first and the original after it. Otherwise the original stays (or is put back).
+        """
+        nid = revision.neuron_id
+        atomic_write(self.revision_path(nid), dumps(revision))
+        summary, results = self.read_neuron(nid), self.read_results(nid)
+        if summary is None or summary.status != "done" or results is None:
+            return
+        original = next(
+            (e for e in results.scored_explanations if e.explanation == summary.original_explanation),
+            results.scored_explanations[-1],
+        )
+        if kept is not None and revision.final_explanation != summary.original_explanation:
+            summary.explanation, summary.scores, summary.kept = (
+                revision.final_explanation,
+                revision.scores_after,
+                "revised",
+            )
+            explanations = [ScoredExplanation(revision.final_explanation, kept), original]
+        else:
+            summary.explanation, summary.scores, summary.kept = (
+                summary.original_explanation,
+                summary.original_scores,
+                "original",
+            )
+            explanations = [original]
+        self.write_neuron(summary, NeuronSimulationResults(nid, explanations))
 
     def neurons(self) -> list[NeuronId]:
         """Every neuron with a summary, sorted."""
@@ -88,35 +187,79 @@ class Run:
         out = [NeuronId(int(p.parent.name), int(p.stem)) for p in root.glob("*/*.json") if p.stem.isdigit()]
         return sorted(out)
 
+    def summaries(self, statuses: tuple[str, ...] | None = None) -> list[NeuronSummary]:
+        """Every neuron's summary, sorted by neuron (only those with one of `statuses`, when given)."""
+        out = [s for n in self.neurons() if (s := self.read_neuron(n)) is not None]
+        return [s for s in out if statuses is None or s.status in statuses]
+
     def done_neurons(self, statuses: tuple[str, ...] = FINISHED) -> list[NeuronId]:
         """Neurons whose summary has one of `statuses` (finished ones by default)."""
-        return [n for n in self.neurons() if (s := self.read_neuron(n)) and s.get("status") in statuses]
+        return [s.neuron_id for s in self.summaries(statuses)]
 
     def is_finished(self, nid: NeuronId, retry_failed: bool = False) -> bool:
         """True when a re-run should skip this neuron."""
         summary = self.read_neuron(nid)
         if summary is None:
             return False
-        return summary.get("status") in (("done", "dead") if retry_failed else FINISHED)
+        return summary.status in (("done", "dead") if retry_failed else FINISHED)
 
     def todo(self, neurons: list[NeuronId], retry_failed: bool = False) -> list[NeuronId]:
         """The neurons of `neurons` not finished yet, in order."""
         return [n for n in neurons if not self.is_finished(n, retry_failed)]
 
-    def score_rows(self) -> list[dict]:
-        """One row per finished neuron with its scores (the input of `score.mean_scores`)."""
+    # --- the run table ---
+
+    def table(self, label: str | None = None, neurons: list[NeuronId] | None = None):
+        """One row per neuron with a summary (a pandas DataFrame with `TABLE_COLUMNS`): the one run table that the
+        summary printout, the report, the inspector and the figures all read."""
+        import pandas as pd
+
+        keep = set(neurons) if neurons is not None else None
         rows = []
-        for nid in self.done_neurons(("done",)):
-            s = self.read_neuron(nid)
-            rows.append(
-                {
-                    "layer": nid.layer_index,
-                    "neuron": nid.neuron_index,
-                    "explanation": s.get("explanation"),
-                    **{k: s.get(k) for k in ("top_and_random", "random_only", "shuffled_control", "shuffled_gap")},
-                }
-            )
-        return rows
+        for s in self.summaries():
+            if keep is not None and s.neuron_id not in keep:
+                continue
+            rows.append(table_row(s, self.read_revision(s.neuron_id), label or self.path.name))
+        df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        numeric = ["top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation",
+                   "original_top_and_random", "score_before", "score_after"]  # fmt: skip
+        for col in numeric:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+        return df
+
+
+def table_row(summary: NeuronSummary, revision: NeuronRevision | None = None, label: str = "") -> dict[str, Any]:
+    """A neuron's row of the run table."""
+    s, orig = summary, summary.original_scores
+    return {
+        "run": label,
+        "layer": s.neuron_id.layer_index,
+        "neuron": s.neuron_id.neuron_index,
+        "status": s.status,
+        "reason": s.reason,
+        "explanation": s.explanation,
+        "kept": s.kept,
+        "top_and_random": s.top_and_random,
+        "random_only": s.random_only,
+        "top_and_random_flag": s.scores.top_and_random_flag,
+        "random_only_flag": s.scores.random_only_flag,
+        "shuffled_control": s.shuffled_control,
+        "shuffled_gap": s.shuffled_gap,
+        "max_activation": s.max_activation,
+        "original_explanation": s.original_explanation,
+        "original_top_and_random": orig.top_and_random if orig else None,
+        "revision_status": revision.status if revision else None,
+        "score_before": revision.score_before if revision else None,
+        "score_after": revision.score_after if revision else None,
+        "n_windows": s.scores.n_windows,
+        "n_failed": s.scores.n_failed,
+        **{k: s.usage.get(k) for k in ("requests", "prompt_tokens", "completion_tokens")},
+    }
+
+
+def as_run(run: Run | str | Path) -> Run:
+    """A `Run` from a run or its directory."""
+    return run if isinstance(run, Run) else Run(run)
 
 
 def ensure_collection(
@@ -133,8 +276,7 @@ def ensure_collection(
     from .subject import load_subject
 
     run = Run(run_dir)
-    manifest = run.activations_dir / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("status") == "complete":
+    if run.has_collection():
         return run
     model = model or load_subject()
     windows = make_windows(model.tokenizer, source, max_tokens=max_tokens)

@@ -1,4 +1,4 @@
-"""Scores: how well simulated activations match real ones.
+"""Scores: how well simulated activations match real ones. Pure numpy over records; imports no stage.
 
 Every score is a `Score(value, flag)`: `value` is None and `flag` says why when the score is
 undefined (constant or empty input), so a dead window or a flat prediction never crashes a run.
@@ -7,13 +7,23 @@ undefined (constant or empty input), so a dead window or a flat prediction never
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from .prompts import SIM_MAX
-from .records import ActivationRecord, ScoredSequenceSimulation, ScoredSimulation, SequenceSimulation
+from .records import (
+    RANDOM,
+    SIMULATED_NORMALIZED_ACTIVATIONS,
+    UNKNOWN,
+    ActivationRecord,
+    ScoredSequenceSimulation,
+    ScoredSimulation,
+    Scores,
+    SequenceSimulation,
+    SimulationFailure,
+)
 
 OFFLINE_NOTE = (
     "Note: the offline default explainer and simulator (SmolLM2-135M) is a smoke-level model; its "
@@ -87,13 +97,15 @@ def to_activation_units(expected: Sequence[float], max_activation: float) -> lis
 
 def _failed_sequence(record: ActivationRecord) -> SequenceSimulation:
     """A window whose simulation failed: empty predictions (never zeros), skipped by every aggregate."""
-    return SequenceSimulation(list(record.tokens), [], "simulated_normalized_activations", [], [])
+    return SequenceSimulation(list(record.tokens), [], SIMULATED_NORMALIZED_ACTIVATIONS, [], [])
 
 
-def score_simulation(records: list[ActivationRecord], simulations: list, max_activation: float) -> ScoredSimulation:
+def score_simulation(
+    records: Sequence[ActivationRecord],
+    simulations: Sequence[SequenceSimulation | SimulationFailure],
+    max_activation: float,
+) -> ScoredSimulation:
     """Score each window and all of them together; failed windows keep empty predictions and are skipped."""
-    from .simulate import SimulationFailure
-
     if len(records) != len(simulations):
         raise ValueError(f"{len(records)} records but {len(simulations)} simulations")
     seqs = []
@@ -118,11 +130,14 @@ def score_simulation(records: list[ActivationRecord], simulations: list, max_act
     return aggregate_scored(seqs, max_activation)
 
 
+def _predicted(seqs: Sequence[ScoredSequenceSimulation]) -> tuple[list[float], list[float]]:
+    ok = [s for s in seqs if s.simulation.expected_activations]
+    return [v for s in ok for v in s.true_activations], [v for s in ok for v in s.simulation.expected_activations]
+
+
 def aggregate_scored(seqs: list[ScoredSequenceSimulation], max_activation: float) -> ScoredSimulation:
     """Aggregate scores over the windows that have predictions."""
-    ok = [s for s in seqs if s.simulation.expected_activations]
-    real = [v for s in ok for v in s.true_activations]
-    pred = [v for s in ok for v in s.simulation.expected_activations]
+    real, pred = _predicted(seqs)
     units = to_activation_units(pred, max_activation)
     return ScoredSimulation(
         scored_sequence_simulations=seqs,
@@ -134,35 +149,50 @@ def aggregate_scored(seqs: list[ScoredSequenceSimulation], max_activation: float
 
 def score_flag(scored: ScoredSimulation) -> str | None:
     """Why the aggregate correlation of `scored` is undefined (None when it is defined)."""
-    ok = [s for s in scored.scored_sequence_simulations if s.simulation.expected_activations]
-    real = [v for s in ok for v in s.true_activations]
-    pred = [v for s in ok for v in s.simulation.expected_activations]
-    return correlation_score(real, pred).flag
+    return correlation_score(*_predicted(scored.scored_sequence_simulations)).flag
 
 
-def random_only(scored: ScoredSimulation, max_activation: float) -> ScoredSimulation:
-    """The second half of a top-then-random scored simulation (the random windows), re-aggregated."""
+def split_correlation(scored: ScoredSimulation, splits: Sequence[str], split: str = RANDOM) -> Score:
+    """Correlation over the windows of one split (`random` by default), read from each window's label.
+
+    `splits` gives the split of each scored window in order; a window's split is never inferred from
+    its position. No window of that split is flagged `no_<split>_windows`; a window of unknown split
+    makes the score undefined (`unknown_split`) rather than silently mixed.
+    """
     seqs = scored.scored_sequence_simulations
-    return aggregate_scored(seqs[len(seqs) // 2 :], max_activation)
+    if len(splits) != len(seqs):
+        raise ValueError(f"{len(splits)} split labels for {len(seqs)} scored windows")
+    if UNKNOWN in splits:
+        return Score(None, "unknown_split")
+    chosen = [s for s, label in zip(seqs, splits, strict=True) if label == split]
+    if not chosen:
+        return Score(None, f"no_{split}_windows")
+    return correlation_score(*_predicted(chosen))
 
 
-def summary(scored: ScoredSimulation) -> dict:
-    """Aggregate correlation with its flag and window counts, as plain JSON."""
+def scores(scored: ScoredSimulation, splits: Sequence[str]) -> Scores:
+    """Top-and-random and random-only correlation with their flags, as the summary records them."""
     seqs = scored.scored_sequence_simulations
-    failed = sum(not s.simulation.expected_activations for s in seqs)
-    return {
-        "score": scored.ev_correlation_score,
-        "flag": score_flag(scored),
-        "n_windows": len(seqs),
-        "n_failed": failed,
-    }
+    both = correlation_score(*_predicted(seqs))
+    rand = split_correlation(scored, splits, RANDOM)
+    return Scores(
+        top_and_random=both.value,
+        random_only=rand.value,
+        top_and_random_flag=both.flag,
+        random_only_flag=rand.flag,
+        n_windows=len(seqs),
+        n_failed=sum(not s.simulation.expected_activations for s in seqs),
+    )
 
 
-def mean_scores(rows: list[dict]) -> dict:
-    """Means over neurons of top-and-random, random-only, shuffled-control scores and the gap (undefined ones skipped)."""
+def mean_scores(rows: Sequence[Mapping]) -> dict:
+    """Means over neurons of top-and-random, random-only, shuffled-control scores and the gap (undefined ones skipped).
+
+    `rows` are the run table's rows (or any mappings with those keys).
+    """
 
     def mean(key: str) -> tuple[float | None, int]:
-        vals = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+        vals = [float(r[key]) for r in rows if r.get(key) is not None and not math.isnan(r[key])]
         return (float(np.mean(vals)) if vals else None, len(vals))
 
     out: dict = {"n_neurons": len(rows)}

@@ -1,6 +1,7 @@
 """The simulator: predict a neuron's activation on every token of a window from an explanation alone.
 
-Three modes, picked from what the backend can do (`Capabilities`):
+`Simulator` is the protocol every stage uses. Three prompted implementations, picked by
+`make_simulator` from what the backend can do (`Capabilities`):
 - `all_at_once`: one pass over the prompt with a placeholder per token; at each placeholder the
   expected value over the digit tokens 0-9 of the next-token distribution (local model, or a server
   returning prompt log-probabilities with echo=True: vLLM, llama.cpp);
@@ -15,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import Any, Protocol, runtime_checkable
 
 from . import prompts
-from .llm import Backend, Capabilities, LocalBackend, run_sync
-from .records import SIMULATED_NORMALIZED_ACTIVATIONS, SequenceSimulation
+from .llm import Backend, Capabilities, Usage, run_sync
+from .records import SIMULATED_NORMALIZED_ACTIVATIONS, SequenceSimulation, SimulationFailure
 
 MODES = ("all_at_once", "chat_logprobs", "chat_text")
 DIGITS = [str(d) for d in range(prompts.SIM_MAX + 1)]
@@ -45,16 +45,6 @@ class SimulateConfig:
             raise SimulateError(f"mode must be 'auto' or one of {MODES}, got {self.mode!r}")
         if not 1 <= self.top_logprobs <= 20:
             raise SimulateError("top_logprobs must be between 1 and 20")
-
-
-@dataclass
-class SimulationFailure:
-    """A window the simulator's answer could not be turned into predictions for."""
-
-    reason: str
-    """What went wrong."""
-    raw: str
-    """The raw answer text (or a description of the raw log-probabilities)."""
 
 
 def choose_mode(capabilities: Capabilities, requested: str = "auto") -> str:
@@ -101,96 +91,106 @@ def one_hot(digit: int) -> list[float]:
     return [1.0 if d == digit else 0.0 for d in range(prompts.SIM_MAX + 1)]
 
 
-class Simulator:
-    """Simulates windows from an explanation with one backend, in the mode the backend allows."""
+@runtime_checkable
+class Simulator(Protocol):
+    """Predicts a neuron's activation on every token of windows from an explanation alone.
 
-    def __init__(self, backend: Backend, config: SimulateConfig | None = None):
-        self.backend = backend
-        self.config = config or SimulateConfig()
-        self.mode = choose_mode(backend.capabilities, self.config.mode)
-        self._digit_ids: list[int] | None = None
-        self._prefix_ids: dict[str, list[int]] = {}
-
-    def __repr__(self) -> str:
-        return f"Simulator({self.backend!r}, mode={self.mode!r})"
-
-    def digit_ids(self) -> list[int]:
-        """Vocabulary ids of the digits 0-9 (each must be one token)."""
-        if self._digit_ids is None:
-            tok = self.backend.tokenizer
-            ids = [tok(d, add_special_tokens=False)["input_ids"] for d in DIGITS]
-            if any(len(i) != 1 for i in ids):
-                raise SimulateError("the simulator's tokenizer splits a single digit into several tokens")
-            self._digit_ids = [i[0] for i in ids]
-        return self._digit_ids
-
-    async def simulate(self, explanation: str, tokens: list[str]) -> SequenceSimulation | SimulationFailure:
-        """One window's prediction, or a failure with the raw answer."""
-        if not tokens:
-            raise SimulateError("cannot simulate an empty window")
-        if self.mode == "all_at_once":
-            if isinstance(self.backend, LocalBackend):
-                return self._all_at_once_local(explanation, tokens)
-            return await self._all_at_once_remote(explanation, tokens)
-        return await self._chat(explanation, tokens, with_logprobs=self.mode == "chat_logprobs")
+    Implementations: the three prompted modes below (`make_simulator` picks one from what the backend
+    declares), and any class with these members (a trained model, a rule in a test).
+    """
 
     async def simulate_many(
         self, explanation: str, windows: list[list[str]]
     ) -> list[SequenceSimulation | SimulationFailure]:
-        """Every window with the same explanation: in order locally (so the prefix is reused), concurrently on a server."""
-        if isinstance(self.backend, LocalBackend):
-            return [await self.simulate(explanation, w) for w in windows]
-        return list(await asyncio.gather(*(self.simulate(explanation, w) for w in windows)))
+        """One prediction (or a recorded failure) per window of token strings."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the run manifest records of this simulator (kind, mode, model; `smoke_level` when it is one)."""
+        ...
+
+    @property
+    def usage(self) -> Usage:
+        """Its LLM traffic so far (zeros for a simulator that sends none)."""
+        ...
+
+
+def simulate_sync(simulator: Simulator, explanation: str, windows: list[list[str]]):
+    """`simulator.simulate_many` from sync code (also inside Jupyter)."""
+    return run_sync(simulator.simulate_many(explanation, windows))
+
+
+class _Prompted:
+    """What the prompted simulators share: the backend, the settings, sync access and the description."""
+
+    mode = ""
+
+    def __init__(self, backend: Backend, config: SimulateConfig | None = None):
+        self.backend = backend
+        self.config = config or SimulateConfig()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.backend!r}, mode={self.mode!r})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "prompted", "mode": self.mode, **self.backend.describe()}
+
+    @property
+    def usage(self) -> Usage:
+        return self.backend.usage
 
     def simulate_sync(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation | SimulationFailure]:
         """`simulate_many` from sync code (also inside Jupyter)."""
-        return run_sync(self.simulate_many(explanation, windows))
+        return simulate_sync(self, explanation, windows)
 
-    def _all_at_once_local(self, explanation: str, tokens: list[str]) -> SequenceSimulation | SimulationFailure:
-        backend: LocalBackend = self.backend  # type: ignore[assignment]
-        if explanation not in self._prefix_ids:
-            self._prefix_ids = {explanation: backend.encode(prompts.simulate_prefix(explanation))[0]}
-        prefix = self._prefix_ids[explanation]
-        text, places = prompts.simulate_window_text(tokens)
-        ids, offsets = backend.encode(text)
-        index = {o: j for j, o in enumerate(offsets)}
-        missing = [p for p in places if p not in index]
-        if missing:
-            return SimulationFailure(
-                f"{len(missing)} placeholders merged with neighbouring text by the tokenizer", text
-            )
-        logprobs = backend.next_token_logprobs(prefix, ids, [index[p] for p in places])
-        probs = torch.softmax(logprobs[:, self.digit_ids()], dim=-1)
-        return _sequence(tokens, probs.tolist())
+    async def simulate_many(
+        self, explanation: str, windows: list[list[str]]
+    ) -> list[SequenceSimulation | SimulationFailure]:
+        """Every window with the same explanation: in turn in process (the prefix is reused), concurrently on a server."""
+        if any(not w for w in windows):
+            raise SimulateError("cannot simulate an empty window")
+        if not self.backend.capabilities.concurrent:
+            return [await self.simulate(explanation, w) for w in windows]
+        return list(await asyncio.gather(*(self.simulate(explanation, w) for w in windows)))
 
-    async def _all_at_once_remote(self, explanation: str, tokens: list[str]) -> SequenceSimulation | SimulationFailure:
+    async def simulate(self, explanation: str, tokens: list[str]) -> SequenceSimulation | SimulationFailure:
+        raise NotImplementedError
+
+
+class AllAtOnceSimulator(_Prompted):
+    """One pass over the prompt with a placeholder per token; each prediction is the expected digit there."""
+
+    mode = "all_at_once"
+
+    async def simulate(self, explanation: str, tokens: list[str]) -> SequenceSimulation | SimulationFailure:
         prefix = prompts.simulate_prefix(explanation)
         text, places = prompts.simulate_window_text(tokens)
-        lp = await self.backend.prompt_logprobs(prefix + text, top=self.config.top_logprobs)
-        index = {o: j for j, o in enumerate(lp.offsets)}
-        dists, bad = [], []
-        for p in places:
-            j = index.get(len(prefix) + p)
-            dist = digit_distribution(lp.top[j] or {}) if j is not None else None
-            if dist is None:
-                bad.append(p)
-            dists.append(dist)
+        tops = await self.backend.placeholder_logprobs(prefix, text, places, DIGITS, top=self.config.top_logprobs)
+        dists = [digit_distribution(t) if t is not None else None for t in tops]
+        bad = [i for i, d in enumerate(dists) if d is None]
         if bad:
-            sample = [lp.top[index[len(prefix) + p]] if len(prefix) + p in index else None for p in bad[:3]]
             return SimulationFailure(
-                f"no digit among the top {self.config.top_logprobs} log-probabilities at {len(bad)} of {len(places)} tokens",
-                f"top log-probabilities at the first such positions: {sample}",
+                f"no digit log-probabilities at {len(bad)} of {len(places)} tokens (no digit among the top "
+                f"{self.config.top_logprobs}, or a placeholder merged with its neighbour in tokenisation)",
+                f"log-probabilities at the first such positions: {[tops[i] for i in bad[:3]]}",
             )
         return _sequence(tokens, dists)
 
-    async def _chat(
-        self, explanation: str, tokens: list[str], with_logprobs: bool
-    ) -> SequenceSimulation | SimulationFailure:
+
+class ChatSimulator(_Prompted):
+    """The model rewrites each token with a digit; expected values from the digits' log-probabilities where given."""
+
+    def __init__(self, backend: Backend, config: SimulateConfig | None = None, with_logprobs: bool = True):
+        super().__init__(backend, config)
+        self.with_logprobs = with_logprobs
+        self.mode = "chat_logprobs" if with_logprobs else "chat_text"
+
+    async def simulate(self, explanation: str, tokens: list[str]) -> SequenceSimulation | SimulationFailure:
         answer = await self.backend.chat(
             prompts.simulate_messages(explanation, tokens),
             max_tokens=8 * len(tokens) + 16,
             temperature=0.0,
-            top_logprobs=self.config.top_logprobs if with_logprobs else 0,
+            top_logprobs=self.config.top_logprobs if self.with_logprobs else 0,
         )
         lines = prompts.align_lines(tokens, prompts.parse_simulation_lines(answer.text))
         missing = sum(line is None for line in lines)
@@ -199,19 +199,35 @@ class Simulator:
                 f"{missing} of {len(tokens)} tokens have no `token<TAB>digit` line in the answer", answer.text
             )
         starts: dict[int, int] = {}
-        if with_logprobs and answer.tokens:
+        if self.with_logprobs and answer.tokens:
             pos = 0
             for j, t in enumerate(answer.tokens):
                 starts[pos] = j
                 pos += len(t.token)
-        dists = []
-        for line in lines:
-            j = starts.get(line.digit_offset)
-            dist = None
-            if j is not None and answer.tokens[j].token.strip() == str(line.digit):
-                top = dict(answer.tokens[j].top)
-                if answer.tokens[j].logprob is not None:
-                    top.setdefault(answer.tokens[j].token.strip(), answer.tokens[j].logprob)
-                dist = digit_distribution(top)
-            dists.append(dist or one_hot(line.digit))
-        return _sequence(tokens, dists)
+        return _sequence(
+            tokens, [self._distribution(answer, starts.get(line.digit_offset), line.digit) for line in lines]
+        )
+
+    @staticmethod
+    def _distribution(answer, j: int | None, digit: int) -> list[float]:
+        """The digits' probabilities at answer token `j` when it is the written digit, else that digit for certain."""
+        if j is not None and answer.tokens[j].token.strip() == str(digit):
+            top = dict(answer.tokens[j].top)
+            if answer.tokens[j].logprob is not None:
+                top.setdefault(answer.tokens[j].token.strip(), answer.tokens[j].logprob)
+            if (dist := digit_distribution(top)) is not None:
+                return dist
+        return one_hot(digit)
+
+
+def make_simulator(spec: str | Backend = "local", config: SimulateConfig | None = None, **backend_kwargs) -> Simulator:
+    """A simulator by name (`local`, or a model on an OpenAI-compatible server, with `base_url=` ...) or
+    around a backend, in the mode `config.mode` asks for (`auto`: the most informative the backend can do)."""
+    from .llm import make_backend
+
+    backend = make_backend(spec, **backend_kwargs) if isinstance(spec, str) else spec
+    config = config or SimulateConfig()
+    mode = choose_mode(backend.capabilities, config.mode)
+    if mode == "all_at_once":
+        return AllAtOnceSimulator(backend, config)
+    return ChatSimulator(backend, config, with_logprobs=mode == "chat_logprobs")

@@ -1,14 +1,14 @@
 """Figures and token heatmaps for a run: plotly figures returned (never shown), HTML built with every text escaped.
 
-Tables come from `neuron_table(run)` (one row per explained neuron); every figure takes such a table
-(or a run, or a path) so notebooks, the report and the inspector share them. Heatmaps are plain HTML
+Every figure takes the run table (`Run.table()`, one row per neuron), or a run or its path, so notebooks,
+the report and the inspector share them; nothing here opens a file. Heatmaps are plain HTML
 strings with inline styles: they render the same in a notebook, an ipywidgets `HTML` and a saved file.
 """
 
 from __future__ import annotations
 
 import html
-import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .records import ScoredSequenceSimulation
-from .runs import Run
+from .records import NeuronRecord, NeuronRevision, NeuronSummary, ScoredSequenceSimulation
+from .runs import Run, as_run
 
 PAPER_THRESHOLD = 0.8
 """Score above which the paper counts an explanation as good."""
@@ -133,53 +133,9 @@ def legend_html() -> str:
 # --- the run as a table ---------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def revision_path(run: Run, layer: int, neuron: int) -> Path:
-    """Where the revision stage writes one neuron's outcome."""
-    return run.path / "revisions" / str(layer) / f"{neuron}.json"
-
-
-def neuron_table(run: Run | str | Path, label: str | None = None) -> pd.DataFrame:
-    """One row per neuron with a summary: status, explanation, scores, and the revision's outcome where there is one."""
-    run = run if isinstance(run, Run) else Run(run)
-    rows = []
-    for nid in run.neurons():
-        s = run.read_neuron(nid) or {}
-        rev = _read_json(revision_path(run, nid.layer_index, nid.neuron_index)) or {}
-        rows.append(
-            {
-                "run": label or run.path.name,
-                "layer": nid.layer_index,
-                "neuron": nid.neuron_index,
-                "status": s.get("status"),
-                "explanation": s.get("explanation"),
-                "top_and_random": s.get("top_and_random"),
-                "random_only": s.get("random_only"),
-                "shuffled_control": s.get("shuffled_control"),
-                "shuffled_gap": s.get("shuffled_gap"),
-                "max_activation": s.get("max_activation"),
-                "reason": s.get("reason"),
-                "revision_status": rev.get("status"),
-                "final_explanation": rev.get("final_explanation"),
-                "score_before": rev.get("score_before"),
-                "score_after": rev.get("score_after"),
-            }
-        )
-    columns = [
-        "run", "layer", "neuron", "status", "explanation", "top_and_random", "random_only", "shuffled_control",
-        "shuffled_gap", "max_activation", "reason", "revision_status", "final_explanation", "score_before", "score_after",
-    ]  # fmt: skip
-    df = pd.DataFrame(rows, columns=columns)
-    for col in (*SCORE_COLUMNS, "score_before", "max_activation"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df
-
-
 def _frame(data: pd.DataFrame | Run | str | Path) -> pd.DataFrame:
-    return data if isinstance(data, pd.DataFrame) else neuron_table(data)
+    """A run table as given, or the run's own (`Run.table`)."""
+    return data if isinstance(data, pd.DataFrame) else as_run(data).table()
 
 
 def _short(text: object, n: int = 80) -> str:
@@ -316,19 +272,39 @@ def shuffled_control(data: pd.DataFrame | Run | str | Path) -> go.Figure:
     return _empty(fig, _frame(data), "shuffled_control")
 
 
-def revision_before_after(data: pd.DataFrame | Run | str | Path) -> go.Figure:
-    """Score before against after counterexample-driven revision; points above the diagonal improved."""
+def revision_before_after(data: pd.DataFrame | Run | str | Path, title: str | None = None) -> go.Figure:
+    """Each revised neuron's score before and after counterexample revision, coloured by which explanation was kept;
+    points above the diagonal improved."""
     df = _frame(data).dropna(subset=["score_before", "score_after"])
-    text = [
-        f"L{r.layer} N{r.neuron}: {_short(r.explanation, 50)} → {_short(r.final_explanation, 50)}"
-        for r in df.itertuples()
-    ]
-    fig = go.Figure(go.Scatter(x=df.score_before, y=df.score_after, mode="markers", text=text, name="revised"))
+    fig = go.Figure()
+    for label, kept, color in (("revision kept", "revised", "#d62728"), ("original kept", "original", "#1f77b4")):
+        sel = df[df["kept"] == kept]
+        text = [
+            f"L{r.layer} N{r.neuron}<br>before: {_short(r.original_explanation, 60)}<br>after: {_short(r.explanation, 60)}"
+            for r in sel.itertuples()
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=sel.score_before,
+                y=sel.score_after,
+                mode="markers",
+                name=f"{label} ({len(sel)})",
+                marker={"color": color, "size": 9},
+                text=text,
+                hovertemplate="%{text}<br>%{x:.3f} → %{y:.3f}<extra></extra>",
+            )
+        )
     _diagonal(fig)
+    if title is None and len(df):
+        improved = int((df.score_after > df.score_before).sum())
+        title = (
+            f"before and after revision: mean {df.score_before.mean():+.3f} → {df.score_after.mean():+.3f}, "
+            f"{improved} of {len(df)} improved"
+        )
     fig.update_layout(
-        title=f"before and after revision ({len(df)} neurons)",
-        xaxis_title="before",
-        yaxis_title="after",
+        title=title or "before and after revision",
+        xaxis_title="score before (top-and-random correlation)",
+        yaxis_title="score after",
         xaxis_range=[-1, 1],
         yaxis_range=[-1, 1],
     )
@@ -383,3 +359,86 @@ def paired_runs(
         yaxis_range=[-1, 1],
     )
     return fig
+
+
+# --- what the report and the inspector both show of a neuron ----------------------------------------
+
+
+def num(v) -> str:
+    """A score as text; undefined scores show as a dash, never as 0."""
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def max_activation_of(
+    summary: NeuronSummary | None = None,
+    record: NeuronRecord | None = None,
+    seqs: Sequence[ScoredSequenceSimulation] = (),
+) -> float:
+    """The scale of a neuron's heatmaps: its top-window maximum when known, else the largest real activation
+    among its scored windows, else 1."""
+    for known in (record.max_activation if record else None, summary.max_activation if summary else None):
+        if known is not None and known > 0:
+            return float(known)
+    return max((max(s.true_activations, default=0.0) for s in seqs), default=0.0) or 1.0
+
+
+def neuron_html(summary: NeuronSummary | None, revision: NeuronRevision | None = None) -> str:
+    """A neuron's heading, explanation (the kept one, with the original beside it), scores, candidates and revision."""
+    if summary is None:
+        return "<p>not explained yet (no summary in the run)</p>"
+    nid = summary.neuron_id
+    head = f"<h3>layer {nid.layer_index} · neuron {nid.neuron_index} · {esc(summary.status)}</h3>"
+    if summary.status != "done":
+        return head + f"<p>{esc(summary.reason or '')}</p>"
+    parts = [head, f'<p class="nx-explanation"><b>explanation:</b> {esc(summary.explanation)}</p>']
+    if summary.kept == "revised":
+        parts.append(
+            f"<p><b>original (before revision):</b> {esc(summary.original_explanation)} · "
+            f"score {num(summary.original_scores.top_and_random if summary.original_scores else None)}</p>"
+        )
+    parts.append(
+        f"<p>score (top and random) <b>{num(summary.top_and_random)}</b> · random only {num(summary.random_only)} · "
+        f"shuffled control {num(summary.shuffled_control)} · gap {num(summary.shuffled_gap)} · "
+        f"max activation {num(summary.max_activation)}</p>"
+    )
+    if len(summary.candidates) > 1:
+        items = "".join(f"<li>{num(c.calibration_score)} · {esc(c.text)}</li>" for c in summary.candidates)
+        parts.append(
+            f"<details><summary>{len(summary.candidates)} candidates (calibration scores)</summary>"
+            f"<ul>{items}</ul></details>"
+        )
+    if revision is not None:
+        parts.append(
+            f"<p><b>revision ({esc(revision.status)}):</b> {esc(revision.final_explanation)} · "
+            f"{num(revision.score_before)} → {num(revision.score_after)}</p>"
+        )
+    return "".join(parts)
+
+
+def split_heatmaps(
+    seqs: Sequence[ScoredSequenceSimulation], splits: Sequence[str], max_activation: float, n: int
+) -> str:
+    """Scored windows as heatmaps under a heading per split (top, random), read from each window's label."""
+    out = []
+    for split in ("top", "random"):
+        chosen = [s for s, label in zip(seqs, splits, strict=True) if label == split]
+        out.append(f"<h4>{split} windows</h4>" + (scored_heatmaps(chosen, max_activation, n) or "<p>none</p>"))
+    return "".join(out)
+
+
+def describe_top(acts, layers: list[int] | None = None, per_layer: int = 2, windows: int = 3, context: int = 8) -> str:
+    """Text showing, for the most selective neurons (highest kurtosis) of a few layers of a collection
+    (`nxkit.collect.Activations`), the top tokens in context, the strongest token in [brackets]."""
+    chosen = layers or sorted({acts.layers[0], acts.layers[len(acts.layers) // 2], acts.layers[-1]})
+    lines = []
+    for layer in chosen:
+        kurt = np.nan_to_num(acts.moments(layer)[:, 3], nan=-np.inf)
+        for neuron in np.argsort(-kurt)[:per_layer]:
+            rec = acts.neuron_record(layer, int(neuron))
+            lines.append(f"layer {layer} neuron {neuron}  (max {rec.max_activation:.2f}, kurtosis {rec.kurtosis:.0f})")
+            for r in rec.most_positive_activation_records[:windows]:
+                i = int(np.argmax(r.activations))
+                lo, hi = max(0, i - context), min(len(r.tokens), i + context + 1)
+                text = "".join(r.tokens[lo:i]) + "[" + r.tokens[i] + "]" + "".join(r.tokens[i + 1 : hi])
+                lines.append(f"    {r.activations[i]:6.2f}  {text!r}")
+    return "\n".join(lines)

@@ -7,17 +7,25 @@ Pure functions (`neuron_options`, `load_neuron`, `explanation_html`, `windows_ht
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
 from . import viz
 from .probe import probe
-from .records import ActivationRecord, NeuronId, NeuronRecord, NeuronSimulationResults
-from .runs import Run
+from .records import (
+    ActivationRecord,
+    NeuronId,
+    NeuronRecord,
+    NeuronRevision,
+    NeuronSimulationResults,
+    NeuronSummary,
+    Scores,
+)
+from .runs import TABLE_COLUMNS, Run, as_run, table_row
+from .simulate import simulate_sync
 from .viz import esc
 
 SORTS = {"neuron index": "index", "score, best first": "score_desc", "score, worst first": "score_asc"}
@@ -29,50 +37,51 @@ class NeuronData:
 
     neuron_id: NeuronId
     """The neuron."""
-    summary: dict = field(default_factory=dict)
-    """Its summary (status, explanation, scores, candidates), empty when not explained."""
+    summary: NeuronSummary | None = None
+    """Its summary (status, explanation, scores, candidates), None when not explained."""
     record: NeuronRecord | None = None
     """Its activation record (top, random and quantile windows), when a collection is there."""
     results: NeuronSimulationResults | None = None
     """Its scored explanations (real and simulated activations on held-out windows)."""
-    revision: dict | None = None
+    revision: NeuronRevision | None = None
     """The revision stage's outcome, when it ran."""
     quantile_levels: list[float] | None = None
     """Levels of the record's quantile boundaries."""
 
     @property
     def explanation(self) -> str | None:
-        return self.summary.get("explanation")
+        return self.summary.explanation if self.summary else None
+
+    @property
+    def scored(self) -> list:
+        """The kept explanation's scored windows (empty when not scored)."""
+        if self.results and self.results.scored_explanations:
+            return self.results.scored_explanations[0].scored_simulation.scored_sequence_simulations
+        return []
 
     @property
     def max_activation(self) -> float:
-        if self.record is not None and self.record.max_activation > 0:
-            return self.record.max_activation
-        seqs = _scored_seqs(self)
-        return max((max(s.true_activations, default=0.0) for s in seqs), default=0.0) or 1.0
-
-
-def _scored_seqs(data: NeuronData) -> list:
-    if data.results and data.results.scored_explanations:
-        return data.results.scored_explanations[0].scored_simulation.scored_sequence_simulations
-    return []
+        return viz.max_activation_of(self.summary, self.record, self.scored)
 
 
 # --- sources: a run directory, or neurons of the public release ------------------------------------
 
 
+def _public_summary(pn) -> NeuronSummary:
+    """A released neuron as a summary: its explanation and the release's score, windows labelled by membership."""
+    from .public import released_splits
+
+    s = Scores(top_and_random=pn.score)
+    return NeuronSummary(
+        pn.neuron_id, "done", explanation=pn.explanation, scores=s, original_explanation=pn.explanation,
+        original_scores=s, window_splits=released_splits(pn) if pn.results else [],
+        max_activation=pn.record.max_activation if pn.record else 0.0,
+    )  # fmt: skip
+
+
 def _public_table(neurons) -> pd.DataFrame:
-    rows = [
-        {
-            "layer": n.neuron_id.layer_index,
-            "neuron": n.neuron_id.neuron_index,
-            "status": "done",
-            "explanation": n.explanation,
-            "top_and_random": n.score,
-        }
-        for n in neurons
-    ]
-    return pd.DataFrame(rows, columns=["layer", "neuron", "status", "explanation", "top_and_random"])
+    """Released neurons as a run table (the same columns as `Run.table`)."""
+    return pd.DataFrame([table_row(_public_summary(n), label="release") for n in neurons], columns=TABLE_COLUMNS)
 
 
 def load_neuron(source: Run | dict, layer: int, neuron: int) -> NeuronData:
@@ -80,20 +89,14 @@ def load_neuron(source: Run | dict, layer: int, neuron: int) -> NeuronData:
     nid = NeuronId(layer, neuron)
     if isinstance(source, dict):  # NeuronId -> PublicNeuron
         pn = source[nid]
-        summary = {"status": "done", "explanation": pn.explanation, "top_and_random": pn.score}
-        return NeuronData(nid, summary, pn.record, pn.results)
+        return NeuronData(nid, _public_summary(pn), pn.record, pn.results)
     record, levels = None, None
-    acts_manifest = source.activations_dir / "manifest.json"
-    if acts_manifest.exists():
-        from .collect import Activations
-
-        acts = Activations(source.activations_dir)
+    if source.has_collection():
+        acts = source.activations()
         if layer in acts.layers:
             record = acts.neuron_record(layer, neuron)
             levels = acts.manifest.get("config", {}).get("quantile_levels")
-    rev_path = viz.revision_path(source, layer, neuron)
-    revision = json.loads(rev_path.read_text()) if rev_path.exists() else None
-    return NeuronData(nid, source.read_neuron(nid) or {}, record, source.read_results(nid), revision, levels)
+    return NeuronData(nid, source.read_neuron(nid), record, source.read_results(nid), source.read_revision(nid), levels)
 
 
 def neuron_options(table: pd.DataFrame, layer: int, query: str = "", sort: str = "index") -> list[tuple[str, int]]:
@@ -118,37 +121,12 @@ def neuron_options(table: pd.DataFrame, layer: int, query: str = "", sort: str =
 # --- HTML of one neuron ----------------------------------------------------------------------------
 
 
-def _num(v) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 def explanation_html(data: NeuronData) -> str:
     """Explanation(s), scores, candidates and the revision, escaped."""
-    s = data.summary
-    nid = data.neuron_id
-    head = f"<h3>layer {nid.layer_index} · neuron {nid.neuron_index}</h3>"
-    if not s:
-        return head + "<p>not explained yet (no summary in the run)</p>"
-    if s.get("status") != "done":
-        return head + f"<p><b>{esc(s.get('status'))}</b>: {esc(s.get('reason') or '')}</p>"
-    parts = [head, f'<p class="nx-explanation"><b>explanation:</b> {esc(s.get("explanation"))}</p>']
-    parts.append(
-        f"<p>score (top and random) <b>{_num(s.get('top_and_random'))}</b> · random only {_num(s.get('random_only'))} · "
-        f"shuffled control {_num(s.get('shuffled_control'))} · gap {_num(s.get('shuffled_gap'))}</p>"
-    )
-    cands = s.get("candidates") or []
-    if len(cands) > 1:
-        items = "".join(f"<li>{_num(c.get('calibration_score'))} · {esc(c.get('text'))}</li>" for c in cands)
-        parts.append(
-            f"<details><summary>{len(cands)} candidates with calibration scores</summary><ul>{items}</ul></details>"
-        )
-    if data.revision:
-        r = data.revision
-        parts.append(
-            f"<p><b>revision ({esc(r.get('status'))}):</b> {esc(r.get('final_explanation'))} · "
-            f"{_num(r.get('score_before'))} → {_num(r.get('score_after'))}</p>"
-        )
-    return "".join(parts)
+    if data.summary is None:
+        nid = data.neuron_id
+        return f"<h3>layer {nid.layer_index} · neuron {nid.neuron_index}</h3><p>not explained yet (no summary in the run)</p>"
+    return viz.neuron_html(data.summary, data.revision)
 
 
 def _record_heatmaps(records: Sequence[ActivationRecord], max_act: float, n: int) -> str:
@@ -159,22 +137,18 @@ def _record_heatmaps(records: Sequence[ActivationRecord], max_act: float, n: int
 
 def windows_html(data: NeuronData, n: int = 4) -> str:
     """Top and random windows as heatmaps: the scored ones with real and simulated rows, else the record's real ones."""
-    seqs = _scored_seqs(data)
-    max_act = data.max_activation
-    if seqs:
-        half = len(seqs) // 2
-        top, rand = viz.scored_heatmaps(seqs[:half], max_act, n), viz.scored_heatmaps(seqs[half:], max_act, n)
+    seqs, max_act = data.scored, data.max_activation
+    if seqs and data.summary is not None and len(data.summary.window_splits) == len(seqs):
+        body = viz.split_heatmaps(seqs, data.summary.window_splits, max_act, n)
         note = "held-out windows the explanation was scored on"
     elif data.record is not None:
         top = _record_heatmaps(data.record.most_positive_activation_records, max_act, n)
         rand = _record_heatmaps(data.record.random_sample, max_act, n)
+        body = f"<h4>top windows</h4>{top}<h4>random windows</h4>{rand}"
         note = "not simulated yet: real activations only"
     else:
         return "<p>no windows for this neuron</p>"
-    return (
-        f'<div class="nx-windows">{viz.legend_html()}<p style="color:#666">{note}</p>'
-        f"<h4>top windows</h4>{top}<h4>random windows</h4>{rand}</div>"
-    )
+    return f'<div class="nx-windows">{viz.legend_html()}<p style="color:#666">{note}</p>{body}</div>'
 
 
 def quantiles_html(data: NeuronData) -> str:
@@ -188,7 +162,7 @@ def quantiles_html(data: NeuronData) -> str:
     for i, b in enumerate(rec.quantile_boundaries or []):
         label = f"q{levels[i]:g} of window max" if i < len(levels) else f"boundary {i}"
         cells.append((label, b))
-    row = "".join(f"<td style='padding:0 8px'>{esc(k)}<br><b>{_num(v)}</b></td>" for k, v in cells)
+    row = "".join(f"<td style='padding:0 8px'>{esc(k)}<br><b>{viz.num(v)}</b></td>" for k, v in cells)
     return f'<table class="nx-quantiles" style="font-size:90%;text-align:center"><tr>{row}</tr></table>'
 
 
@@ -226,8 +200,8 @@ class NeuronInspector:
             self.source: Run | dict = {n.neuron_id: n for n in source}
             self.table = _public_table(source)
         else:
-            self.source = source if isinstance(source, Run) else Run(source)
-            self.table = viz.neuron_table(self.source)
+            self.source = as_run(source)
+            self.table = self.source.table()
             if self.table.empty:
                 raise ValueError(
                     f"{self.source.path} has no explained neurons yet; run `nxkit run` (or notebook 00) to make some"
@@ -324,16 +298,15 @@ class NeuronInspector:
             from .subject import OFFLINE_DEFAULT, load_subject
 
             name = OFFLINE_DEFAULT
-            if isinstance(self.source, Run) and (self.source.activations_dir / "manifest.json").exists():
-                name = json.loads((self.source.activations_dir / "manifest.json").read_text()).get("model", name)
+            if isinstance(self.source, Run):
+                name = self.source.collection_manifest().get("model", name)
             self.status.value = f"<i>loading the subject model {esc(name)} (once)…</i>"
             self.model = load_subject(name)
         if self.simulator is None:
-            from .llm import LocalBackend
-            from .simulate import Simulator
+            from .simulate import make_simulator
 
             self.status.value = "<i>loading the local simulator (once)…</i>"
-            self.simulator = Simulator(LocalBackend())
+            self.simulator = make_simulator("local")
 
     def probe(self, text: str) -> tuple[ActivationRecord, list[float] | None]:
         """Real activations of the shown neuron on `text`, and the simulator's prediction from its explanation."""
@@ -342,7 +315,7 @@ class NeuronInspector:
         rec = probe(self.model, text, nid.layer_index, nid.neuron_index)
         simulated = None
         if self.data.explanation and rec.tokens:
-            sim = self.simulator.simulate_sync(self.data.explanation, [rec.tokens])[0]
+            sim = simulate_sync(self.simulator, self.data.explanation, [rec.tokens])[0]
             simulated = getattr(sim, "expected_activations", None)
         return rec, simulated
 

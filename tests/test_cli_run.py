@@ -9,11 +9,14 @@ import pytest
 from nxkit.cli import main
 from nxkit.pipeline import PipelineConfig, PipelineError, parse_neurons, select_neurons
 from nxkit.records import NeuronId
+from nxkit.revise import ReviseConfig, ReviseError
+from nxkit.runs import Run
 
 TINY = [
-    "--layers", "0", "--neurons", "0:11", "0:42", "--max-tokens", "4096", "--corpus", "fortunes",
-    "--top-k", "8", "--n-random", "6", "--no-compile", "--best-of", "1", "--explain-windows", "2",
-    "--valid-windows", "1", "--sim-window-tokens", "24", "--revision-rounds", "1",
+    "--collect.layers", "0", "--neurons", "0:11", "0:42", "--max-tokens", "4096", "--corpus", "fortunes",
+    "--collect.top-k", "8", "--collect.n-random", "6", "--collect.no-compile", "--explain.best-of", "1",
+    "--explain.explain-windows", "2", "--explain.valid-windows", "1", "--explain.sim-window-tokens", "24",
+    "--revise.rounds", "1",
 ]  # fmt: skip
 
 
@@ -26,8 +29,10 @@ def test_select_neurons_lists_and_samples():
         parse_neurons(["x:1"], [0])
     with pytest.raises(PipelineError, match="not in the collection"):
         select_neurons([0], 10, neurons=["3:1"])
-    with pytest.raises(PipelineError, match="revision_rounds"):
-        PipelineConfig(revision_rounds=-1)
+    with pytest.raises(ReviseError, match="rounds must be >= 0"):
+        ReviseConfig(rounds=-1)
+    with pytest.raises(PipelineError, match="sample must be >= 1"):
+        PipelineConfig(sample=0)
 
 
 def test_bad_neuron_is_a_clear_error(capsys):
@@ -59,19 +64,25 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     ):
         assert stage in out, out
     assert "layer neuron status" in out and "mean over" in out and f"report: {run_dir / 'report.html'}" in out
-    summaries = {n: json.loads((run_dir / "neurons" / "0" / f"{n}.json").read_text()) for n in (11, 42)}
-    assert all(s["status"] in ("done", "failed") for s in summaries.values())
-    done = [n for n, s in summaries.items() if s["status"] == "done"]
+    run = Run(run_dir)
+    summaries = {n: run.read_neuron(NeuronId(0, n)) for n in (11, 42)}
+    assert all(s.status in ("done", "failed") for s in summaries.values())
+    done = [n for n, s in summaries.items() if s.status == "done"]
     assert done, summaries
     for n in done:
         assert (run_dir / "explanations" / "0" / f"{n}.jsonl").exists()
         assert (run_dir / "revisions" / "0" / f"{n}.json").exists()
     if len(done) == 2:
-        assert all(summaries[n]["shuffled_control_from"] for n in done)
+        assert all(summaries[n].shuffled_control_from for n in done)
     page = (run_dir / "report.html").read_text()
     assert "plotly" in page and 'id="n-0-11"' in page
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["pipeline"]["best_of"] == 1 and manifest["neurons"] == [[0, 11], [0, 42]]
+    assert manifest["pipeline"]["explain"]["best_of"] == 1 and manifest["neurons"] == [[0, 11], [0, 42]]
+    assert manifest["pipeline"]["simulate"]["mode"] == "auto" and manifest["explain"]["simulator"]["smoke_level"]
+    table = run.table()
+    for n in done:  # the table shows the kept explanation and the revision's outcome
+        row = table[table.neuron == n].iloc[0]
+        assert row.explanation == summaries[n].explanation and row.revision_status in ("done", "failed", "skipped")
 
     # a second run finds everything done: nothing is recomputed
     stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "neurons").rglob("*.json")}

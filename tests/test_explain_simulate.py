@@ -8,11 +8,11 @@ import pytest
 
 from nxkit import prompts
 from nxkit.explain import ExplainConfig, explain_and_score, held_out, process_neuron, shuffled_controls
-from nxkit.llm import Capabilities, Completion, PromptLogprobs, TokenLogprob, Usage, run_sync
+from nxkit.llm import Capabilities, Completion, PromptLogprobs, TokenLogprob, Usage, logprobs_at, run_sync
 from nxkit.records import ActivationRecord, NeuronId, NeuronRecord
 from nxkit.runs import Run
-from nxkit.score import random_only
-from nxkit.simulate import SimulateError, SimulationFailure, Simulator, choose_mode
+from nxkit.score import split_correlation
+from nxkit.simulate import SimulateError, SimulationFailure, choose_mode, make_simulator
 
 
 class ScriptedLLM:
@@ -28,8 +28,14 @@ class ScriptedLLM:
     async def chat(self, messages, **kw) -> Completion:
         return Completion(self.text, self.tokens if kw.get("top_logprobs") else None)
 
-    async def prompt_logprobs(self, prompt, top=5) -> PromptLogprobs:
-        return self.prompt
+    async def placeholder_logprobs(self, prefix, text, offsets, candidates, top=20):
+        return logprobs_at(self.prompt, [len(prefix) + o for o in offsets], candidates)
+
+    async def check(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"backend": "scripted"}
 
 
 def test_choose_mode():
@@ -46,7 +52,7 @@ def test_chat_with_logprobs_takes_expected_value_at_digits():
     pieces = [(" the", None), ("\t", None), ("3", {"3": -0.5, "4": -1.0, "x": -3.0}), ("\n", None),
               (" cat", None), ("\t", None), ("0", {"0": -0.1}), ("\n", None)]  # fmt: skip
     tokens = [TokenLogprob(t, -0.1, top or {}) for t, top in pieces]
-    sim = Simulator(
+    sim = make_simulator(
         ScriptedLLM(text, tokens),
     )
     assert sim.mode == "chat_logprobs"
@@ -58,10 +64,10 @@ def test_chat_with_logprobs_takes_expected_value_at_digits():
 
 
 def test_chat_without_logprobs_parses_digits_and_records_failures():
-    sim = Simulator(ScriptedLLM(" the\t3\n cat\t7\n"))
+    sim = make_simulator(ScriptedLLM(" the\t3\n cat\t7\n"))
     assert sim.mode == "chat_text"
     assert run_sync(sim.simulate_many("x", [[" the", " cat"]]))[0].expected_activations == [3.0, 7.0]
-    bad = Simulator(ScriptedLLM("I cannot do that."))
+    bad = make_simulator(ScriptedLLM("I cannot do that."))
     fail = run_sync(bad.simulate_many("x", [[" the", " cat"]]))[0]
     assert isinstance(fail, SimulationFailure)
     assert fail.raw == "I cannot do that." and "2 of 2 tokens" in fail.reason
@@ -73,7 +79,7 @@ def test_all_at_once_from_server_prompt_logprobs():
     window, places = prompts.simulate_window_text(tokens)
     offsets = [0, len(prefix) + places[0], len(prefix) + places[1]]
     lp = PromptLogprobs(["...", "?", "?"], offsets, [None, {"2": -0.2, "3": -1.6}, {"9": -0.01}])
-    sim = Simulator(ScriptedLLM("", prompt=lp))
+    sim = make_simulator(ScriptedLLM("", prompt=lp))
     assert sim.mode == "all_at_once"
     out = run_sync(sim.simulate_many("x", [tokens]))[0]
     assert out.expected_activations[1] == pytest.approx(9.0)
@@ -86,24 +92,24 @@ def test_all_at_once_from_server_prompt_logprobs():
 def test_dead_neuron_is_skipped_with_reason():
     rec = NeuronRecord(NeuronId(0, 1), most_positive_activation_records=[ActivationRecord(["a"], [0.0])] * 40)
     llm = ScriptedLLM("It fires on x.")
-    summary, results = run_sync(process_neuron(rec, llm, Simulator(llm), ExplainConfig()))
-    assert summary["status"] == "dead" and "never fires" in summary["reason"] and results is None
+    summary, results = run_sync(process_neuron(rec, llm, make_simulator(llm), ExplainConfig()))
+    assert summary.status == "dead" and "never fires" in summary.reason and results is None
 
 
 def test_unparsable_explanations_fail_the_neuron_with_raw_text():
     recs = [ActivationRecord(["a", "b"], [0.0, 1.0])] * 40
     rec = NeuronRecord(NeuronId(0, 2), random_sample=recs[:30], most_positive_activation_records=recs)
     llm = ScriptedLLM("a\t1\nb\t2")
-    summary, results = run_sync(process_neuron(rec, llm, Simulator(llm), ExplainConfig(n_candidates=2)))
-    assert summary["status"] == "failed" and results is None
-    assert [f["raw"] for f in summary["failures"]] == ["a\t1\nb\t2"] * 2
+    summary, results = run_sync(process_neuron(rec, llm, make_simulator(llm), ExplainConfig(best_of=2)))
+    assert summary.status == "failed" and results is None
+    assert [f.raw for f in summary.failures] == ["a\t1\nb\t2"] * 2
 
 
 SMALL = ExplainConfig(
-    n_candidates=2,
-    n_windows=1,
-    max_window_tokens=8,
-    max_tokens=16,
+    best_of=2,
+    explain_windows=1,
+    explain_window_tokens=8,
+    explanation_max_tokens=16,
     calibration_windows=1,
     valid_windows=1,
     sim_window_tokens=12,
@@ -120,44 +126,42 @@ def test_pipeline_resumes_after_a_crash_and_skips_finished(tiny_collection, loca
     (run.path).mkdir()
     (run.path / "activations").symlink_to(tiny_collection)
     neurons = [NeuronId(5, n) for n in range(2)]
-    sim = Simulator(local_backend)
+    sim = make_simulator(local_backend)
 
-    def crash_after_first(nid, summary):
-        raise Stop(f"stopped after {nid}")
+    def crash_after_first(summary):
+        raise Stop(f"stopped after {summary.neuron_id}")
 
     with pytest.raises(Stop):
         explain_and_score(run, neurons, local_backend, sim, SMALL, on_neuron_done=crash_after_first, progress=False)
     assert run.done_neurons() == neurons[:1]
-    first = run.neuron_path(5, 0).read_text()
+    first = run.summary_path(neurons[0]).read_text()
     before = local_backend.usage.requests
     done = explain_and_score(run, neurons, local_backend, sim, SMALL, progress=False)
-    assert [(d["layer"], d["neuron"]) for d in done] == [(5, 1)]
-    assert run.neuron_path(5, 0).read_text() == first  # not recomputed
+    assert [d.neuron_id for d in done] == [NeuronId(5, 1)]
+    assert run.summary_path(neurons[0]).read_text() == first  # not recomputed
     assert local_backend.usage.requests > before
     assert explain_and_score(run, neurons, local_backend, sim, SMALL, progress=False) == []
 
     for nid in neurons:
         s = run.read_neuron(nid)
-        assert s["status"] == "done", s
-        assert len(s["candidates"]) + len([f for f in s["failures"] if f["stage"] == "explain"]) == 2
+        assert s.status == "done", s
+        assert len(s.candidates) + len([f for f in s.failures if f.stage == "explain"]) == 2
         results = run.read_results(nid)
         scored = results.scored_explanations[0].scored_simulation
-        assert results.scored_explanations[0].explanation == s["explanation"]
+        assert results.scored_explanations[0].explanation == s.explanation == s.original_explanation
         assert len(scored.scored_sequence_simulations) == 2  # 1 top + 1 random valid window
-        assert s["random_only"] == random_only(scored, s["max_activation"]).ev_correlation_score
+        assert s.window_splits == ["top", "random"]
+        assert s.random_only == split_correlation(scored, s.window_splits).value
         assert len(scored.scored_sequence_simulations[0].simulation.tokens) == 12
         record = run.activations().neuron_record(nid.layer_index, nid.neuron_index)
         assert scored.scored_sequence_simulations[1].true_activations == held_out(record, "valid", 1, 12)[1].activations
 
-    shuffled_controls(run, sim, SMALL, progress=False)
+    shuffled_controls(run, sim, progress=False)
     for nid in neurons:
         s = run.read_neuron(nid)
-        assert s["shuffled_control_from"] is not None
-        assert (s["shuffled_control_from"]["layer"], s["shuffled_control_from"]["neuron"]) != (
-            nid.layer_index,
-            nid.neuron_index,
-        )
-        if s["top_and_random"] is not None and s["shuffled_control"] is not None:
-            assert s["shuffled_gap"] == pytest.approx(s["top_and_random"] - s["shuffled_control"])
+        assert s.shuffled_control_from is not None and s.shuffled_control_from != nid
+        if s.top_and_random is not None and s.shuffled_control is not None:
+            assert s.shuffled_gap == pytest.approx(s.top_and_random - s.shuffled_control)
+        assert s.usage["requests"] > 0
     manifest = json.loads(run.manifest_path.read_text())
-    assert manifest["explain"]["simulator_mode"] == "all_at_once" and manifest["usage"]["explainer"]["requests"] > 0
+    assert manifest["explain"]["simulator"]["mode"] == "all_at_once" and manifest["usage"]["requests"] > 0

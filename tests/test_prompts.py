@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nxkit import prompts
 
 SIMULATE_PREFIX_PLANTS = (
@@ -85,27 +87,22 @@ def test_simulate_messages_exact():
     assert len(messages) == 1 + 2 * len(prompts.SIMULATE_EXAMPLES) + 1
 
 
-def test_revision_prompts_exact():
-    assert prompts.counterexample_messages("plants", 3) == [
-        {
-            "role": "system",
-            "content": (
-                "You test explanations of neurons in a language model. Given an explanation, write short texts "
-                "that could show it is wrong: texts that match the explanation but might leave the neuron silent, "
-                "and texts that do not match it but might make the neuron fire. One text per line, numbered 1., 2., ..."
-            ),
-        },
-        {"role": "user", "content": "Explanation: it fires on plants.\nWrite 3 texts."},
-    ]
-    revise = prompts.revise_messages("plants", [[(" tree", 10, 2), (" car", 0, 6)]])
-    assert revise[1] == {
-        "role": "user",
-        "content": (
-            "Current explanation: it fires on plants.\n\n<window 1>\n tree\t10\t2\n car\t0\t6\n</window>\n\n"
-            "Write the better explanation."
-        ),
-    }
-    assert revise[0]["content"].startswith("You improve explanations of neurons in a language model.")
+def test_every_prompt_the_kit_sends_is_built_in_prompts():
+    """No module but prompts.py holds prompt wording, and prompts.py holds no prompt nothing sends."""
+    import inspect
+    import re
+
+    import nxkit
+    from nxkit import explain, revise, simulate
+
+    for module in (explain, revise, simulate):
+        assert not re.search(r"\b[A-Z_]*(SYSTEM|EXAMPLES?)\s*=", inspect.getsource(module)), module.__name__
+    root = Path(nxkit.__file__).parent
+    sources = "".join(p.read_text() for p in root.glob("*.py") if p.name != "prompts.py")
+    builders = [n for n, f in vars(prompts).items() if n.endswith("_messages") and callable(f)]
+    assert sorted(builders) == ["explain_messages", "proposal_messages", "revision_messages", "simulate_messages"]
+    for name in [*builders, "simulate_prefix", "simulate_window_text", "parse_proposals", "parse_explanation"]:
+        assert f"prompts.{name}(" in sources, f"prompts.{name} is never sent"
 
 
 def test_parse_explanation():

@@ -33,7 +33,7 @@ def test_report_has_figures_table_and_heatmaps(tmp_path):
     assert table.count("<tr>") == 1 + 8  # header and one row per neuron
     assert 'href="#n-0-2"' in table and 'id="n-0-2"' in page
     assert page.count('class="nx-window"') == 7 * 4  # 7 explained neurons, 2 top and 2 random windows each
-    assert "revised (done)" in page
+    assert "revision (done)" in page and "original (before revision)" in page
     assert "th.addEventListener('click'" in page
 
 

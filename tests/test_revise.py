@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
-from nxkit.records import ActivationRecord, NeuronId, NeuronRecord
+from nxkit.prompts import parse_proposals, proposal_messages, revision_messages
+from nxkit.records import (
+    ActivationRecord,
+    Mismatch,
+    NeuronId,
+    NeuronRecord,
+    NeuronRevision,
+    ProbedText,
+    RevisionRound,
+)
 from nxkit.revise import (
     ReviseConfig,
     ReviseError,
-    before_after_figure,
     describe_probe,
     find_mismatches,
-    load_revisions,
-    parse_proposals,
-    proposal_messages,
     proposals_table,
-    read_revision,
     revise_neuron,
     revise_round,
     revise_run,
-    revision_messages,
-    revision_path,
     sample_live_neurons,
     summarize,
 )
@@ -60,13 +61,13 @@ def test_proposal_messages_are_pinned():
         "Explanation: it fires on closing brackets.\nWrite 4 texts that, by this explanation, should make the neuron fire strongly."
     )
     assert fire[2]["content"].startswith("1. We could meet on Tuesday")
-    with pytest.raises(ReviseError, match="kind must be one of"):
+    with pytest.raises(ValueError, match="kind must be one of"):
         proposal_messages("x", "loud", 1)
 
 
 def test_revision_messages_are_pinned():
-    mismatch = {"kind": "fire", "tokens": ["See", " you", "\n"], "normalized": [0, 1, 0], "max_normalized": 1}
-    silent = {"kind": "silent", "tokens": ["a", ")"], "normalized": [0, 9], "max_normalized": 9}
+    mismatch = Mismatch("fire", 0, ProbedText("See you\n", ["See", " you", "\n"], [0.0, 0.1, 0.0], 0.1, [0, 1, 0], 1))
+    silent = Mismatch("silent", 0, ProbedText("a)", ["a", ")"], [0.0, 0.9], 0.9, [0, 9], 9))
     messages = revision_messages("names of weekdays", [mismatch, silent], [[("x", 0), (")", 10)]])
     assert messages[0]["content"] == (
         "You improve explanations of single neurons in a language model. You get the current explanation, "
@@ -99,27 +100,25 @@ def test_parse_proposals():
     assert parse_proposals("", 4) == []
 
 
+def _probed(text: str, peak: float) -> ProbedText:
+    return ProbedText(text, [text], [peak], peak, [0], 0)
+
+
 def test_describe_probe_and_mismatch_arithmetic():
     p = describe_probe("t", ActivationRecord(["a", "b", "c"], [0.0, 0.5, 2.5]), max_activation=2.0)
-    assert p["normalized"] == [0, 3, 10] and p["max_normalized"] == 10 and p["max_activation"] == 2.5
-    fire = [
-        {"text": "f0", "max_activation": 0.59, "max_normalized": 3},
-        {"text": "f1", "max_activation": 0.6, "max_normalized": 3},
-    ]
-    silent = [
-        {"text": "s0", "max_activation": 0.6, "max_normalized": 3},
-        {"text": "s1", "max_activation": -0.2, "max_normalized": 0},
-    ]
+    assert p.normalized == [0, 3, 10] and p.max_normalized == 10 and p.max_activation == 2.5
+    fire = [_probed("f0", 0.59), _probed("f1", 0.6)]
+    silent = [_probed("s0", 0.6), _probed("s1", -0.2)]
     got = find_mismatches({"fire": fire, "silent": silent}, max_activation=2.0, fire_threshold=0.3)
-    assert [(m["kind"], m["index"], m["text"]) for m in got] == [("fire", 0, "f0"), ("silent", 0, "s0")]
+    assert [(m.kind, m.index, m.probe.text) for m in got] == [("fire", 0, "f0"), ("silent", 0, "s0")]
     lower = find_mismatches({"fire": fire, "silent": silent}, max_activation=2.0, fire_threshold=0.2)
-    assert lower == [{"kind": "silent", "index": 0, **silent[0]}]
+    assert lower == [Mismatch("silent", 0, silent[0])]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"rounds": 0}, "rounds"),
+        ({"rounds": -1}, "rounds"),
         ({"n_fire": 0, "n_silent": 0}, "at least one"),
         ({"n_fire": -1}, "n_fire"),
         ({"fire_threshold": 1.0}, "fire_threshold"),
@@ -147,52 +146,36 @@ class ScriptedLLM:
 def test_unparsable_proposals_skip_the_round_once():
     llm = ScriptedLLM(["I cannot think of any.", "1. The sea is calm."])
     record = NeuronRecord(NeuronId(0, 0))
-    rnd = revise_round(None, record, "names of weekdays", 0.1, [], llm, None, ReviseConfig(n_fire=2, n_silent=2))
+    rnd, kept = revise_round(None, record, "names of weekdays", 0.1, [], llm, None, ReviseConfig(n_fire=2, n_silent=2))
     assert llm.calls == 2  # one request per kind, never retried
-    assert rnd["skipped_reason"].startswith("unparsable proposal list: no numbered fire texts")
-    assert rnd["raw"] == {"fire": "I cannot think of any.", "silent": "1. The sea is calm."}
-    assert rnd["proposals"] == {"fire": [], "silent": ["The sea is calm."]}
-    assert rnd["revised"] is None and rnd["kept"] == "original" and rnd["activations"] == {"fire": [], "silent": []}
+    assert rnd.skipped_reason.startswith("unparsable proposal list: no numbered fire texts")
+    assert rnd.raw == {"fire": "I cannot think of any.", "silent": "1. The sea is calm."}
+    assert rnd.proposals == {"fire": [], "silent": ["The sea is calm."]}
+    assert rnd.revised is None and rnd.kept == "original" and rnd.probes == {"fire": [], "silent": []}
+    assert kept is None
 
 
-def test_summarize_and_figure():
+def test_summarize():
     revs = [
-        {
-            "neuron": [0, 1],
-            "status": "done",
-            "score_before": 0.1,
-            "score_after": 0.3,
-            "original_explanation": "a",
-            "final_explanation": "b",
-            "rounds": [{"skipped_reason": None}],
-        },
-        {
-            "neuron": [0, 2],
-            "status": "done",
-            "score_before": 0.2,
-            "score_after": 0.2,
-            "original_explanation": "c",
-            "final_explanation": "c",
-            "rounds": [{"skipped_reason": "no mismatches"}],
-        },
-        {"neuron": [0, 3], "status": "skipped", "score_before": None, "score_after": None, "rounds": []},
+        NeuronRevision(NeuronId(0, 1), "done", score_before=0.1, score_after=0.3, rounds=[RevisionRound(0, "a", 0.1)]),
+        NeuronRevision(
+            NeuronId(0, 2),
+            "done",
+            score_before=0.2,
+            score_after=0.2,
+            rounds=[RevisionRound(0, "c", 0.2, skipped_reason="no mismatches")],
+        ),  # fmt: skip
+        NeuronRevision(NeuronId(0, 3), "skipped"),
     ]
     s = summarize(revs)
     assert s["n_compared"] == 2 and s["n_improved"] == 1 and s["n_rounds_skipped"] == 1
     assert s["mean_before"] == pytest.approx(0.15) and s["mean_after"] == pytest.approx(0.25)
     assert s["statuses"] == {"done": 2, "skipped": 1, "failed": 0}
-    fig = before_after_figure(revs)
-    assert [len(t.x) for t in fig.data[:2]] == [1, 1]
-    assert "1 of 2 improved" in fig.layout.title.text
 
 
 def test_proposals_table():
-    rnd = {
-        "activations": {
-            "fire": [{"text": "a", "max_activation": 0.1, "max_normalized": 1}],
-            "silent": [{"text": "b", "max_activation": 0.9, "max_normalized": 9}],
-        }
-    }
+    rnd = RevisionRound(0, "e", None, probes={"fire": [ProbedText("a", ["a"], [0.1], 0.1, [1], 1)],
+                                               "silent": [ProbedText("b", ["b"], [0.9], 0.9, [9], 9)]})  # fmt: skip
     table = proposals_table(rnd, max_activation=1.0, fire_threshold=0.3)
     assert table.to_dict("records") == [
         {"kind": "fire", "text": "a", "peak": 0.1, "peak 0-10": 1, "fired": False, "mismatch": True},
@@ -212,9 +195,9 @@ def revise_run_dir(subject, tiny_collection, local_backend, tmp_path_factory):
 
     from nxkit.explain import held_out, simulate_and_score
     from nxkit.llm import run_sync
-    from nxkit.records import NeuronSimulationResults, ScoredExplanation
+    from nxkit.records import NeuronSimulationResults, NeuronSummary, ScoredExplanation
     from nxkit.runs import Run
-    from nxkit.simulate import Simulator
+    from nxkit.simulate import make_simulator
 
     root = tmp_path_factory.mktemp("revise_run")
     (root / "activations").symlink_to(tiny_collection, target_is_directory=True)
@@ -224,18 +207,14 @@ def revise_run_dir(subject, tiny_collection, local_backend, tmp_path_factory):
     nid = NeuronId(5, neuron)
     record = run.activations().neuron_record(5, neuron)
     windows = held_out(record, "valid", 1, crop=12)
-    simulator = Simulator(local_backend)
-    scored, _ = run_sync(simulate_and_score(simulator, EXPLANATION, windows, record.max_activation))
-    summary = {
-        "layer": 5,
-        "neuron": neuron,
-        "status": "done",
-        "explanation": EXPLANATION,
-        "top_and_random": scored.ev_correlation_score,
-        "max_activation": record.max_activation,
-    }
-    run.write_neuron(nid, summary, NeuronSimulationResults(nid, [ScoredExplanation(EXPLANATION, scored)]))
-    run.update_manifest(explain={"simulator": repr(simulator)})
+    simulator = make_simulator(local_backend)
+    scored, scores, _ = run_sync(simulate_and_score(simulator, EXPLANATION, windows, record.max_activation))
+    summary = NeuronSummary(
+        nid, "done", max_activation=record.max_activation, explanation=EXPLANATION, scores=scores,
+        original_explanation=EXPLANATION, original_scores=scores, window_splits=[w.split for w in windows],
+    )  # fmt: skip
+    run.write_neuron(summary, NeuronSimulationResults(nid, [ScoredExplanation(EXPLANATION, scored)]))
+    run.update_manifest(explain={"simulator": simulator.describe()})
     return run, nid, windows, simulator
 
 
@@ -248,8 +227,8 @@ class Counting:
     def __init__(self, backend):
         self.backend, self.calls = backend, 0
 
-    def __repr__(self) -> str:
-        return repr(self.backend)
+    def describe(self) -> dict:
+        return self.backend.describe()
 
     async def chat(self, messages, **kwargs):
         self.calls += 1
@@ -264,57 +243,47 @@ def test_revise_neuron_with_the_real_model(subject, local_backend, revise_run_di
     run, nid, windows, simulator = revise_run_dir
     explainer = Counting(local_backend)
     out = revise_neuron(run, subject, nid.layer_index, nid.neuron_index, explainer, simulator, TINY)
-    on_disk = json.loads(revision_path(run, nid.layer_index, nid.neuron_index).read_text())
-    assert on_disk == out
-    for key in (
-        "neuron",
-        "original_explanation",
-        "final_explanation",
-        "score_before",
-        "score_after",
-        "status",
-        "reason",
-        "rounds",
-    ):
-        assert key in out
-    assert out["neuron"] == [nid.layer_index, nid.neuron_index]
-    assert out["status"] == "done" and out["original_explanation"] == EXPLANATION
-    assert out["score_before"] == run.read_neuron(nid)["top_and_random"] and out["score_before_source"] == "run"
-    assert out["n_held_out_windows"] == len(windows)
-    assert len(out["rounds"]) == 1
-    rnd = out["rounds"][0]
-    print(json.dumps(rnd, indent=1)[:4000])  # shown with -s: what the small model proposed and revised
-    assert set(rnd["raw"]) == {"fire", "silent"} and all(isinstance(v, str) for v in rnd["raw"].values())
+    assert run.read_revision(nid) == out
+    assert out.neuron_id == nid
+    assert out.status == "done" and out.original_explanation == EXPLANATION
+    assert out.score_before == run.read_neuron(nid).original_scores.top_and_random and out.score_before_source == "run"
+    assert out.n_held_out_windows == len(windows)
+    assert len(out.rounds) == 1
+    rnd = out.rounds[0]
+    print(rnd)  # shown with -s: what the small model proposed and revised
+    assert set(rnd.raw) == {"fire", "silent"} and all(isinstance(v, str) for v in rnd.raw.values())
     assert 2 <= explainer.calls <= 3  # two proposal lists, at most one revision
-    if rnd["skipped_reason"] and rnd["skipped_reason"].startswith("unparsable proposal"):
-        assert rnd["activations"] == {"fire": [], "silent": []}
+    if rnd.skipped_reason and rnd.skipped_reason.startswith("unparsable proposal"):
+        assert rnd.probes == {"fire": [], "silent": []}
     else:
         record = run.activations().neuron_record(nid.layer_index, nid.neuron_index)
         for kind in ("fire", "silent"):
-            assert [p["text"] for p in rnd["activations"][kind]] == rnd["proposals"][kind]
-            for p in rnd["activations"][kind]:  # real activations of the subject model, in units and 0-10
-                direct = probe(subject, p["text"], nid.layer_index, nid.neuron_index)
-                assert p["tokens"] == direct.tokens
-                assert p["activations"] == pytest.approx(direct.activations, abs=1e-4)
-                assert p["max_activation"] == pytest.approx(max(direct.activations), abs=1e-4)
-                assert all(0 <= v <= 10 for v in p["normalized"])
+            assert [p.text for p in rnd.probes[kind]] == rnd.proposals[kind]
+            for p in rnd.probes[kind]:  # real activations of the subject model, in units and 0-10
+                direct = probe(subject, p.text, nid.layer_index, nid.neuron_index)
+                assert p.tokens == direct.tokens
+                assert p.activations == pytest.approx(direct.activations, abs=1e-4)
+                assert p.max_activation == pytest.approx(max(direct.activations), abs=1e-4)
+                assert all(0 <= v <= 10 for v in p.normalized)
         level = TINY.fire_threshold * record.max_activation
-        for m in rnd["mismatches"]:
-            assert (m["max_activation"] >= level) == (m["kind"] == "silent")
-    if rnd["score_revised"] is not None:  # scored on the original's held-out windows, not the counterexamples
+        for m in rnd.mismatches:
+            assert (m.probe.max_activation >= level) == (m.kind == "silent")
+    if rnd.score_revised is not None:  # scored on the original's held-out windows, not the counterexamples
         max_act = run.activations().neuron_record(nid.layer_index, nid.neuron_index).max_activation
-        scored, _ = run_sync(simulate_and_score(simulator, rnd["revised"], windows, max_act))
-        assert rnd["score_revised"] == pytest.approx(scored.ev_correlation_score, abs=1e-6)
-    if rnd["kept"] == "revised":
-        assert out["final_explanation"] == rnd["revised"] and out["score_after"] > out["score_before"]
+        _, scores, _ = run_sync(simulate_and_score(simulator, rnd.revised, windows, max_act))
+        assert rnd.score_revised == pytest.approx(scores.top_and_random, abs=1e-6)
+    summary = run.read_neuron(nid)
+    if rnd.kept == "revised":
+        assert out.final_explanation == rnd.revised and out.score_after > out.score_before
+        assert summary.explanation == rnd.revised and summary.kept == "revised"
     else:
-        assert out["final_explanation"] == EXPLANATION and out["score_after"] == out["score_before"]
+        assert out.final_explanation == EXPLANATION and out.score_after == out.score_before
+        assert summary.explanation == EXPLANATION and summary.kept == "original"
 
     # resume: a second pass reads the file back and asks the LLM nothing
     again = Counting(local_backend)
     got = revise_run(run, subject, again, simulator, TINY, neurons=[nid], progress=False)
     assert again.calls == 0 and got == [out]
-    assert load_revisions(run) == [out]
 
 
 def test_neurons_without_an_explanation_are_skipped(subject, local_backend, revise_run_dir, tmp_path):
@@ -322,14 +291,15 @@ def test_neurons_without_an_explanation_are_skipped(subject, local_backend, revi
 
     run, nid, _, simulator = revise_run_dir
     explainer = Counting(local_backend)
-    out = revise_neuron(run, subject, 5, (nid.neuron_index + 1) % 1536, explainer, simulator, TINY)
-    assert out["status"] == "skipped" and "explain and score this neuron first" in out["reason"]
+    other = NeuronId(5, (nid.neuron_index + 1) % 1536)
+    out = revise_neuron(run, subject, 5, other.neuron_index, explainer, simulator, TINY)
+    assert out.status == "skipped" and "explain and score this neuron first" in out.reason
     assert explainer.calls == 0
-    assert read_revision(run, 5, (nid.neuron_index + 1) % 1536) == out
+    assert run.read_revision(other) == out
     copy = Run(shutil.copytree(run.path, tmp_path / "copy", symlinks=True))  # keep the other test's file
     high = ReviseConfig(only_below=-2.0)
     out = revise_neuron(copy, subject, nid.layer_index, nid.neuron_index, explainer, simulator, high)
-    assert out["status"] == "skipped" and "only_below" in out["reason"]
+    assert out.status == "skipped" and "only_below" in out.reason
 
 
 def test_sample_live_neurons_skips_dead_ones():

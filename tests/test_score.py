@@ -13,6 +13,7 @@ from nxkit.records import (
     NeuronSimulationResults,
     ScoredExplanation,
     SequenceSimulation,
+    SimulationFailure,
     dump_simulation_results,
     load_simulation_results,
 )
@@ -20,15 +21,15 @@ from nxkit.score import (
     Score,
     absolute_dev_explained_score,
     aggregate_correlation,
+    aggregate_scored,
     correlation_score,
     mean_scores,
-    random_only,
     rsquared_score,
     score_flag,
     score_simulation,
-    summary,
+    scores,
+    split_correlation,
 )
-from nxkit.simulate import SimulationFailure
 
 
 def sim(values: list[float]) -> SequenceSimulation:
@@ -80,11 +81,39 @@ def test_score_simulation_skips_failures_and_splits_random_half():
     assert scored.ev_correlation_score == pytest.approx(np.corrcoef(kept_real, kept_pred)[0, 1])
     failed = scored.scored_sequence_simulations[1]
     assert failed.simulation.expected_activations == [] and failed.ev_correlation_score is None
-    assert summary(scored) == {"score": scored.ev_correlation_score, "flag": None, "n_windows": 4, "n_failed": 1}
-    rand = random_only(scored, 9.0)
-    assert rand.ev_correlation_score == pytest.approx(np.corrcoef([1, 0, 0, 0, 2, 0], [3, 1, 0, 0, 4, 0])[0, 1])
+    got = scores(scored, ["top", "top", "random", "random"])
+    assert got.top_and_random == scored.ev_correlation_score and got.top_and_random_flag is None
+    assert (got.n_windows, got.n_failed) == (4, 1)
+    assert got.random_only == pytest.approx(np.corrcoef([1, 0, 0, 0, 2, 0], [3, 1, 0, 0, 4, 0])[0, 1])
     # predictions 0-9 are rescaled to the neuron's units for r^2: a perfect prediction scores 1
     assert scored.scored_sequence_simulations[0].rsquared_score == pytest.approx(1.0)
+
+
+def test_random_only_reads_labels_not_positions_with_uneven_splits():
+    """15 top windows against 10 random (`--top-k 60`): the random-only score uses the 10 random windows alone."""
+    rng = np.random.default_rng(0)
+    records, sims, splits = [], [], []
+    for i in range(25):
+        split = "top" if i < 15 else "random"
+        real = list(rng.normal(size=5) + (5.0 if split == "top" else 0.0))
+        pred = real if split == "top" else list(rng.normal(size=5))  # top windows predicted perfectly
+        records.append(ActivationRecord([str(j) for j in range(5)], real))
+        sims.append(sim(pred))
+        splits.append(split)
+    scored = score_simulation(records, sims, max_activation=10.0)
+    rand = [
+        (r.activations, p.expected_activations) for r, p, s in zip(records, sims, splits, strict=True) if s == "random"
+    ]
+    want = np.corrcoef([v for r, _ in rand for v in r], [v for _, p in rand for v in p])[0, 1]
+    assert split_correlation(scored, splits).value == pytest.approx(want)
+    assert scores(scored, splits).random_only == pytest.approx(want)
+    # the old "second half" rule took 12 windows, 2 of them top windows predicted perfectly: a different number
+    half = scored.scored_sequence_simulations[len(records) // 2 :]
+    assert abs(aggregate_scored(half, 10.0).ev_correlation_score - want) > 0.05
+    assert split_correlation(scored, ["top"] * 25).flag == "no_random_windows"
+    assert split_correlation(scored, ["unknown"] + splits[1:]).flag == "unknown_split"
+    with pytest.raises(ValueError, match="split labels"):
+        split_correlation(scored, splits[:3])
 
 
 def test_flat_prediction_is_flagged_not_crashing():

@@ -22,7 +22,7 @@ from nxkit.llm import LLMError, OpenAIBackend, run_sync
 from nxkit.records import NeuronId, SequenceSimulation
 from nxkit.runs import Run
 from nxkit.score import score_simulation
-from nxkit.simulate import SimulateConfig, SimulationFailure, Simulator
+from nxkit.simulate import SimulateConfig, SimulationFailure, make_simulator
 from nxkit.subject import gguf_path
 
 if importlib.util.find_spec("llama_cpp") is None:
@@ -103,7 +103,7 @@ def test_explain_simulate_score_through_the_openai_client(backend, tiny_collecti
     windows = held_out(record, "valid", 1, crop=8)
     modes = {}
     for mode in ("all_at_once", "chat_logprobs", "chat_text"):
-        sim = Simulator(backend, SimulateConfig(mode=mode))
+        sim = make_simulator(backend, SimulateConfig(mode=mode))
         # llama-cpp-python builds echo log-probabilities in Python (slow on CPU): one window is enough there
         some = windows[:1] if mode == "all_at_once" else windows
         sims = run_sync(sim.simulate_many(explanation, [w.tokens for w in some]))
@@ -117,7 +117,9 @@ def test_explain_simulate_score_through_the_openai_client(backend, tiny_collecti
     assert sent > 0 and backend.usage.prompt_tokens > 0
     # a re-run is served from the response cache: nothing is sent again
     run_sync(
-        Simulator(backend, SimulateConfig(mode="chat_text")).simulate_many(explanation, [w.tokens for w in windows])
+        make_simulator(backend, SimulateConfig(mode="chat_text")).simulate_many(
+            explanation, [w.tokens for w in windows]
+        )
     )
     assert backend.usage.requests == sent and backend.usage.cache_hits > 0
 
@@ -126,7 +128,7 @@ def test_pipeline_writes_results_with_chat_simulator(backend, tiny_collection, t
     run = Run(tmp_path / "run")
     run.path.mkdir()
     (run.path / "activations").symlink_to(tiny_collection)
-    sim = Simulator(backend, SimulateConfig(mode="chat_logprobs"))
+    sim = make_simulator(backend, SimulateConfig(mode="chat_logprobs"))
     config = ExplainConfig(
         n_candidates=1, n_windows=2, max_window_tokens=10, max_tokens=24, valid_windows=1, sim_window_tokens=8
     )

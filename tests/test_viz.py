@@ -14,7 +14,16 @@ import plotly.graph_objects as go
 import pytest
 
 from nxkit import viz
-from nxkit.records import NeuronId, NeuronSimulationResults, ScoredExplanation, SequenceSimulation
+from nxkit.records import (
+    Candidate,
+    NeuronId,
+    NeuronRevision,
+    NeuronSimulationResults,
+    NeuronSummary,
+    ScoredExplanation,
+    Scores,
+    SequenceSimulation,
+)
 from nxkit.runs import Run
 from nxkit.score import score_simulation
 
@@ -48,7 +57,7 @@ def make_fake_run(
     (acts_dir / "manifest.json").write_text(json.dumps(manifest))
     run = Run(root)
     run.update_manifest(
-        explain={"explainer": "FakeExplainer()", "simulator": "Simulator(FakeBackend(), mode='all_at_once')"}
+        explain={"explainer": {"backend": "fake"}, "simulator": {"kind": "fake", "mode": "all_at_once"}}
     )
     for li, layer in enumerate(layers):
         acts = np.abs(rng.normal(size=(n_windows, window, d_mlp))).astype(np.float32) * (1 + li)
@@ -81,25 +90,24 @@ def make_fake_run(
                 for r in valid
             ]
             scored = score_simulation(valid, sims, record.max_activation)
+            splits = ["top", "top", "random", "random"]
             expl = f"the word cat <b>{layer}.{n}</b>" if n != 1 else XSS
-            summary = {
-                "layer": layer, "neuron": n, "status": "done", "reason": None, "explanation": expl,
-                "candidates": [{"text": expl, "calibration_score": 0.5}, {"text": "dogs & cats", "calibration_score": 0.1}],
-                "top_and_random": scored.ev_correlation_score, "random_only": 0.1 * n, "shuffled_control": 0.05,
-                "shuffled_gap": (scored.ev_correlation_score or 0) - 0.05, "max_activation": record.max_activation,
-            }  # fmt: skip
-            run.write_neuron(nid, summary, NeuronSimulationResults(nid, [ScoredExplanation(expl, scored)]))
-            if revise and n < 2:
-                rev = {"neuron": [layer, n], "original_explanation": expl, "final_explanation": f"revised {XSS}",
-                       "score_before": scored.ev_correlation_score, "score_after": 0.9, "status": "done", "reason": None, "rounds": []}  # fmt: skip
-                path = viz.revision_path(run, layer, n)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(rev))
+            s = Scores(scored.ev_correlation_score, 0.1 * n, n_windows=4)
+            summary = NeuronSummary(
+                nid, "done", max_activation=record.max_activation, explanation=expl, scores=s,
+                candidates=[Candidate(expl, 0.5), Candidate("dogs & cats", 0.1)], original_explanation=expl,
+                original_scores=s, window_splits=splits, shuffled_control=0.05,
+            )  # fmt: skip
+            run.write_neuron(summary, NeuronSimulationResults(nid, [ScoredExplanation(expl, scored)]))
+            if revise and n < 2:  # a kept revision (scored on the same windows) for neurons 0 and 1
+                after = Scores(0.9, 0.2, n_windows=4)
+                rev = NeuronRevision(
+                    nid, "done", original_explanation=expl, final_explanation=f"revised {expl}",
+                    score_before=scored.ev_correlation_score, score_after=0.9, scores_after=after,
+                )  # fmt: skip
+                run.write_revision(rev, kept=scored)
     # layer 0's last neuron turns out dead (its summary says why)
-    run.write_neuron(
-        NeuronId(layers[0], d_mlp - 1),
-        {"layer": layers[0], "neuron": d_mlp - 1, "status": "dead", "reason": "never fires <i>x</i>"},
-    )
+    run.write_neuron(NeuronSummary(NeuronId(layers[0], d_mlp - 1), "dead", reason="never fires <i>x</i>"))
     return run
 
 
@@ -121,16 +129,20 @@ def test_heatmap_title_attribute_cannot_break_out():
     assert 'onmouseover="' not in html and "&quot; onmouseover=&quot;alert(1)" in html
 
 
-def test_neuron_table_reads_summaries_and_revisions(fake_run):
-    df = viz.neuron_table(fake_run)
+def test_run_table_reads_summaries_and_shows_kept_revisions(fake_run):
+    df = fake_run.table()
     assert len(df) == 8
     assert set(df.status) == {"done", "dead"}
     assert df.score_after.notna().sum() == 4
     assert df[df.status == "done"].top_and_random.notna().all()
+    revised = df[df.kept == "revised"]  # the kept explanation and its score, the original beside it
+    assert len(revised) == 4 and (revised.explanation == "revised " + revised.original_explanation).all()
+    assert (revised.top_and_random == 0.9).all() and (revised.original_top_and_random != 0.9).all()
+    assert revised.shuffled_gap.tolist() == pytest.approx([0.9 - 0.05] * 4)
 
 
 def test_figures_are_figures_with_data(fake_run):
-    df = viz.neuron_table(fake_run)
+    df = fake_run.table()
     for fig in (viz.score_histogram(df), viz.scores_by_layer(fake_run), viz.share_above_by_layer(df), viz.top_vs_random(df),
                 viz.shuffled_control(df), viz.revision_before_after(df)):  # fmt: skip
         assert isinstance(fig, go.Figure) and fig.data
@@ -149,7 +161,7 @@ def test_compare_runs_side_by_side(tmp_path):
 
 
 def test_empty_run_gives_annotated_figures(tmp_path):
-    df = viz.neuron_table(Run(tmp_path / "empty"))
+    df = Run(tmp_path / "empty").table()
     fig = viz.score_histogram(df)
     assert "no scored neurons yet" in [a.text for a in fig.layout.annotations]
 
@@ -157,7 +169,7 @@ def test_empty_run_gives_annotated_figures(tmp_path):
 def test_inspector_pure_functions(fake_run):
     from nxkit import widgets
 
-    table = viz.neuron_table(fake_run)
+    table = fake_run.table()
     opts = widgets.neuron_options(table, 0)
     assert [v for _, v in opts] == [0, 1, 2, 3]
     assert [v for _, v in widgets.neuron_options(table, 0, query="SCRIPT")] == [1]
@@ -188,10 +200,10 @@ def test_inspector_widget_switches_neurons(fake_run):
 
 @pytest.mark.slow
 def test_inspector_probe_with_real_model(fake_run, subject, local_backend):
-    from nxkit.simulate import Simulator
+    from nxkit.simulate import make_simulator
     from nxkit.widgets import NeuronInspector
 
-    ins = NeuronInspector(fake_run, model=subject, simulator=Simulator(local_backend))
+    ins = NeuronInspector(fake_run, model=subject, simulator=make_simulator(local_backend))
     ins.text.value = "The cat sat on the <b>mat</b>."
     out = ins.probe_out.value
     assert "nx-probe" in out and "real" in out and "simulated" in out, out
