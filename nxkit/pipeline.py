@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .collect import CollectConfig
 from .explain import ExplainConfig
-from .records import NeuronId
+from .records import NeuronId, max_activation_of
 from .revise import ReviseConfig
 from .runs import Run
 from .seeds import mix_seed
@@ -391,8 +391,7 @@ def rescore_released(
         windows = released_windows(neuron)
         splits = [w.split for w in windows]
         released = neuron.results.scored_explanations[0]
-        top = neuron.record.max_activation if neuron.record else 0.0
-        max_act = top if top > 0 else max((a for w in windows for a in w.activations), default=1.0)
+        max_act = max_activation_of(record=neuron.record, seqs=released.scored_simulation.scored_sequence_simulations)
         _, ours, _ = run_sync(simulate_and_score(simulator, released.explanation, windows, max_act))
         row = {
             "layer": neuron.neuron_id.layer_index,

@@ -32,6 +32,10 @@ def format_token(token: str) -> str:
     return token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
+def _token_lines(pairs: list[tuple[str, int]]) -> list[str]:
+    return [f"{format_token(t)}\t{a}" for t, a in pairs]
+
+
 def crop_window(tokens: list[str], activations: list[float], n: int | None) -> tuple[list[str], list[float]]:
     """Keep `n` consecutive tokens around the strongest activation (most of them before it)."""
     if n is None or len(tokens) <= n:
@@ -187,11 +191,11 @@ def format_explain_windows(windows: list[Window]) -> str:
     """
     parts = []
     for i, window in enumerate(windows, 1):
-        lines = [f"<window {i}>"] + [f"{format_token(t)}\t{a}" for t, a in window] + ["</window>"]
+        lines = [f"<window {i}>", *_token_lines(window), "</window>"]
         nonzero = [(t, a) for t, a in window if a > 0]
         if nonzero and len(nonzero) < SPARSE_FRACTION * len(window):
             lines.append(f"Non-zero activations in window {i}:")
-            lines += [f"{format_token(t)}\t{a}" for t, a in nonzero]
+            lines += _token_lines(nonzero)
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -390,10 +394,6 @@ REVISE_SYSTEM = (
     "Describe the pattern; do not list tokens one by one."
 )
 _EXPECTED = {"fire": "meant to make it fire, but it stayed silent", "silent": "meant to leave it silent, but it fired"}
-
-
-def _token_lines(pairs: list[tuple[str, int]]) -> list[str]:
-    return [f"{format_token(t)}\t{a}" for t, a in pairs]
 
 
 def revision_messages(

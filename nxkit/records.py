@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -522,3 +523,16 @@ class NeuronRevision:
     """Every round."""
     seconds: float = 0.0
     """Wall time."""
+
+
+def max_activation_of(
+    summary: NeuronSummary | None = None,
+    record: NeuronRecord | None = None,
+    seqs: Sequence[ScoredSequenceSimulation] = (),
+) -> float:
+    """The scale of a neuron's heatmaps: its top-window maximum when known, else the largest real activation
+    among its scored windows, else 1."""
+    for known in (record.max_activation if record else None, summary.max_activation if summary else None):
+        if known is not None and known > 0:
+            return float(known)
+    return max((max(s.true_activations, default=0.0) for s in seqs), default=0.0) or 1.0

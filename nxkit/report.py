@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import viz
-from .records import NeuronId
+from .records import NeuronId, max_activation_of
 from .runs import Run, as_run, atomic_write
 from .score import OFFLINE_NOTE, mean_scores
 from .viz import esc
@@ -98,7 +98,7 @@ def neuron_section(run: Run, nid: NeuronId, max_windows: int = 6) -> str:
     results = run.read_results(nid)
     if summary is not None and summary.status == "done" and results and results.scored_explanations:
         seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
-        max_act = viz.max_activation_of(summary, seqs=seqs)
+        max_act = max_activation_of(summary, seqs=seqs)
         parts.append(viz.split_heatmaps(seqs, summary.window_splits, max_act, max(1, max_windows // 2)))
     parts.append("</div>")
     return "".join(parts)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .records import NeuronRecord, NeuronRevision, NeuronSummary, ScoredSequenceSimulation
+from .records import NeuronRevision, NeuronSummary, ScoredSequenceSimulation
 from .runs import Run, as_run
 
 PAPER_THRESHOLD = 0.8
@@ -367,19 +367,6 @@ def paired_runs(
 def num(v) -> str:
     """A score as text; undefined scores show as a dash, never as 0."""
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
-def max_activation_of(
-    summary: NeuronSummary | None = None,
-    record: NeuronRecord | None = None,
-    seqs: Sequence[ScoredSequenceSimulation] = (),
-) -> float:
-    """The scale of a neuron's heatmaps: its top-window maximum when known, else the largest real activation
-    among its scored windows, else 1."""
-    for known in (record.max_activation if record else None, summary.max_activation if summary else None):
-        if known is not None and known > 0:
-            return float(known)
-    return max((max(s.true_activations, default=0.0) for s in seqs), default=0.0) or 1.0
 
 
 def neuron_html(summary: NeuronSummary | None, revision: NeuronRevision | None = None) -> str:

@@ -23,6 +23,7 @@ from .records import (
     NeuronSimulationResults,
     NeuronSummary,
     Scores,
+    max_activation_of,
 )
 from .runs import TABLE_COLUMNS, Run, as_run, table_row
 from .simulate import simulate_sync
@@ -61,7 +62,7 @@ class NeuronData:
 
     @property
     def max_activation(self) -> float:
-        return viz.max_activation_of(self.summary, self.record, self.scored)
+        return max_activation_of(self.summary, self.record, self.scored)
 
 
 # --- sources: a run directory, or neurons of the public release ------------------------------------
