@@ -95,10 +95,10 @@ def _check(sims, windows):
 
 def test_explain_simulate_score_through_the_openai_client(backend, tiny_collection):
     record = Run(tiny_collection.parent).activations().neuron_record(5, 0)
-    config = ExplainConfig(n_candidates=1, n_windows=2, max_window_tokens=10, max_tokens=24)
+    config = ExplainConfig(best_of=1, explain_windows=2, explain_window_tokens=10, explanation_max_tokens=24)
     texts, failures = run_sync(explain_neuron(backend, record, config))
     assert len(texts) + len(failures) == 1
-    assert all(f["raw"] is not None for f in failures)
+    assert all(f.raw is not None for f in failures)
     explanation = texts[0] if texts else "common words"
     windows = held_out(record, "valid", 1, crop=8)
     modes = {}
@@ -130,16 +130,21 @@ def test_pipeline_writes_results_with_chat_simulator(backend, tiny_collection, t
     (run.path / "activations").symlink_to(tiny_collection)
     sim = make_simulator(backend, SimulateConfig(mode="chat_logprobs"))
     config = ExplainConfig(
-        n_candidates=1, n_windows=2, max_window_tokens=10, max_tokens=24, valid_windows=1, sim_window_tokens=8
+        best_of=1,
+        explain_windows=2,
+        explain_window_tokens=10,
+        explanation_max_tokens=24,
+        valid_windows=1,
+        sim_window_tokens=8,
     )
     explain_and_score(run, [NeuronId(5, 1)], backend, sim, config, progress=False)
     summary = run.read_neuron(NeuronId(5, 1))
-    assert summary["status"] in ("done", "failed"), summary
-    if summary["status"] == "done":
-        assert summary["simulator_mode"] == "chat_logprobs"
+    assert summary.status in ("done", "failed"), summary
+    if summary.status == "done":
+        assert summary.simulator["mode"] == "chat_logprobs" and summary.simulator["backend"] == "openai"
         scored = run.read_results(NeuronId(5, 1)).scored_explanations[0].scored_simulation
-        assert len(scored.scored_sequence_simulations) == 2
-        n_failed = sum(f["stage"] == "simulate" for f in summary["failures"])
-        assert summary["valid"]["n_failed"] == n_failed
+        assert len(scored.scored_sequence_simulations) == 2 and summary.window_splits == ["top", "random"]
+        n_failed = sum(f.stage == "simulate" for f in summary.failures)
+        assert summary.scores.n_failed == n_failed
     else:
         assert summary["failures"] and all(f["raw"] is not None for f in summary["failures"])
