@@ -369,12 +369,14 @@ def test_export_run_needs_explanations(tmp_path):
 def test_export_run_writes_a_real_collection_in_the_release_layout(tiny_collection, tmp_path):
     from nxkit.collect import Activations
     from nxkit.records import (
+        NeuronSummary,
         ScoredExplanation,
         ScoredSequenceSimulation,
         ScoredSimulation,
         SequenceSimulation,
         split_records,
     )
+    from nxkit.runs import Run
 
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)
@@ -398,9 +400,8 @@ def test_export_run_writes_a_real_collection_in_the_release_layout(tiny_collecti
             for w in windows
         ]
         results = NeuronSimulationResults(nid, [ScoredExplanation(" a test explanation", ScoredSimulation(sims))])
-        path = run / "explanations" / "0" / f"{nid.neuron_index}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(dump_simulation_results(results) + "\n")
+        summary = NeuronSummary(nid, "done", explanation=" a test explanation")
+        Run(run).write_neuron(summary, results)
 
     out = tmp_path / "public"
     assert export_run(run, out, progress=False) == explained
