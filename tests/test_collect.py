@@ -136,8 +136,9 @@ def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
     from nxkit.corpus import make_windows
 
     run = tmp_path / "killed"
-    args = ["--run-dir", str(run), "--corpus", "pydoc", "--max-tokens", str(64 * 160), "--layers", "0", "3",
-            "--top-k", "8", "--n-random", "6", "--batch-size", "16", "--seed", "5", "--checkpoint-seconds", "0", "--no-compile"]  # fmt: skip
+    args = ["--run-dir", str(run), "--corpus", "pydoc", "--max-tokens", str(64 * 160), "--seed", "5",
+            "--collect.layers", "0", "3", "--collect.top-k", "8", "--collect.n-random", "6", "--collect.batch-size", "16",
+            "--collect.seed", "5", "--collect.checkpoint-seconds", "0", "--collect.no-compile"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "nxkit.cli", "collect", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
