@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -21,8 +21,11 @@ from .pipeline import PipelineConfig, PipelineError, SourceConfig
 from .revise import ReviseError
 from .simulate import SimulateError
 from .subject import SubjectError
+from .train import SimTrainConfig, TrainError
 
-ERRORS = (SubjectError, CorpusError, CollectError, PipelineError, LLMError, ExplainError, SimulateError, ReviseError)
+ERRORS = (
+    SubjectError, CorpusError, CollectError, PipelineError, LLMError, ExplainError, SimulateError, ReviseError, TrainError
+)  # fmt: skip
 """Errors that are the user's to fix: printed as one line, exit status 2."""
 Flat = tyro.conf.OmitArgPrefixes
 
@@ -57,6 +60,22 @@ class Top:
     """Layers to show (None: first, middle, last)."""
     per_layer: int = 2
     """Neurons shown per layer."""
+
+
+@dataclass
+class Train:
+    """Train nxkit's own small models on synthetic neurons (seeded, resumable): `nxkit train simulator`."""
+
+    what: Annotated[Literal["simulator"], tyro.conf.Positional]
+    """Which model: `simulator` (nxkit-sim)."""
+    config: Annotated[SimTrainConfig, Flat] = field(default_factory=SimTrainConfig)
+    """Training settings."""
+
+
+def cmd_train(command: Train) -> None:
+    from .train import train_simulator
+
+    print(f"nxkit-sim: {train_simulator(command.config)}")
 
 
 def cmd_run(config: PipelineConfig) -> None:
@@ -95,7 +114,12 @@ def cmd_top(command: Top) -> None:
     print(describe_top(Activations(path / "activations"), command.layers, command.per_layer))
 
 
-COMMANDS = {"run": (Run, cmd_run), "collect": (Collect, cmd_collect), "top": (Top, cmd_top)}
+COMMANDS = {
+    "run": (Run, cmd_run),
+    "collect": (Collect, cmd_collect),
+    "top": (Top, cmd_top),
+    "train": (Train, cmd_train),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

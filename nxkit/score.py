@@ -90,9 +90,16 @@ def aggregate_correlation(
     return correlation_score(real, pred)
 
 
-def to_activation_units(expected: Sequence[float], max_activation: float) -> list[float]:
-    """Simulator predictions (0-9) rescaled to the neuron's units, for r^2 and deviation scores."""
-    return [v / SIM_MAX * max_activation for v in expected]
+def to_activation_units(expected: Sequence[float], max_activation: float, scale: float = SIM_MAX) -> list[float]:
+    """Simulator predictions (0 to `scale`: 9 for the prompted digits, 10 for nxkit-sim's bins) rescaled to the
+    neuron's units, for r^2 and deviation scores."""
+    return [v / scale * max_activation for v in expected]
+
+
+def _scale(sim: SequenceSimulation) -> float:
+    """The top of a simulation's own scale (its largest distribution value), else the prompted digits' 9."""
+    values = sim.distribution_values[0] if sim.distribution_values else None
+    return max(values) if values else SIM_MAX
 
 
 def _failed_sequence(record: ActivationRecord) -> SequenceSimulation:
@@ -117,7 +124,7 @@ def score_simulation(
             raise ValueError(
                 f"a simulation of {len(sim.expected_activations)} tokens for a window of {len(rec.activations)}"
             )
-        units = to_activation_units(sim.expected_activations, max_activation)
+        units = to_activation_units(sim.expected_activations, max_activation, _scale(sim))
         seqs.append(
             ScoredSequenceSimulation(
                 simulation=sim,
@@ -138,7 +145,12 @@ def _predicted(seqs: Sequence[ScoredSequenceSimulation]) -> tuple[list[float], l
 def aggregate_scored(seqs: list[ScoredSequenceSimulation], max_activation: float) -> ScoredSimulation:
     """Aggregate scores over the windows that have predictions."""
     real, pred = _predicted(seqs)
-    units = to_activation_units(pred, max_activation)
+    units = [
+        u
+        for s in seqs
+        if s.simulation.expected_activations
+        for u in to_activation_units(s.simulation.expected_activations, max_activation, _scale(s.simulation))
+    ]
     return ScoredSimulation(
         scored_sequence_simulations=seqs,
         ev_correlation_score=correlation_score(real, pred).value,

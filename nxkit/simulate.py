@@ -220,11 +220,61 @@ class ChatSimulator(_Prompted):
         return one_hot(digit)
 
 
+class TrainedSimulator:
+    """nxkit-sim: a small trained model that reads the explanation and predicts a distribution over the bins 0-10
+    at every token of a batch of windows in one forward pass (no LLM traffic)."""
+
+    mode = "trained"
+
+    def __init__(self, path: str | None = None, batch_size: int = 16):
+        from .train import load_model
+
+        self.path, self.batch_size = path, batch_size
+        self.model = load_model(path)
+        self.usage = Usage()
+
+    def __repr__(self) -> str:
+        return f"TrainedSimulator({self.path or 'nxkit-sim'})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "trained", "model": "nxkit-sim", "path": self.path, "smoke_level": False}
+
+    async def simulate_many(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
+        from .train import N_BINS, predict
+
+        if any(not w for w in windows):
+            raise SimulateError("cannot simulate an empty window")
+        values = [float(v) for v in range(N_BINS)]
+        out = []
+        for w, probs in zip(windows, predict(self.model, explanation, windows, self.batch_size), strict=True):
+            dists = probs.tolist()
+            out.append(
+                SequenceSimulation(
+                    tokens=list(w),
+                    expected_activations=[float(sum(v * p for v, p in zip(values, d, strict=True))) for d in dists],
+                    activation_scale=SIMULATED_NORMALIZED_ACTIVATIONS,
+                    distribution_values=[values for _ in dists],
+                    distribution_probabilities=dists,
+                )
+            )
+        self.usage.requests += 1
+        return out
+
+    def simulate_sync(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
+        return simulate_sync(self, explanation, windows)
+
+
+TRAINED = {"nxkit-sim": TrainedSimulator}
+"""Simulators by name that are trained models rather than prompted LLMs."""
+
+
 def make_simulator(spec: str | Backend = "local", config: SimulateConfig | None = None, **backend_kwargs) -> Simulator:
-    """A simulator by name (`local`, or a model on an OpenAI-compatible server, with `base_url=` ...) or
-    around a backend, in the mode `config.mode` asks for (`auto`: the most informative the backend can do)."""
+    """A simulator by name (`nxkit-sim`, `local`, or a model on an OpenAI-compatible server, with `base_url=` ...)
+    or around a backend, in the mode `config.mode` asks for (`auto`: the most informative the backend can do)."""
     from .llm import make_backend
 
+    if isinstance(spec, str) and spec in TRAINED:
+        return TRAINED[spec](**{k: v for k, v in backend_kwargs.items() if k in ("path", "batch_size")})
     backend = make_backend(spec, **backend_kwargs) if isinstance(spec, str) else spec
     config = config or SimulateConfig()
     mode = choose_mode(backend.capabilities, config.mode)
