@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test bench bench-scores lint clean-demo
+.PHONY: setup demo test bench bench-scores bench-quality train lint clean-demo
 
 setup: $(VENV)/.nxkit-installed
 
@@ -63,6 +63,15 @@ bench: setup
 bench-scores: setup
 	$(BIN)/python bench/offline_scores.py --neurons 20
 	$(BIN)/python bench/revise.py --neurons 20
+
+# nxkit's own simulator, trained on synthetic neurons into data/nxkit-sim (about an hour on a 2-core CPU;
+# resumable: run it again after an interruption). The demo and the tests use the committed weights.
+train: setup
+	$(BIN)/nxkit train simulator --out-dir data/nxkit-sim
+
+# held-out synthetic neurons: nxkit-sim against the prompted SmolLM2 (true and shuffled explanations, speed)
+bench-quality: setup
+	$(BIN)/python bench/offline_quality.py
 
 lint: setup
 	$(BIN)/ruff check nxkit tests bench notebooks

@@ -118,7 +118,7 @@ def build_model(lora_r: int, lora_layers: int) -> SimModel:
     """The offline SmolLM2 body (no unembedding) with fresh adapters and head."""
     from .offline import load_offline_hf
 
-    causal, tok = load_offline_hf()
+    causal, tok = load_offline_hf(attn_implementation="sdpa")
     return SimModel(causal.model, tok, lora_r, lora_layers)
 
 
