@@ -78,7 +78,7 @@ class PipelineConfig:
     explainer: str = "local"
     """`local` (the offline SmolLM2 in process) or a model name on an OpenAI-compatible server."""
     simulator: str | None = None
-    """Like `explainer`; None uses the explainer's model."""
+    """`nxkit-sim` (nxkit's trained simulator), `local`, or a model name on a server; None uses the explainer's model."""
     base_url: str | None = None
     """OpenAI-compatible server of the explainer (None: $OPENAI_BASE_URL or OpenAI's API)."""
     simulator_base_url: str | None = None
@@ -163,11 +163,14 @@ def make_llms(config: PipelineConfig):
     Each backend checks its server first, so an unreachable server or an unknown model fails before any work.
     """
     from .llm import make_backend, run_sync
-    from .simulate import make_simulator
+    from .simulate import TRAINED, make_simulator
 
     explainer = make_backend(config.explainer, base_url=config.base_url)
     sim_spec = config.simulator or config.explainer
     sim_url = config.simulator_base_url or config.base_url
+    if sim_spec in TRAINED:  # a trained simulator in this process: no backend to reach
+        run_sync(explainer.check())
+        return explainer, make_simulator(sim_spec, config.simulate)
     same = sim_spec == config.explainer and sim_url == config.base_url
     backend = explainer if same else make_backend(sim_spec, base_url=sim_url)
     for b in {id(b): b for b in (explainer, backend)}.values():

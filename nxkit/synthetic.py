@@ -19,7 +19,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,12 @@ def _boundary(prev: str, tok: str) -> bool:
 
 def word_spans(tokens: Sequence[str]) -> list[tuple[int, int, str]]:
     """Words as (first token, end token, text): a word starts at a token that begins with a space or a
-    non-alphanumeric character, or follows one that ends with one."""
+    non-alphanumeric character, or follows one that ends with one. Cached: every rule reads the same windows."""
+    return _word_spans(tuple(tokens))
+
+
+@lru_cache(maxsize=8192)
+def _word_spans(tokens: tuple[str, ...]) -> list[tuple[int, int, str]]:
     spans, start = [], 0
     for i in range(1, len(tokens) + 1):
         if i == len(tokens) or _boundary(tokens[i - 1], tokens[i]):
@@ -59,6 +64,12 @@ def word_spans(tokens: Sequence[str]) -> list[tuple[int, int, str]]:
     return spans
 
 
+@lru_cache(maxsize=8192)
+def _lower_spans(tokens: tuple[str, ...]) -> list[tuple[int, int, str]]:
+    return [(a, b, text.lower()) for a, b, text in _word_spans(tokens)]
+
+
+@lru_cache(maxsize=65536)
 def _strength(word: str, low: float = 0.5) -> float:
     """A graded strength in [low, 1] that a word always gets (hash-based, so rules stay pure)."""
     h = int(hashlib.blake2b(word.encode(), digest_size=4).hexdigest(), 16) / 2**32
@@ -80,8 +91,7 @@ class WordSet:
 
     def __call__(self, tokens: Sequence[str]) -> np.ndarray:
         out = np.zeros(len(tokens))
-        for a, b, text in word_spans(tokens):
-            w = text.lower()
+        for a, b, w in _lower_spans(tuple(tokens)):
             if w in self.words:
                 out[a:b] = _strength(w)
         return out
@@ -259,13 +269,16 @@ class SyntheticNeuron:
         peak = max((float(a.max()) for a in acts if a.size), default=0.0) or 1.0
         acts = [np.clip(a + rng.normal(0, noise * peak, a.shape), 0, None) for a in acts]
         maxima = np.array([a.max() if a.size else 0.0 for a in acts])
-        recs = [ActivationRecord(list(w), [round(float(v), 4) for v in a]) for w, a in zip(windows, acts, strict=True)]
-        top = [recs[i] for i in np.argsort(-maxima, kind="stable")[:top_k]]
-        rand = [recs[i] for i in rng.choice(len(recs), size=min(n_random, len(recs)), replace=False)]
+
+        def rec(i: int) -> ActivationRecord:  # only the windows kept become records
+            return ActivationRecord(list(windows[i]), [round(float(v), 4) for v in acts[i]])
+
+        top = [rec(i) for i in np.argsort(-maxima, kind="stable")[:top_k]]
+        rand = [rec(i) for i in rng.choice(len(windows), size=min(n_random, len(windows)), replace=False)]
         levels = [0.5, 0.9, 0.99]
         bounds = [float(b) for b in np.quantile(maxima, levels)]
         bands = np.searchsorted(bounds, maxima, side="right")
-        by_quantile = [[recs[i] for i in np.flatnonzero(bands == k)[:5]] for k in range(len(levels) + 1)]
+        by_quantile = [[rec(i) for i in np.flatnonzero(bands == k)[:5]] for k in range(len(levels) + 1)]
         flat = np.concatenate(acts) if acts else np.zeros(1)
         mean, var = float(flat.mean()), float(flat.var())
         sd = var**0.5 or 1.0

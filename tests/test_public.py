@@ -84,25 +84,27 @@ class _Handler(SimpleHTTPRequestHandler):
             mode = modes.pop(0) if modes else None
         try:
             time.sleep(state.delay)
-            if mode == "headers":  # close before any answer: the client sees the connection drop
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-            elif mode in ("body", "unsized"):  # send half the file, close; "body" first promises all of it
-                body = (state.root / self.path.lstrip("/")).read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                if mode == "body":
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-            else:
-                super().do_GET()
         finally:
+            # counted out before answering: a client that has its answer has nothing in flight here, so the
+            # count never includes a finished request whose handler has not returned yet
             with state.lock:
                 state.in_flight -= 1
+        if mode == "headers":  # close before any answer: the client sees the connection drop
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif mode in ("body", "unsized"):  # send half the file, close; "body" first promises all of it
+            body = (state.root / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if mode == "body":
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            super().do_GET()
 
 
 @pytest.fixture
