@@ -33,6 +33,8 @@ from .records import (
 )
 
 FINISHED = ("done", "dead", "failed")
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once, at import: the permissions a plain write would give
 TABLE_COLUMNS = [
     "run", "layer", "neuron", "status", "reason", "explanation", "kept", "top_and_random", "random_only",
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
@@ -49,6 +51,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private; the kit's files are ordinary ones
         with os.fdopen(fd, "wb") as f:
             f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
         os.replace(tmp, path)
