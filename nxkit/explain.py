@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
@@ -123,6 +124,55 @@ def windows_of(results: NeuronSimulationResults, splits: list[str]) -> list[Held
 # --- one neuron ---------------------------------------------------------------------------------
 
 
+@runtime_checkable
+class Explainer(Protocol):
+    """Writes candidate explanations of one neuron from its record.
+
+    Implementations: `LLMExplainer` (a prompted LLM through any `Backend`) and `search.SearchExplainer`
+    (compositional search, no LLM). A backend passed where an explainer is expected is wrapped in an
+    `LLMExplainer` (`as_explainer`).
+    """
+
+    async def explain(self, record: NeuronRecord, config: ExplainConfig) -> tuple[list[Candidate], list[Failure]]:
+        """Usable candidates (at most `config.best_of`) and failures with the raw text that caused them."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the run manifest records of this explainer."""
+        ...
+
+    @property
+    def usage(self) -> Usage:
+        """Its LLM traffic so far (zeros for an explainer that sends none)."""
+        ...
+
+
+class LLMExplainer:
+    """A prompted LLM as explainer: `best_of` sampled answers to the kit's explanation prompt."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"LLMExplainer({self.backend!r})"
+
+    def describe(self) -> dict[str, Any]:
+        return self.backend.describe()
+
+    @property
+    def usage(self) -> Usage:
+        return self.backend.usage
+
+    async def explain(self, record: NeuronRecord, config: ExplainConfig) -> tuple[list[Candidate], list[Failure]]:
+        texts, failures = await explain_neuron(self.backend, record, config)
+        return [Candidate(t) for t in texts], failures
+
+
+def as_explainer(explainer: Explainer | Backend) -> Explainer:
+    """An explainer as is; a backend (anything that chats but does not explain) wrapped in an `LLMExplainer`."""
+    return explainer if callable(getattr(explainer, "explain", None)) else LLMExplainer(explainer)
+
+
 async def explain_neuron(
     backend: Backend, record: NeuronRecord, config: ExplainConfig
 ) -> tuple[list[str], list[Failure]]:
@@ -155,10 +205,13 @@ async def simulate_and_score(
 
 
 async def _rank_candidates(
-    texts: list[str], record: NeuronRecord, simulator: Simulator, config: ExplainConfig, failures: list[Failure]
+    candidates: list[Candidate],
+    record: NeuronRecord,
+    simulator: Simulator,
+    config: ExplainConfig,
+    failures: list[Failure],
 ) -> list[Candidate]:
     """Each candidate with its score on the calibration windows (not simulated when there is only one)."""
-    candidates = [Candidate(t) for t in texts]
     if len(candidates) > 1:
         calib = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
         for cand in candidates:
@@ -169,20 +222,22 @@ async def _rank_candidates(
 
 
 async def process_neuron(
-    record: NeuronRecord, explainer: Backend, simulator: Simulator, config: ExplainConfig
+    record: NeuronRecord, explainer: Explainer | Backend, simulator: Simulator, config: ExplainConfig
 ) -> tuple[NeuronSummary, NeuronSimulationResults | None]:
     """Explain, select and score one neuron; returns its summary and its results (None unless done)."""
+    explainer = as_explainer(explainer)
     nid = record.neuron_id
     t0 = time.perf_counter()
     base = {"neuron_id": nid, "max_activation": record.max_activation, "simulator": simulator.describe()}
     if record.max_activation <= 0:
         reason = f"max activation {record.max_activation:g} <= 0: the neuron never fires on the corpus"
         return NeuronSummary(status="dead", reason=reason, **base), None
-    texts, failures = await explain_neuron(explainer, record, config)
-    if not texts:
-        reason = f"none of {config.best_of} answers held a usable explanation"
+    candidates, failures = await explainer.explain(record, config)
+    if not candidates:
+        reason = failures[0].reason if failures and failures[0].raw is None else None
+        reason = reason or f"none of {config.best_of} answers held a usable explanation"
         return NeuronSummary(status="failed", reason=reason, failures=failures, **base), None
-    candidates = await _rank_candidates(texts, record, simulator, config, failures)
+    candidates = await _rank_candidates(candidates, record, simulator, config, failures)
     best = max(candidates, key=lambda c: -2.0 if c.calibration_score is None else c.calibration_score)
     valid = held_out(record, "valid", config.valid_windows, config.sim_window_tokens)
     scored, s, fails = await simulate_and_score(simulator, best.text, valid, record.max_activation)
@@ -220,7 +275,7 @@ def _sum_usage(*usages: Usage) -> dict[str, int]:
 def explain_and_score(
     run: Run | str,
     neurons: list[NeuronId],
-    explainer: Backend,
+    explainer: Explainer | Backend,
     simulator: Simulator,
     config: ExplainConfig | None = None,
     retry_failed: bool = False,
@@ -233,6 +288,7 @@ def explain_and_score(
     """
     run = as_run(run)
     config = config or ExplainConfig()
+    explainer = as_explainer(explainer)
     acts = run.activations()
     todo = run.todo(neurons, retry_failed)
     run.update_manifest(

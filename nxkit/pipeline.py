@@ -23,8 +23,12 @@ from .explain import ExplainConfig
 from .records import NeuronId, max_activation_of
 from .revise import ReviseConfig
 from .runs import Run
+from .search import SearchConfig
 from .seeds import mix_seed
 from .simulate import SimulateConfig
+
+SEARCH = "search"
+"""The explainer name of the compositional search (no LLM; its formulas are simulated exactly by default)."""
 
 
 class PipelineError(ValueError):
@@ -75,16 +79,20 @@ class PipelineConfig:
     """Neurons to explain: `N` (that index in every explained layer) or `L:N`; None samples `sample` per layer."""
     sample: int = 2
     """Neurons sampled per layer (uniformly, with the source's seed) when `neurons` is None."""
-    explainer: str = "local"
-    """`local` (the offline SmolLM2 in process) or a model name on an OpenAI-compatible server."""
+    explainer: str = SEARCH
+    """`search` (compositional search over words, WordNet concepts, surface and context: no LLM), `local` (the
+    offline SmolLM2 prompted, smoke-level) or a model name on an OpenAI-compatible server."""
     simulator: str | None = None
-    """`nxkit-sim` (nxkit's trained simulator), `local`, or a model name on a server; None uses the explainer's model."""
+    """`nxkit-sim` (nxkit's trained simulator), `local`, or a model name on a server; None uses the explainer's model
+    (for `search`: its formulas, simulated exactly)."""
     base_url: str | None = None
     """OpenAI-compatible server of the explainer (None: $OPENAI_BASE_URL or OpenAI's API)."""
     simulator_base_url: str | None = None
     """Server of the simulator (None: `base_url`)."""
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     """Explanation and scoring settings (best-of-k, windows)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """Compositional-search settings (used with `--explainer search`)."""
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     """Simulator settings (mode, top log-probabilities)."""
     revise: ReviseConfig = field(default_factory=ReviseConfig)
@@ -157,14 +165,29 @@ class PipelineResult:
     """True when the explainer or simulator is a smoke-level model (its scores say little)."""
 
 
-def make_llms(config: PipelineConfig):
-    """The explainer backend and the simulator from the config (one backend serves both when they are the same).
+def make_llms(config: PipelineConfig, run: Run | None = None):
+    """The explainer and the simulator from the config (one backend serves both when they are the same).
 
     Each backend checks its server first, so an unreachable server or an unknown model fails before any work.
+    The search explainer needs no LLM; with no `simulator` its formulas are simulated exactly, and the formulas a
+    resumed `run` already wrote are learnt again so their texts still simulate exactly.
     """
     from .llm import make_backend, run_sync
     from .simulate import TRAINED, make_simulator
 
+    if config.explainer == SEARCH:
+        from .search import FormulaSimulator, SearchExplainer
+
+        explainer = SearchExplainer(config.search)
+        if run is not None:
+            explainer.remember_run(run)
+        if config.simulator is None:
+            return explainer, FormulaSimulator(explainer.book)
+        if config.simulator in TRAINED:
+            return explainer, make_simulator(config.simulator, config.simulate)
+        backend = make_backend(config.simulator, base_url=config.simulator_base_url or config.base_url)
+        run_sync(backend.check())
+        return explainer, make_simulator(backend, config.simulate)
     explainer = make_backend(config.explainer, base_url=config.base_url)
     sim_spec = config.simulator or config.explainer
     sim_url = config.simulator_base_url or config.base_url
@@ -199,8 +222,9 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     from .explain import explain_and_score, shuffled_controls
 
     run = Run(config.source.path)
-    stages = _Stages(4 + bool(config.revise.rounds), config.progress)
-    explainer, simulator = make_llms(config)  # fails before the collection when a server is unreachable
+    revise = bool(config.revise.rounds) and config.explainer != SEARCH
+    stages = _Stages(4 + revise, config.progress)
+    explainer, simulator = make_llms(config, run)  # fails before the collection when a server is unreachable
 
     src = config.source
     stages.start("collection", f"collection: {src.model} over {src.max_tokens:,} tokens of '{src.corpus}'")
@@ -224,10 +248,16 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     shuffled_controls(run, simulator, progress=config.progress)
     stages.stop()
 
-    if config.revise.rounds:
+    if revise:
         stages.start("revision", f"revision: {config.revise.rounds} round(s) of counterexamples per neuron")
         revise_stage(config, run, model, explainer, simulator, neurons)
         stages.stop()
+    elif config.revise.rounds and config.progress:
+        print(
+            "\nrevision skipped: the search explainer writes formulas, not prose an LLM revises; revise with an LLM "
+            "explainer (--explainer local, or a model on a server)",
+            flush=True,
+        )
 
     report = None
     if config.report:
@@ -341,6 +371,9 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
         f"shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}; "
         f"above 0.8: {share['above']} of {share['n']}"
     )
+    sims = sorted(set(df["simulator"].dropna()))
+    if sims:
+        lines.append(f"scored by: {', '.join(sims)} simulator")
     after = df["score_after"].dropna()
     if len(after):
         before = df.loc[after.index, "score_before"]
@@ -352,9 +385,12 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
     return "\n".join(lines)
 
 
-def small_run_config(run_dir: str, revision_rounds: int = 0, layers: list[int] | None = None) -> PipelineConfig:
+def small_run_config(
+    run_dir: str, revision_rounds: int = 0, layers: list[int] | None = None, explainer: str = SEARCH
+) -> PipelineConfig:
     """A run small enough for a notebook on a CPU in a few minutes (one layer, two neurons, short windows)."""
     return PipelineConfig(
+        explainer=explainer,
         source=SourceConfig(run_dir=run_dir, max_tokens=64 * 128),
         collect=CollectConfig(layers=layers or [0], top_k=8, n_random=6),
         sample=2,

@@ -344,6 +344,11 @@ class Candidate:
     """Top-and-random correlation on the calibration windows (None: undefined, or only one candidate)."""
     calibration_flag: str | None = None
     """Why the calibration score is undefined, when it is."""
+    formula: list | None = None
+    """The structured formula behind the text, when the compositional search wrote it (`[[op, kind, arg], ...]`),
+    so it can be simulated exactly."""
+    search_score: float | None = None
+    """The formula's correlation with the neuron on the windows it was searched on."""
 
 
 @register

@@ -39,7 +39,7 @@ TABLE_COLUMNS = [
     "run", "layer", "neuron", "status", "reason", "explanation", "kept", "top_and_random", "random_only",
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
     "original_explanation", "original_top_and_random", "revision_status", "score_before", "score_after",
-    "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens",
+    "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens", "simulator", "formula",
 ]  # fmt: skip
 """Columns of the run table, one row per neuron."""
 
@@ -195,6 +195,11 @@ class Run:
         out = [s for n in self.neurons() if (s := self.read_neuron(n)) is not None]
         return [s for s in out if statuses is None or s.status in statuses]
 
+    def formulas(self) -> dict[str, list]:
+        """Every candidate explanation the compositional search wrote in this run, with its structured formula (so a
+        resumed run simulates them exactly again)."""
+        return {c.text: c.formula for s in self.summaries() for c in s.candidates if c.formula}
+
     def done_neurons(self, statuses: tuple[str, ...] = FINISHED) -> list[NeuronId]:
         """Neurons whose summary has one of `statuses` (finished ones by default)."""
         return [s.neuron_id for s in self.summaries(statuses)]
@@ -257,7 +262,23 @@ def table_row(summary: NeuronSummary, revision: NeuronRevision | None = None, la
         "n_windows": s.scores.n_windows,
         "n_failed": s.scores.n_failed,
         **{k: s.usage.get(k) for k in ("requests", "prompt_tokens", "completion_tokens")},
+        "simulator": simulator_label(s.simulator),
+        "formula": next((formula_text(c.formula) for c in s.candidates if c.formula and c.text == s.explanation), None),
     }
+
+
+def formula_text(terms: list) -> str:
+    """A stored formula (`[[op, kind, arg], ...]`) as one line: `concept:fruit.n.01 OR after:of`."""
+    return " ".join(f"{op.upper().replace('_', ' ')} {kind}:{arg}".strip() for op, kind, arg in terms)
+
+
+def simulator_label(description: dict) -> str | None:
+    """Which simulator scored a neuron, in a word or two: `exact`, `trained nxkit-sim`, `prompted all_at_once`."""
+    if not description:
+        return None
+    kind = description.get("kind")
+    detail = description.get("model") if kind == "trained" else description.get("mode")
+    return " ".join(str(x) for x in (kind, detail if detail != kind else None) if x)
 
 
 def as_run(run: Run | str | Path) -> Run:

@@ -11,224 +11,38 @@ training (`held_out`).
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import random
-import re
-import shutil
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from .offline import cache_dir
 from .records import ActivationRecord, NeuronId, NeuronRecord
+from .rules import (  # noqa: F401  (re-exported: the rules synthetic neurons are made of)
+    NEGATIONS,
+    After,
+    AfterNegation,
+    Concept,
+    Inside,
+    LineStart,
+    Mixture,
+    Punctuation,
+    Repeat,
+    Rule,
+    WordPattern,
+    WordSet,
+    word_spans,
+)
+from .wordnet import LEXNAMES_MAN, WORDNET_DIR, WordNetError, concept_words, wordnet  # noqa: F401
 
-WORDNET_DIR = Path("/usr/share/wordnet")
-"""Where Debian's `wordnet-base` puts the WordNet 3.0 database."""
-LEXNAMES_MAN = Path("/usr/share/man/man5/lexnames.5WN.gz")
-"""Its manual page listing the lexicographer files (the database ships without the `lexnames` file)."""
 HELD_OUT_LEXNAMES = frozenset({"noun.food", "noun.animal", "verb.motion", "noun.body"})
 """WordNet subtrees (lexicographer files) whose concepts never appear in training."""
 HELD_OUT_KINDS = frozenset({"repeat", "allcaps", "after_negation", "suffix:ly"})
 """Rule kinds that never appear in training."""
 
 
-class SyntheticError(RuntimeError):
-    """Synthetic neurons that cannot be made (for example: no WordNet database)."""
-
-
-# --- words of a window ------------------------------------------------------------------------------
-
-
-def _boundary(prev: str, tok: str) -> bool:
-    return not tok or not prev or tok[0].isspace() or not tok[0].isalnum() or not prev[-1].isalnum()
-
-
-def word_spans(tokens: Sequence[str]) -> list[tuple[int, int, str]]:
-    """Words as (first token, end token, text): a word starts at a token that begins with a space or a
-    non-alphanumeric character, or follows one that ends with one. Cached: every rule reads the same windows."""
-    return _word_spans(tuple(tokens))
-
-
-@lru_cache(maxsize=8192)
-def _word_spans(tokens: tuple[str, ...]) -> list[tuple[int, int, str]]:
-    spans, start = [], 0
-    for i in range(1, len(tokens) + 1):
-        if i == len(tokens) or _boundary(tokens[i - 1], tokens[i]):
-            spans.append((start, i, "".join(tokens[start:i]).strip()))
-            start = i
-    return spans
-
-
-@lru_cache(maxsize=8192)
-def _lower_spans(tokens: tuple[str, ...]) -> list[tuple[int, int, str]]:
-    return [(a, b, text.lower()) for a, b, text in _word_spans(tokens)]
-
-
-@lru_cache(maxsize=65536)
-def _strength(word: str, low: float = 0.5) -> float:
-    """A graded strength in [low, 1] that a word always gets (hash-based, so rules stay pure)."""
-    h = int(hashlib.blake2b(word.encode(), digest_size=4).hexdigest(), 16) / 2**32
-    return low + (1 - low) * h
-
-
-# --- rules ------------------------------------------------------------------------------------------
-
-
-Rule = Callable[[Sequence[str]], np.ndarray]
-"""Tokens of a window -> the neuron's activation on each (0 where silent)."""
-
-
-@dataclass(frozen=True)
-class WordSet:
-    """Fires on words of a set (with simple inflections), each at its own graded strength."""
-
-    words: frozenset[str]
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(tokens))
-        for a, b, w in _lower_spans(tuple(tokens)):
-            if w in self.words:
-                out[a:b] = _strength(w)
-        return out
-
-
-@dataclass(frozen=True)
-class WordPattern:
-    """Fires on words that match a regular expression as a whole."""
-
-    pattern: str
-    strength: float = 1.0
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out, rx = np.zeros(len(tokens)), re.compile(self.pattern)
-        for a, b, text in word_spans(tokens):
-            if rx.fullmatch(text):
-                out[a:b] = self.strength
-        return out
-
-
-@dataclass(frozen=True)
-class Punctuation:
-    """Fires on tokens that are (or hold) a given punctuation mark."""
-
-    mark: str
-    strength: float = 1.0
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        return np.array([self.strength if self.mark in t and not t.strip().isalnum() else 0.0 for t in tokens])
-
-
-@dataclass(frozen=True)
-class LineStart:
-    """Fires on the first word of each line (after a newline)."""
-
-    strength: float = 1.0
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(tokens))
-        after_newline = False
-        for a, b, text in word_spans(tokens):
-            if after_newline and text:
-                out[a:b] = self.strength
-            after_newline = "\n" in "".join(tokens[a:b]) or (after_newline and not text)
-        return out
-
-
-@dataclass(frozen=True)
-class After:
-    """Fires on the word right after a given word (`of` -> the word after `of`)."""
-
-    word: str
-    strength: float = 1.0
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(tokens))
-        words = [s for s in word_spans(tokens) if s[2]]
-        for (_, _, prev), (a, b, _) in zip(words, words[1:], strict=False):
-            if prev.lower() == self.word:
-                out[a:b] = self.strength
-        return out
-
-
-@dataclass(frozen=True)
-class Inside:
-    """Fires on tokens between an opening and a closing mark (quotes, brackets), not on the marks."""
-
-    open: str
-    close: str
-    strength: float = 1.0
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out, depth = np.zeros(len(tokens)), 0
-        for i, t in enumerate(tokens):
-            if t.startswith("<|"):  # a document boundary closes whatever was open
-                depth = 0
-                continue
-            if self.open == self.close and self.open in t:
-                depth = 1 - depth
-                continue
-            if self.close in t and depth:
-                depth -= 1
-                continue
-            if self.open in t:
-                depth += 1
-                continue
-            if depth:
-                out[i] = self.strength
-        return out
-
-
-NEGATIONS = frozenset({"not", "never", "no", "nobody", "nothing", "n't", "cannot", "without"})
-
-
-@dataclass(frozen=True)
-class AfterNegation:
-    """Fires on the two words after a negation (not, never, no, n't, ...)."""
-
-    strength: float = 1.0
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(tokens))
-        words = [s for s in word_spans(tokens) if s[2]]
-        for i, (_, _, text) in enumerate(words):
-            if text.lower() in NEGATIONS or text.lower().endswith("n't"):
-                for a, b, _ in words[i + 1 : i + 3]:
-                    out[a:b] = self.strength
-        return out
-
-
-@dataclass(frozen=True)
-class Repeat:
-    """Fires on a word (of three letters or more) the second and later times it occurs in the window."""
-
-    strength: float = 1.0
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out, seen = np.zeros(len(tokens)), set()
-        for a, b, text in word_spans(tokens):
-            w = text.lower()
-            if len(w) >= 3 and w.isalpha():
-                if w in seen:
-                    out[a:b] = self.strength
-                seen.add(w)
-        return out
-
-
-@dataclass(frozen=True)
-class Mixture:
-    """Two rules at once (a polysemantic neuron): the stronger of the two at each token."""
-
-    a: Rule
-    b: Rule
-    weight_b: float = 0.7
-
-    def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        return np.maximum(self.a(tokens), self.weight_b * self.b(tokens))
+SyntheticError = WordNetError
+"""Synthetic neurons that cannot be made (no WordNet database)."""
 
 
 # --- neurons ----------------------------------------------------------------------------------------
@@ -364,75 +178,6 @@ CONTEXT = {
 """Context rules: name -> (rule, phrasings)."""
 
 
-# --- WordNet ----------------------------------------------------------------------------------------
-
-
-def _wordnet_root() -> Path:
-    """An nltk-readable copy of Debian's WordNet 3.0 under the cache (made once, with `lexnames` from its man page)."""
-    root = cache_dir() / "nltk_data" / "corpora" / "wordnet"
-    if (root / "lexnames").exists():
-        return root
-    if not (WORDNET_DIR / "data.noun").exists():
-        raise SyntheticError(
-            f"no WordNet database under {WORDNET_DIR}: install Debian's `wordnet-base` (`apt-get install wordnet-base`, "
-            "which `make setup` does as root), or concept neurons cannot be made"
-        )
-    tmp = root.with_name("wordnet.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in WORDNET_DIR.iterdir():  # nltk refuses files outside its root, so copy rather than link
-        if f.is_file() and (f.name.startswith(("data.", "index.")) or f.suffix == ".exc"):
-            shutil.copyfile(f, tmp / f.name)
-    lines = []
-    with gzip.open(LEXNAMES_MAN, "rt") as man:
-        for line in man:
-            if m := re.match(r"^(\d\d)\s+([a-z]+)\.(\S+)\s", line):
-                pos = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}[m.group(2)]
-                lines.append(f"{m.group(1)}\t{m.group(2)}.{m.group(3)}\t{pos}\n")
-    (tmp / "lexnames").write_text("".join(lines))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-    return root
-
-
-@cache
-def wordnet():
-    """WordNet 3.0 through nltk's maintained reader, from Debian's `wordnet-base` (no download)."""
-    import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
-    class _Reader(WordNetCorpusReader):
-        def map_wn(self, version="wordnet"):
-            return None  # no multilingual data here, so nothing to map between versions
-
-    root = _wordnet_root()
-    if str(root.parent.parent) not in nltk.data.path:
-        nltk.data.path.insert(0, str(root.parent.parent))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "multilingual functions are not available": expected
-        return _Reader(str(root), None)
-
-
-def _inflections(word: str, pos: str) -> set[str]:
-    if pos == "n":
-        return {word, word + "s", word + "es"}
-    if pos == "v":
-        stem = word[:-1] if word.endswith("e") else word
-        return {word, word + "s", word + "es", word + "d", word + "ed", stem + "ing", stem + "ed"}
-    return {word}
-
-
-def concept_words(synset) -> set[str]:
-    """Single-word lemmas of a synset and every hyponym under it, with simple inflections, lower case."""
-    out = set()
-    for s in [synset, *synset.closure(lambda x: x.hyponyms())]:
-        for lemma in s.lemmas():
-            name = lemma.name().lower()
-            if name.isalpha():
-                out |= _inflections(name, synset.pos())
-    return out
-
-
 def concept_neurons(vocabulary: set[str], min_hits: int = 6, max_words: int = 1000) -> list[SyntheticNeuron]:
     """One neuron per noun or verb synset whose words occur at least `min_hits` times in `vocabulary` (the
     corpus's lower-case words), with at most `max_words` words, inflections counted (so it stays a concept, not a
@@ -450,13 +195,13 @@ def concept_neurons(vocabulary: set[str], min_hits: int = 6, max_words: int = 10
             if len(hits) >= min_hits and (hits not in best or len(words) < best[hits][0]):
                 best[hits] = (len(words), synset, words)
     out = []
-    for hits, (_, synset, words) in sorted(best.items(), key=lambda kv: kv[1][1].name()):
+    for hits, (_, synset, _words) in sorted(best.items(), key=lambda kv: kv[1][1].name()):
         concept = synset.lemmas()[0].name().replace("_", " ")
         out.append(
             SyntheticNeuron(
                 f"concept:{synset.name()}",
                 "concept",
-                WordSet(frozenset(words)),
+                Concept(synset.name(), graded=True),
                 concept_explanations(concept, sorted(hits), rng),
                 held_out=synset.lexname() in HELD_OUT_LEXNAMES,
             )

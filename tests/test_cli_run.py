@@ -13,7 +13,7 @@ from nxkit.revise import ReviseConfig, ReviseError
 from nxkit.runs import Run
 
 TINY = [
-    "--collect.layers", "0", "--neurons", "0:11", "0:42", "--max-tokens", "4096", "--corpus", "fortunes",
+    "--explainer", "local", "--collect.layers", "0", "--neurons", "0:11", "0:42", "--max-tokens", "4096", "--corpus", "fortunes",
     "--collect.top-k", "8", "--collect.n-random", "6", "--collect.no-compile", "--explain.best-of", "1",
     "--explain.explain-windows", "2", "--explain.valid-windows", "1", "--explain.sim-window-tokens", "24",
     "--revise.rounds", "1",

@@ -1,0 +1,574 @@
+"""The compositional-search explainer: explanations as formulas of primitives, found by beam search, rendered in
+English and simulated exactly.
+
+After Network Dissection (Bau et al. 2017) and Compositional Explanations of Neurons (Mu and Andreas 2020),
+brought to the kit's records and scores. A *primitive* is a rule over a window's tokens (a word, a token, a
+WordNet concept, a surface form, a context; one implementation each, in `rules.py`), read as a mask. A *formula*
+joins up to three primitives left to right with OR, AND and AND NOT. For one neuron the search takes its
+candidate primitives from the neuron's top windows (the words that fire, the concepts above them, their
+neighbours) beside a fixed set of surface and context primitives, and keeps the formulas whose masks correlate
+best with the neuron's real activations on its explanation windows (the kit's own correlation score). It needs
+no LLM. Each formula renders to an explanation in our own templates and is kept with it, so `FormulaSimulator`
+simulates it exactly (the held-out score, random-only score and shuffled control work as for any explanation),
+while any other simulator can score the rendered text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .llm import Usage
+from .records import (
+    SIMULATED_NORMALIZED_ACTIVATIONS,
+    ActivationRecord,
+    Candidate,
+    Failure,
+    NeuronRecord,
+    SequenceSimulation,
+    random_splits,
+    top_splits,
+)
+from .rules import After, Before, Concept, Inside, Punctuation, Rule, TokenIs, WordSet, mask, word_spans
+from .synthetic import CONTEXT, SURFACE
+from .wordnet import concept_depth, concept_label, concepts_of
+
+if TYPE_CHECKING:
+    from .explain import ExplainConfig
+
+# --- primitives ---------------------------------------------------------------------------------------
+
+PUNCTUATION = {
+    ",": ("commas", "it is a comma"),
+    ".": ("full stops", "it is a full stop"),
+    ":": ("colons", "it is a colon"),
+    ";": ("semicolons", "it is a semicolon"),
+    "?": ("question marks", "it is a question mark"),
+    "!": ("exclamation marks", "it is an exclamation mark"),
+    "-": ("hyphens and dashes", "it is a hyphen or dash"),
+    "'": ("apostrophes and single quotes", "it holds an apostrophe"),
+    '"': ("double quotation marks", "it is a quotation mark"),
+    "(": ("opening brackets", "it opens a bracket"),
+    ")": ("closing brackets", "it closes a bracket"),
+}
+"""Punctuation primitives: mark -> (noun phrase, predicate)."""
+
+SURFACE_TEXT = {
+    "number": ("numbers written in digits", "it is a number"),
+    "year": ("four-digit years", "it is a year"),
+    "capitalised": ("capitalised words", "it is capitalised"),
+    "allcaps": ("words in capital letters", "it is in capitals"),
+    "suffix:ing": ("words ending in -ing", "it ends in -ing"),
+    "suffix:ly": ("words ending in -ly", "it ends in -ly"),
+    "suffix:tion": ("words ending in -tion", "it ends in -tion"),
+    "line_start": ("the first word of a line", "it starts a line"),
+}
+"""Surface primitives (the synthetic neurons' surface rules, punctuation aside): name -> (noun phrase, predicate)."""
+
+CONTEXT_TEXT = {
+    "quotes": ("words inside quotation marks", "it is inside quotation marks"),
+    "brackets": ("words inside brackets", "it is inside brackets"),
+    "after_negation": ("the two words after a negation (not, never, no)", "it follows a negation"),
+    "repeat": ("a word repeated from earlier in the text", "it repeats an earlier word"),
+}
+"""Context primitives with no argument: name -> (noun phrase, predicate)."""
+
+KINDS = ("word", "token", "surface", "after", "before", "context", "concept")
+"""Primitive kinds, in the order ties are broken (a plain word before a concept with the same mask)."""
+
+
+class SearchError(ValueError):
+    """A formula or search setting that cannot be used."""
+
+
+@dataclass(frozen=True, order=True)
+class Primitive:
+    """One rule as a term of a formula: `kind` (one of `KINDS`) and its argument."""
+
+    kind: str
+    """`word`, `token`, `surface`, `after`, `before`, `context` or `concept`."""
+    arg: str
+    """The word, token string, surface or context name, or WordNet synset name (`edible_fruit.n.01`)."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise SearchError(f"unknown primitive kind {self.kind!r}; known: {KINDS}")
+
+    @cached_property
+    def rule(self) -> Rule:
+        """The rule this primitive reads (the one implementation the synthetic neurons use too)."""
+        kind, arg = self.kind, self.arg
+        if kind == "word":
+            return WordSet(frozenset({arg}))
+        if kind == "token":
+            return TokenIs(arg)
+        if kind == "after":
+            return After(arg)
+        if kind == "before":
+            return Before(arg)
+        if kind == "concept":
+            return Concept(arg)
+        if kind == "surface" and arg.startswith("punct:") and arg[6:] in PUNCTUATION:
+            return Punctuation(arg[6:])
+        if kind == "surface" and arg in SURFACE_TEXT:
+            return SURFACE[arg][0]
+        if kind == "context" and arg in CONTEXT_TEXT:
+            return CONTEXT[arg][0] if arg != "brackets" else Inside("(", ")")
+        raise SearchError(f"no rule for primitive {self}")
+
+    def mask(self, tokens: Sequence[str]) -> np.ndarray:
+        """Where it holds on a window (cached per window)."""
+        return mask(self.rule, tokens)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.arg}"
+
+    def noun(self, examples: Sequence[str] = ()) -> str:
+        """What it picks out, as a noun phrase (with example words where it has several)."""
+        ex = f" ({', '.join(examples)})" if examples else ""
+        if self.kind == "word":
+            return f'the word "{self.arg}"'
+        if self.kind == "token":
+            return f'the token "{self.arg.strip() or repr(self.arg)}"'
+        if self.kind == "after":
+            return f'the word after "{self.arg}"{ex}'
+        if self.kind == "before":
+            return f'the word before "{self.arg}"{ex}'
+        if self.kind == "concept":
+            return f"words for {concept_label(self.arg)}{ex}"
+        if self.kind == "surface" and self.arg.startswith("punct:"):
+            return PUNCTUATION[self.arg[6:]][0]
+        table = SURFACE_TEXT if self.kind == "surface" else CONTEXT_TEXT
+        return table[self.arg][0] + (ex if self.kind == "surface" and self.arg != "line_start" else "")
+
+    def predicate(self) -> str:
+        """The same as a clause about a token (`it follows "of"`), for AND and AND NOT."""
+        if self.kind in ("word", "token"):
+            return f"it is {self.noun()}"
+        if self.kind == "after":
+            return f'it follows "{self.arg}"'
+        if self.kind == "before":
+            return f'it comes before "{self.arg}"'
+        if self.kind == "concept":
+            return f"it is a word for {concept_label(self.arg)}"
+        if self.kind == "surface" and self.arg.startswith("punct:"):
+            return PUNCTUATION[self.arg[6:]][1]
+        return (SURFACE_TEXT if self.kind == "surface" else CONTEXT_TEXT)[self.arg][1]
+
+
+def fixed_primitives() -> list[Primitive]:
+    """The surface and context primitives every neuron's search tries."""
+    out = [Primitive("surface", name) for name in SURFACE_TEXT]
+    out += [Primitive("surface", f"punct:{mark}") for mark in PUNCTUATION]
+    return out + [Primitive("context", name) for name in CONTEXT_TEXT]
+
+
+# --- formulas -----------------------------------------------------------------------------------------
+
+OPS = ("or", "and", "and_not")
+
+
+@dataclass(frozen=True)
+class Formula:
+    """Primitives joined left to right: `first`, then each (op, primitive) of `rest` applied to what came before."""
+
+    first: Primitive
+    """The first term."""
+    rest: tuple[tuple[str, Primitive], ...] = ()
+    """Further terms with their operator: `or`, `and`, `and_not`."""
+
+    def __post_init__(self):
+        bad = [op for op, _ in self.rest if op not in OPS]
+        if bad:
+            raise SearchError(f"unknown operator {bad[0]!r}; known: {OPS}")
+
+    @property
+    def terms(self) -> list[Primitive]:
+        return [self.first, *(p for _, p in self.rest)]
+
+    def extend(self, op: str, prim: Primitive) -> Formula:
+        return Formula(self.first, (*self.rest, (op, prim)))
+
+    def mask(self, tokens: Sequence[str]) -> np.ndarray:
+        """Where the formula holds on a window."""
+        out = self.first.mask(tokens).copy()
+        for op, prim in self.rest:
+            m = prim.mask(tokens)
+            out = out | m if op == "or" else out & m if op == "and" else out & ~m
+        return out
+
+    def __str__(self) -> str:
+        words = {"or": "OR", "and": "AND", "and_not": "AND NOT"}
+        return " ".join([str(self.first), *(f"{words[op]} {p}" for op, p in self.rest)])
+
+    def to_json(self) -> list[list[str]]:
+        """Its structured form, as stored with a candidate: `[[op, kind, arg], ...]`, the first op empty."""
+        return [["", self.first.kind, self.first.arg], *([op, p.kind, p.arg] for op, p in self.rest)]
+
+    @classmethod
+    def from_json(cls, terms: Sequence[Sequence[str]]) -> Formula:
+        if not terms:
+            raise SearchError("a formula needs at least one term")
+        (_, kind, arg), *rest = terms
+        return cls(Primitive(kind, arg), tuple((op, Primitive(k, a)) for op, k, a in rest))
+
+    def render(self, examples: dict[Primitive, list[str]] | None = None) -> str:
+        """The formula as an English explanation, in our own templates (examples: words seen where a term holds)."""
+        examples = examples or {}
+        text = self.first.noun(examples.get(self.first, ()))
+        for op, prim in self.rest:
+            if op == "or":
+                text += f", or {prim.noun(examples.get(prim, ()))}"
+            elif op == "and":
+                text += f", when {prim.predicate()}"
+            else:
+                text += f", except when {prim.predicate()}"
+        return text
+
+
+# --- the search -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchConfig:
+    """Settings of the compositional search (saved in the run manifest)."""
+
+    beam: int = 10
+    """Formulas kept at each step."""
+    max_terms: int = 3
+    """Primitives a formula may join."""
+    min_gain: float = 0.02
+    """A term joins a formula only if it raises the correlation by at least this much (simpler formulas win ties)."""
+    firing_fraction: float = 0.4
+    """Tokens at or above this fraction of a window's peak (in the top windows) seed the candidate primitives."""
+    max_per_kind: int = 40
+    """Candidate primitives of each seeded kind (words, tokens, neighbours), the most frequent among firing tokens."""
+    max_concepts: int = 80
+    """Candidate WordNet concepts, those covering the most distinct firing words first."""
+    min_concept_depth: int = 4
+    """Concepts closer than this to their tree's root (entity, object, act ...) are too general to read."""
+    n_examples: int = 3
+    """Example words shown in a rendered concept or context term."""
+
+    def __post_init__(self):
+        if self.beam < 1 or not 1 <= self.max_terms <= 3 or self.n_examples < 0:
+            raise SearchError("beam must be >= 1, max_terms between 1 and 3, n_examples >= 0")
+        if not 0 < self.firing_fraction <= 1 or self.min_gain < 0:
+            raise SearchError("firing_fraction must be in (0, 1] and min_gain >= 0")
+
+
+@dataclass
+class Found:
+    """One formula the search scored."""
+
+    formula: Formula
+    """The formula."""
+    score: float
+    """Its correlation with the neuron on the search windows."""
+    text: str = ""
+    """Its rendering."""
+
+
+@dataclass
+class SearchTrace:
+    """What the search did for one neuron: the beam at each step and the best formulas (notebook 02 shows it)."""
+
+    n_windows: int = 0
+    """Windows searched over."""
+    n_tokens: int = 0
+    """Tokens searched over."""
+    n_primitives: int = 0
+    """Distinct candidate primitives scored (after dropping those that never hold and duplicates of a mask)."""
+    beams: list[list[Found]] = field(default_factory=list)
+    """The beam after each step (step 1: single primitives)."""
+    best: list[Found] = field(default_factory=list)
+    """The best distinct formulas overall, best first."""
+    seconds: float = 0.0
+    """Wall time."""
+
+    def beam_rows(self, per_step: int = 5) -> list[dict]:
+        """The first `per_step` formulas of the beam at each step, as table rows."""
+        return [
+            {"step": i + 1, "formula": str(f.formula), "correlation": round(f.score, 3)}
+            for i, beam in enumerate(self.beams)
+            for f in beam[:per_step]
+        ]
+
+    def best_rows(self, n: int = 5) -> list[dict]:
+        """The best `n` distinct formulas with their renderings, as table rows."""
+        return [
+            {"formula": str(f.formula), "explanation": f.text, "correlation": round(f.score, 3)} for f in self.best[:n]
+        ]
+
+
+def search_windows(record: NeuronRecord) -> list[ActivationRecord]:
+    """The windows a neuron's formula is searched on: its training top windows and its calibration windows (top and
+    random). The valid and test windows stay held out for scoring."""
+    top, rand = top_splits(record), random_splits(record)
+    return top["train"] + top["calibration"] + rand["calibration"]
+
+
+def correlations(masks: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each boolean row of `masks` with `y` (NaN where a row is constant)."""
+    n = y.size
+    yc = y - y.mean()
+    syy = float(yc @ yc)
+    k = masks.sum(axis=1).astype(np.float64)
+    sxy = masks.astype(np.float64) @ yc
+    var = k - k * k / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = sxy / np.sqrt(var * syy)
+    r[(var <= 0) | (syy <= 0)] = np.nan
+    return r
+
+
+def _spans_of(tokens: Sequence[str]) -> list[tuple[int, int, str]]:
+    return [s for s in word_spans(tokens) if s[2]]
+
+
+def candidate_primitives(windows: Sequence[ActivationRecord], config: SearchConfig) -> list[Primitive]:
+    """Primitives seeded by the tokens that fire in `windows` (their tokens, words, concepts and neighbours) and the
+    fixed surface and context ones, most frequent among firing tokens first."""
+    tokens, words, after, before, concepts = Counter(), Counter(), Counter(), Counter(), {}
+    for rec in windows:
+        acts = np.asarray(rec.activations, dtype=np.float64)
+        peak = acts.max(initial=0.0)
+        if peak <= 0:
+            continue
+        spans = _spans_of(rec.tokens)
+        for j, (a, b, text) in enumerate(spans):
+            if acts[a:b].max() < config.firing_fraction * peak:
+                continue
+            w = text.lower()
+            words[w] += 1
+            tokens.update(
+                t for t, v in zip(rec.tokens[a:b], acts[a:b], strict=True) if v >= config.firing_fraction * peak
+            )
+            if j > 0:
+                after[spans[j - 1][2].lower()] += 1
+            if j + 1 < len(spans):
+                before[spans[j + 1][2].lower()] += 1
+            for c in concepts_of(w):
+                concepts.setdefault(c, set()).add(w)
+    k = config.max_per_kind
+    out = [Primitive("word", w) for w, _ in words.most_common(k)]
+    out += [Primitive("token", t) for t, _ in tokens.most_common(k)]
+    out += fixed_primitives()
+    out += [Primitive("after", w) for w, _ in after.most_common(k)]
+    out += [Primitive("before", w) for w, _ in before.most_common(k)]
+    deep = [c for c in concepts if concept_depth(c) >= config.min_concept_depth]
+    deep.sort(key=lambda c: (-len(concepts[c]), -concept_depth(c), c))
+    return out + [Primitive("concept", c) for c in deep[: config.max_concepts]]
+
+
+def _tie_order(p: Primitive) -> tuple:
+    depth = -concept_depth(p.arg) if p.kind == "concept" else 0
+    return (KINDS.index(p.kind), depth, p.arg)
+
+
+def _firing(windows: Sequence[ActivationRecord], fraction: float) -> list[np.ndarray]:
+    """Per window, the tokens at or above `fraction` of its own peak (none in a window that never fires)."""
+    out = []
+    for w in windows:
+        acts = np.asarray(w.activations, dtype=np.float64)
+        peak = acts.max(initial=0.0)
+        out.append(acts >= fraction * peak if peak > 0 else np.zeros(acts.shape, dtype=bool))
+    return out
+
+
+def _examples(formula: Formula, windows: Sequence[ActivationRecord], firing: list[np.ndarray], n: int) -> dict:
+    """For each term that covers many words, the words seen most often where the term holds and the neuron fires."""
+    out = {}
+    for prim in formula.terms:
+        if prim.kind not in ("concept", "after", "before") and not (
+            prim.kind == "surface" and prim.arg in SURFACE_TEXT
+        ):
+            continue
+        seen = Counter()
+        for rec, fires in zip(windows, firing, strict=True):
+            m = prim.mask(rec.tokens) & fires
+            if m.any():
+                seen.update(
+                    text.lower() if prim.kind != "surface" else text
+                    for a, b, text in _spans_of(rec.tokens)
+                    if m[a:b].any()
+                )
+        out[prim] = [w for w, _ in seen.most_common(n)]
+    return out
+
+
+def search_neuron(record: NeuronRecord, config: SearchConfig | None = None) -> SearchTrace:
+    """Beam search for the formulas whose masks correlate best with the neuron on its search windows."""
+    config = config or SearchConfig()
+    t0 = time.perf_counter()
+    windows = [w for w in search_windows(record) if w.tokens]
+    trace = SearchTrace(n_windows=len(windows))
+    if not windows:
+        return trace
+    y = np.concatenate([np.asarray(w.activations, dtype=np.float64) for w in windows])
+    trace.n_tokens = int(y.size)
+
+    # each candidate's mask over every search token; drop those that never hold, and keep one per distinct mask
+    prims = sorted(set(candidate_primitives(windows, config)), key=_tie_order)
+    rows, kept, seen = [], [], set()
+    for p in prims:
+        m = np.concatenate([p.mask(w.tokens) for w in windows])
+        key = m.tobytes()
+        if m.any() and key not in seen:
+            seen.add(key)
+            rows.append(m)
+            kept.append(p)
+    trace.n_primitives = len(kept)
+    if not kept:
+        return trace
+    masks = np.stack(rows)
+    single = correlations(masks, y)
+
+    found: dict[Formula, Found] = {}
+
+    def keep(formula: Formula, score: float, m: np.ndarray) -> None:
+        if np.isfinite(score) and formula not in found:
+            found[formula] = Found(formula, float(score))
+            found_masks[formula] = m
+
+    found_masks: dict[Formula, np.ndarray] = {}
+    for i in np.argsort(-np.nan_to_num(single, nan=-2.0), kind="stable")[: max(config.beam * 4, config.beam)]:
+        keep(Formula(kept[i]), single[i], masks[i])
+    beam = sorted(found.values(), key=lambda f: -f.score)[: config.beam]
+    trace.beams.append(beam)
+
+    for _ in range(config.max_terms - 1):
+        grown: list[Found] = []
+        for parent in beam:
+            pm = found_masks[parent.formula]
+            used = set(parent.formula.terms)
+            for op, combined in (("or", masks | pm), ("and", masks & pm), ("and_not", pm & ~masks)):
+                scores = correlations(combined, y)
+                for i in np.flatnonzero(scores >= parent.score + config.min_gain):
+                    if kept[i] in used:
+                        continue
+                    formula = parent.formula.extend(op, kept[i])
+                    keep(formula, scores[i], combined[i])
+                    grown.append(found[formula])
+        if not grown:
+            break
+        beam = sorted({f.formula: f for f in beam + grown}.values(), key=lambda f: -f.score)[: config.beam]
+        trace.beams.append(beam)
+
+    firing = _firing(windows, config.firing_fraction)
+    ordered = sorted(found.values(), key=lambda f: (-f.score, len(f.formula.terms)))
+    best, masks_seen = [], set()
+    for f in ordered:
+        if f.score <= 0:
+            break
+        key = found_masks[f.formula].tobytes()
+        if key in masks_seen:  # the same tokens as a better (or simpler) formula
+            continue
+        masks_seen.add(key)
+        f.text = f.formula.render(_examples(f.formula, windows, firing, config.n_examples))
+        best.append(f)
+        if len(best) >= config.beam:
+            break
+    for step in trace.beams:
+        for f in step:
+            f.text = f.text or f.formula.render()
+    trace.best = best
+    trace.seconds = round(time.perf_counter() - t0, 3)
+    return trace
+
+
+# --- the explainer and the exact simulator ---------------------------------------------------------------------
+
+FormulaBook = dict
+"""Rendered explanation -> its `Formula`: what the search explainer wrote, so the exact simulator can read it."""
+
+
+class SearchExplainer:
+    """The compositional-search explainer behind `--explainer search`: no LLM; each neuron's best `best_of` distinct
+    formulas become its candidates (rendered text, with the structured formula stored beside it)."""
+
+    def __init__(self, config: SearchConfig | None = None, book: FormulaBook | None = None):
+        self.config = config or SearchConfig()
+        self.book: FormulaBook = book if book is not None else {}
+        self.usage = Usage()
+        self.last_trace: SearchTrace | None = None
+
+    def __repr__(self) -> str:
+        return f"SearchExplainer(beam={self.config.beam}, max_terms={self.config.max_terms})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "search", "model": "compositional search", "config": asdict(self.config), "smoke_level": False}
+
+    async def explain(self, record: NeuronRecord, config: ExplainConfig) -> tuple[list[Candidate], list[Failure]]:
+        """Up to `config.best_of` candidates, best first; a failure (never a made-up explanation) when no formula correlates
+        positively with the neuron on its search windows."""
+        trace = await asyncio.to_thread(search_neuron, record, self.config)
+        self.last_trace = trace
+        self.usage.requests += 1
+        if not trace.best:
+            reason = (
+                f"no formula of up to {self.config.max_terms} primitives correlates positively with the neuron on its "
+                f"{trace.n_windows} search windows ({trace.n_primitives} primitives tried)"
+            )
+            return [], [Failure("explain", reason)]
+        out = []
+        for f in trace.best[: config.best_of]:
+            self.book[f.text] = f.formula
+            out.append(Candidate(f.text, formula=f.formula.to_json(), search_score=round(f.score, 4)))
+        return out, []
+
+    def remember_run(self, run) -> None:
+        """Learn the formulas a run's candidates already hold (a resumed run), so their texts simulate exactly again."""
+        for text, terms in run.formulas().items():
+            self.book[text] = Formula.from_json(terms)
+
+
+class FormulaSimulator:
+    """Exact simulation of the search explainer's explanations: each token gets 10 where the explanation's formula
+    holds and 0 elsewhere. It reads only texts whose formula it knows (the book it shares with the explainer)."""
+
+    mode = "exact"
+
+    def __init__(self, book: FormulaBook | None = None):
+        self.book: FormulaBook = book if book is not None else {}
+        self.usage = Usage()
+
+    def __repr__(self) -> str:
+        return f"FormulaSimulator({len(self.book)} formulas)"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "exact", "mode": "exact", "model": "formula of the search explainer", "smoke_level": False}
+
+    def formula_of(self, explanation: str) -> Formula:
+        try:
+            return self.book[explanation]
+        except KeyError:
+            raise SearchError(
+                f"exact simulation reads only the search explainer's formulas, and {explanation[:80]!r} is not one; "
+                "score free-text explanations with a simulator that reads text (--simulator local, nxkit-sim or a "
+                "model on a server)"
+            ) from None
+
+    async def simulate_many(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
+        formula = self.formula_of(explanation)
+        self.usage.requests += 1
+        out = []
+        for tokens in windows:
+            m = formula.mask(tokens)
+            out.append(
+                SequenceSimulation(
+                    tokens=list(tokens),
+                    expected_activations=[10.0 if v else 0.0 for v in m],
+                    activation_scale=SIMULATED_NORMALIZED_ACTIVATIONS,
+                    distribution_values=[[0.0, 10.0] for _ in m],
+                    distribution_probabilities=[[0.0, 1.0] if v else [1.0, 0.0] for v in m],
+                )
+            )
+        return out
