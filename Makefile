@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-test demo test bench bench-scores bench-quality train lint clean-demo
+.PHONY: setup setup-test demo test bench bench-scores bench-quality bench-search train lint clean-demo
 
 # $(call apt,PACKAGE:FILE ...,what the kit does without them): Debian packages whose FILE is missing,
 # installed with apt-get when it is there and we are root; otherwise the kit says what it does instead
@@ -55,11 +55,11 @@ $(VENV)/.nxkit-test-installed: $(VENV)/.nxkit-installed
 	$(call apt,chromium:/usr/bin/chromium,the browser tests skip without /usr/bin/chromium)
 	@touch $@
 
-# every neuron (30 layers x 1,536) over 200k tokens, then explain, score, control and revise 2 sampled
-# neurons of layers 4 and 16 with the offline SmolLM2, write runs/demo/report.html, and print top tokens
+# every neuron (30 layers x 1,536) over 200k tokens, then explain 2 sampled neurons of every layer by
+# compositional search, score each formula exactly on held-out windows with the shuffled control, write
+# runs/demo/report.html, and print top tokens in context
 demo: setup
-	$(BIN)/nxkit run --name demo --max-tokens 200000 --explain-layers 4 16 --sample 2 --explain.best-of 2 \
-		--explain.calibration-windows 3 --explain.valid-windows 5 --revise.rounds 1
+	$(BIN)/nxkit run --name demo --max-tokens 200000 --sample 2
 	$(BIN)/nxkit top --name demo
 
 test: setup-test
@@ -78,6 +78,12 @@ bench-scores: setup
 # resumable: run it again after an interruption). The demo and the tests use the committed weights.
 train: setup
 	$(BIN)/nxkit train simulator --out-dir data/nxkit-sim
+
+# the compositional-search explainer: planted rules recovered on synthetic neurons, held-out scores and the
+# shuffled control on 210 real neurons of runs/demo's collection (collected first when missing), the prompted
+# SmolLM2 beside it on 8 of them, seconds per neuron
+bench-search: setup
+	$(BIN)/python bench/search.py
 
 # held-out synthetic neurons: nxkit-sim against the prompted SmolLM2 (true and shuffled explanations, speed)
 bench-quality: setup

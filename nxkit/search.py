@@ -38,7 +38,7 @@ from .records import (
 )
 from .rules import After, Before, Concept, Inside, Punctuation, Rule, TokenIs, WordSet, mask, word_spans
 from .synthetic import CONTEXT, SURFACE
-from .wordnet import concept_depth, concept_label, concepts_of
+from .wordnet import concept_depth, concept_label, concept_size, concepts_of
 
 if TYPE_CHECKING:
     from .explain import ExplainConfig
@@ -253,9 +253,14 @@ class SearchConfig:
     max_concepts: int = 80
     """Candidate WordNet concepts, those covering the most distinct firing words first."""
     min_concept_depth: int = 4
-    """Concepts closer than this to their tree's root (entity, object, act ...) are too general to read."""
+    """Noun concepts closer than this to their tree's root (entity, object, act ...) are too general to read."""
+    min_verb_depth: int = 1
+    """The same for verb concepts, whose trees are shallow (only the roots, such as move or change, are left out)."""
     n_examples: int = 3
     """Example words shown in a rendered concept or context term."""
+    min_support: int = 2
+    """A term joins a formula by OR only if it holds where the neuron fires in at least this many search windows
+    (one window's stray word does not generalise); the first term is exempt."""
 
     def __post_init__(self):
         if self.beam < 1 or not 1 <= self.max_terms <= 3 or self.n_examples < 0:
@@ -363,14 +368,17 @@ def candidate_primitives(windows: Sequence[ActivationRecord], config: SearchConf
     out += fixed_primitives()
     out += [Primitive("after", w) for w, _ in after.most_common(k)]
     out += [Primitive("before", w) for w, _ in before.most_common(k)]
-    deep = [c for c in concepts if concept_depth(c) >= config.min_concept_depth]
+    deep = [
+        c for c in concepts if concept_depth(c) >= (config.min_verb_depth if ".v." in c else config.min_concept_depth)
+    ]
     deep.sort(key=lambda c: (-len(concepts[c]), -concept_depth(c), c))
     return out + [Primitive("concept", c) for c in deep[: config.max_concepts]]
 
 
 def _tie_order(p: Primitive) -> tuple:
-    depth = -concept_depth(p.arg) if p.kind == "concept" else 0
-    return (KINDS.index(p.kind), depth, p.arg)
+    """Among primitives with the same mask, the plainest kind first, and of concepts the narrowest."""
+    size = concept_size(p.arg) if p.kind == "concept" else 0
+    return (KINDS.index(p.kind), size, p.arg)
 
 
 def _firing(windows: Sequence[ActivationRecord], fraction: float) -> list[np.ndarray]:
@@ -430,6 +438,9 @@ def search_neuron(record: NeuronRecord, config: SearchConfig | None = None) -> S
         return trace
     masks = np.stack(rows)
     single = correlations(masks, y)
+    firing = _firing(windows, config.firing_fraction)
+    starts = np.cumsum([0] + [len(w.tokens) for w in windows[:-1]])
+    support = (np.add.reduceat(masks & np.concatenate(firing), starts, axis=1) > 0).sum(axis=1)
 
     found: dict[Formula, Found] = {}
 
@@ -452,7 +463,7 @@ def search_neuron(record: NeuronRecord, config: SearchConfig | None = None) -> S
             for op, combined in (("or", masks | pm), ("and", masks & pm), ("and_not", pm & ~masks)):
                 scores = correlations(combined, y)
                 for i in np.flatnonzero(scores >= parent.score + config.min_gain):
-                    if kept[i] in used:
+                    if kept[i] in used or (op == "or" and support[i] < config.min_support):
                         continue
                     formula = parent.formula.extend(op, kept[i])
                     keep(formula, scores[i], combined[i])
@@ -462,7 +473,6 @@ def search_neuron(record: NeuronRecord, config: SearchConfig | None = None) -> S
         beam = sorted({f.formula: f for f in beam + grown}.values(), key=lambda f: -f.score)[: config.beam]
         trace.beams.append(beam)
 
-    firing = _firing(windows, config.firing_fraction)
     ordered = sorted(found.values(), key=lambda f: (-f.score, len(f.formula.terms)))
     best, masks_seen = [], set()
     for f in ordered:

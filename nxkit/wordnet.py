@@ -119,6 +119,13 @@ def concept_depth(name: str) -> int:
     return wordnet().synset(name).min_depth()
 
 
+@lru_cache(maxsize=65_536)
+def concept_size(name: str) -> int:
+    """How many distinct lemmas a synset and its hyponyms hold: smaller is narrower."""
+    synset = wordnet().synset(name)
+    return len({lemma for s in [synset, *synset.closure(lambda x: x.hyponyms())] for lemma in s.lemma_names()})
+
+
 def concept_label(name: str) -> str:
     """A synset's first lemma as plain words (`edible_fruit.n.01` -> `edible fruit`)."""
     return wordnet().synset(name).lemmas()[0].name().replace("_", " ")

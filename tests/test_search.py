@@ -216,3 +216,14 @@ def test_search_run_scores_exactly_with_a_shuffled_control_and_resumes(tmp_path,
     if new.status == "done":
         assert new.shuffled_control_from is not None and not [f for f in new.failures if f.stage == "shuffled_control"]
     assert Run(run_dir).read_neuron(NeuronId(0, 11)).seconds == run.read_neuron(NeuronId(0, 11)).seconds
+
+
+@needs_wordnet
+def test_search_recovers_a_verb_concept_from_its_shallow_tree():
+    # verb trees are shallow (run.v.01 sits two steps below a root): a depth cut meant for nouns would drop them
+    rng = np.random.default_rng(5)
+    vocab = WORDS * 2 + [" ran", " jogs", " sprinted", " scampered", " lope", " run", " ate", " slept", " read"]
+    windows = [[vocab[i] for i in rng.integers(0, len(vocab), 24)] for _ in range(400)]
+    record = SyntheticNeuron("run", "test", Concept("run.v.01", graded=True), ("run",)).record(windows, NeuronId(0, 2))
+    best = search_neuron(record).best[0].formula
+    assert best.first.kind == "concept" and wordnet.is_related(best.first.arg, "run.v.01"), best
