@@ -69,6 +69,7 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
         ("shuffled_gap", "gap"),
         ("score_after", "after revision"),
         ("explanation", "explanation"),
+        ("simulator", "scored by"),
     ]
     head = "".join(f"<th>{esc(label)}</th>" for _, label in cols)
     body = []
@@ -115,7 +116,9 @@ def _describe(d) -> str:
     """A backend or simulator description from the manifest, as one line."""
     if not isinstance(d, dict):
         return str(d or "?")
-    return " ".join(f"{k}={v}" for k, v in d.items() if k != "smoke_level" and v is not None)
+    return " ".join(
+        f"{k}={v}" for k, v in d.items() if k != "smoke_level" and v is not None and not isinstance(v, dict)
+    )
 
 
 def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: int = 6) -> str:

@@ -195,6 +195,8 @@ def test_search_run_scores_exactly_with_a_shuffled_control_and_resumes(tmp_path,
     assert main(["run", *tiny, "--neurons", "0:11", "0:42", "0:7"]) == 0
     out = capsys.readouterr().out
     assert "revision skipped: the search explainer" in out and "scored by: exact simulator" in out
+    page = (run_dir / "report.html").read_text()
+    assert "<th>scored by</th>" in page and ">exact</td>" in page and "explainer: kind=search" in page
     run = Run(run_dir)
     done = run.summaries(("done",))
     assert len(done) >= 2
