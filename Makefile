@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
+# llama.cpp built for a portable x86-64 target (AVX2): a native build enables AMX where the CPU has it, and
+# AMX faults (ldtilecfg) in containers whose kernel does not grant it, so the server test crashes there
+LLAMA_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup setup-test demo test bench bench-scores bench-quality bench-search train lint clean-demo
@@ -51,7 +54,7 @@ setup-test: $(VENV)/.nxkit-test-installed
 
 $(VENV)/.nxkit-test-installed: $(VENV)/.nxkit-installed
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q "$(LLAMA_CPP)"
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install -q --no-cache-dir "$(LLAMA_CPP)"
 	$(call apt,chromium:/usr/bin/chromium,the browser tests skip without /usr/bin/chromium)
 	@touch $@
 

@@ -9,7 +9,9 @@ reading explanations.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from tqdm.auto import tqdm
 
 from . import prompts
-from .llm import Backend, Usage, run_sync
+from .llm import NEURON_USAGE, Backend, Usage, run_sync
 from .records import (
     RANDOM,
     TOP,
@@ -72,12 +74,17 @@ class ExplainConfig:
     """Top and random valid windows the chosen explanation is scored on, each (None: the whole split)."""
     sim_window_tokens: int | None = None
     """Crop held-out windows to this many tokens around their peaks before simulating (None: whole windows)."""
+    max_neurons_in_flight: int = 32
+    """Neurons in progress at once when the explainer and simulator talk to a server (bounds memory; requests in
+    flight are bounded by the server backend's own `max_concurrency`). In-process models take one at a time."""
 
     def __post_init__(self):
         if self.best_of < 1 or self.explain_windows < 1 or self.explanation_max_tokens < 1:
             raise ExplainError("best_of, explain_windows and explanation_max_tokens must be >= 1")
         if self.temperature < 0:
             raise ExplainError("temperature must be >= 0")
+        if self.max_neurons_in_flight < 1:
+            raise ExplainError("max_neurons_in_flight must be >= 1")
         for name in ("explain_window_tokens", "calibration_windows", "valid_windows", "sim_window_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -180,11 +187,18 @@ async def explain_neuron(
     messages = prompts.explain_messages(explainer_windows(record, config))
     explanations, failures = [], []
     nid = record.neuron_id
-    for i in range(config.best_of):
-        seed = mix_seed(config.seed, nid.layer_index, nid.neuron_index, i)
-        answer = await backend.chat(
-            messages, max_tokens=config.explanation_max_tokens, temperature=config.temperature, seed=seed
+    answers = await asyncio.gather(  # all k at once on a server; in turn in process
+        *(
+            backend.chat(
+                messages,
+                max_tokens=config.explanation_max_tokens,
+                temperature=config.temperature,
+                seed=mix_seed(config.seed, nid.layer_index, nid.neuron_index, i),
+            )
+            for i in range(config.best_of)
         )
+    )
+    for answer in answers:
         parsed = prompts.parse_explanation(answer.text)
         if parsed is None:
             failures.append(Failure("explain", "unparsable explanation", answer.text))
@@ -214,8 +228,10 @@ async def _rank_candidates(
     """Each candidate with its score on the calibration windows (not simulated when there is only one)."""
     if len(candidates) > 1:
         calib = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
-        for cand in candidates:
-            _, s, fails = await simulate_and_score(simulator, cand.text, calib, record.max_activation)
+        scored = await asyncio.gather(
+            *(simulate_and_score(simulator, c.text, calib, record.max_activation) for c in candidates)
+        )
+        for cand, (_, s, fails) in zip(candidates, scored, strict=True):
             cand.calibration_score, cand.calibration_flag = s.top_and_random, s.top_and_random_flag
             failures += fails
     return candidates
@@ -256,20 +272,214 @@ async def process_neuron(
     return summary, NeuronSimulationResults(nid, [ScoredExplanation(best.text, scored)])
 
 
-# --- a run --------------------------------------------------------------------------------------
+# --- a run: many neurons in flight -----------------------------------------------------------------
 
 
-def _usage_delta(before: dict[str, int], *usages: Usage) -> dict[str, int]:
-    now = _sum_usage(*usages)
-    return {k: now[k] - before.get(k, 0) for k in now}
+@dataclass
+class Budget:
+    """Limits on what one `explain_and_score` call may spend; reaching one stops the run cleanly (resumable)."""
+
+    max_requests: int | None = None
+    """Requests (LLM calls computed, cache hits not counted) before no further neuron is started."""
+    max_tokens: int | None = None
+    """Prompt and completion tokens before no further neuron is started."""
+
+    def __post_init__(self):
+        for name in ("max_requests", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ExplainError(f"{name} must be None or >= 1, got {value}")
+
+    def reached(self, spent: Usage) -> str | None:
+        """Why no further neuron may start, or None."""
+        if self.max_requests is not None and spent.requests >= self.max_requests:
+            return f"the request budget is spent ({spent.requests:,} of {self.max_requests:,} requests)"
+        if self.max_tokens is not None and spent.tokens >= self.max_tokens:
+            return f"the token budget is spent ({spent.tokens:,} of {self.max_tokens:,} tokens)"
+        return None
 
 
-def _sum_usage(*usages: Usage) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _sum_usage(*usages: Usage) -> Usage:
+    out = Usage()
     for u in {id(u): u for u in usages}.values():  # one backend serving both counts once
         for k, v in u.as_dict().items():
-            out[k] = out.get(k, 0) + v
+            setattr(out, k, getattr(out, k) + v)
     return out
+
+
+def concurrent(component: Any) -> bool:
+    """True when a component's traffic goes to a server that serves many requests at once (its backend declares
+    `capabilities.concurrent`); in-process models and rules run one neuron at a time."""
+    backend = getattr(component, "backend", component)
+    capabilities = getattr(backend, "capabilities", None)
+    return bool(capabilities is not None and capabilities.concurrent)
+
+
+def control_order(neurons: list[NeuronId], seed: int = 0) -> dict[NeuronId, list[NeuronId]]:
+    """For each neuron, the neurons whose explanation its shuffled control tries, in order: a seeded permutation of
+    the sample read as a cycle, starting after the neuron itself. Fixed before anything is explained, so the control
+    never depends on which neuron happens to finish first."""
+    order = sorted(set(neurons))
+    random.Random(mix_seed(seed, len(order), 7)).shuffle(order)
+    at = {n: i for i, n in enumerate(order)}
+    return {n: [order[(at[n] + k) % len(order)] for k in range(1, len(order))] for n in order}
+
+
+PENDING = "<pending>"
+"""A control partner this call will not explain (the budget stopped it): the control waits for a later call."""
+
+
+class _Flight:
+    """The shared state of one `explain_and_score` call: who has an explanation, the budget, the stop flag."""
+
+    def __init__(self, run: Run, neurons: list[NeuronId], seed: int, budget: Budget | None, usages: list[Usage]):
+        loop = asyncio.get_running_loop()
+        self.run, self.budget, self.usages = run, budget, usages
+        self.order = control_order(neurons, seed)
+        self.explanations: dict[NeuronId, asyncio.Future] = {n: loop.create_future() for n in self.order}
+        self.stopped: str | None = None
+        self.failed = False
+
+    def publish(self, nid: NeuronId, summary: NeuronSummary | None, pending: bool = False) -> None:
+        """A neuron's explanation for the others' controls: its text, None when it has none (dead, failed), or
+        `PENDING` when this call will not explain it (a budget stop): controls that need it wait for a later call."""
+        fut = self.explanations.get(nid)
+        if fut is not None and not fut.done():
+            done = summary is not None and summary.status == "done"
+            fut.set_result(PENDING if pending else summary.original_explanation if done else None)
+
+    def may_start(self) -> bool:
+        if self.failed or self.stopped:
+            return False
+        if self.budget is not None and (why := self.budget.reached(_sum_usage(*self.usages))):
+            self.stopped = why
+            return False
+        return True
+
+    async def partner(self, summary: NeuronSummary) -> tuple[NeuronId, str] | str | None:
+        """The first neuron along this one's control order with an explanation different from its own (`PENDING`
+        when one before it will only be explained by a later call)."""
+        for other in self.order.get(summary.neuron_id, []):
+            text = await self.explanations[other]
+            if text is PENDING:
+                return PENDING
+            if text is not None and text != summary.original_explanation:
+                return other, text
+        return None
+
+
+async def _control(flight: _Flight, simulator: Simulator, summary: NeuronSummary) -> NeuronSummary:
+    """Score a done neuron's valid windows with its control partner's explanation, as soon as that one has one."""
+    found = await flight.partner(summary)
+    if found is PENDING:
+        return summary  # left without a control or a reason: a later call runs it with the same partner
+    if found is None:
+        summary.shuffled_control_reason = "no other neuron of the sample has a different explanation"
+    else:
+        other, text = found
+        windows = windows_of(flight.run.read_results(summary.neuron_id), summary.window_splits)
+        _, control, fails = await simulate_and_score(
+            simulator, text, windows, summary.max_activation, stage="shuffled_control"
+        )
+        summary.shuffled_control, summary.shuffled_control_from = control.top_and_random, other
+        summary.shuffled_control_explanation = text
+        summary.failures.extend(fails)
+    return summary
+
+
+def _needs_control(summary: NeuronSummary | None) -> bool:
+    return (
+        summary is not None
+        and summary.status == "done"
+        and summary.shuffled_control_from is None
+        and summary.shuffled_control_reason is None
+    )
+
+
+async def _one_neuron(flight, nid, acts, explainer, simulator, config, control, slots, on_done, bar) -> NeuronSummary:
+    """Explain and score one neuron inside a slot, write it, publish its explanation, then run its control."""
+    usage = Usage()
+    NEURON_USAGE.set(usage)  # this task's context only: the neuron's own traffic
+    async with slots:
+        if not flight.may_start():
+            flight.publish(nid, None, pending=True)
+            return None
+        try:
+            record = acts.neuron_record(nid.layer_index, nid.neuron_index)
+            summary, results = await process_neuron(record, explainer, simulator, config)
+            summary.usage = usage.as_dict()
+            flight.run.write_neuron(summary, results)
+            if on_done is not None:
+                on_done(summary)
+        except BaseException:
+            flight.failed = True  # no neuron starts after a failure; the others in flight finish or are cancelled
+            flight.publish(nid, None, pending=True)
+            raise
+        flight.publish(nid, summary)
+    if control and summary.status == "done":
+        summary = await _control(flight, simulator, summary)
+        summary.usage = usage.as_dict()
+        flight.run.write_neuron(summary)
+    bar.update(1)
+    return summary
+
+
+async def _control_only(flight, nid, simulator) -> None:
+    """The control of a neuron finished in an earlier call (its explanation is already published)."""
+    summary = flight.run.read_neuron(nid)
+    usage = Usage(**{k: v for k, v in summary.usage.items() if k in Usage.__dataclass_fields__})
+    NEURON_USAGE.set(usage)  # the control's traffic adds to the neuron's
+    summary = await _control(flight, simulator, summary)
+    summary.usage = usage.as_dict()
+    flight.run.write_neuron(summary)
+
+
+async def explain_many(
+    run: Run,
+    neurons: list[NeuronId],
+    explainer: Explainer,
+    simulator: Simulator,
+    config: ExplainConfig,
+    retry_failed: bool = False,
+    control: bool = True,
+    budget: Budget | None = None,
+    on_neuron_done: Callable[[NeuronSummary], None] | None = None,
+    progress: bool = True,
+) -> tuple[list[NeuronSummary], str | None]:
+    """Every unfinished neuron of `neurons`, many in flight (up to `config.max_neurons_in_flight` when the explainer
+    and simulator talk to a server; one at a time in process), each written as it finishes, each with its shuffled
+    control as soon as its control partner has an explanation. Returns the summaries written now (in neuron order)
+    and why the run stopped early (a budget), if it did."""
+    acts = run.activations()
+    todo = run.todo(neurons, retry_failed)
+    flight = _Flight(run, neurons, config.seed, budget, [explainer.usage, simulator.usage])
+    for nid in flight.order:
+        if nid not in todo:
+            flight.publish(nid, run.read_neuron(nid))
+    in_flight = config.max_neurons_in_flight if concurrent(explainer) and concurrent(simulator) else 1
+    slots = asyncio.Semaphore(in_flight)
+    with tqdm(total=len(todo), desc="explain+score", unit="neuron", disable=not progress) as bar:
+        tasks = [
+            asyncio.ensure_future(
+                _one_neuron(flight, n, acts, explainer, simulator, config, control, slots, on_neuron_done, bar)
+            )
+            for n in todo
+        ]
+        if control:
+            tasks += [
+                asyncio.ensure_future(_control_only(flight, n, simulator))
+                for n in neurons
+                if n not in todo and _needs_control(run.read_neuron(n))
+            ]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    done = sorted((s for s in results[: len(todo)] if s is not None), key=lambda s: s.neuron_id)
+    return done, flight.stopped
 
 
 def explain_and_score(
@@ -281,62 +491,50 @@ def explain_and_score(
     retry_failed: bool = False,
     on_neuron_done: Callable[[NeuronSummary], None] | None = None,
     progress: bool = True,
+    control: bool = True,
+    budget: Budget | None = None,
 ) -> list[NeuronSummary]:
-    """Process every unfinished neuron of `neurons` into the run directory; returns the new summaries.
+    """Process every unfinished neuron of `neurons` into the run directory, with its shuffled control; returns the
+    summaries written now.
 
-    Finished neurons are skipped, so a stopped run resumes where it was.
+    Finished neurons are skipped, so a stopped run resumes where it was. With a `budget`, no neuron starts once it
+    is spent; the run stops cleanly and says so (`Run.manifest()["stopped"]`), and a later call resumes.
     """
     run = as_run(run)
     config = config or ExplainConfig()
     explainer = as_explainer(explainer)
-    acts = run.activations()
-    todo = run.todo(neurons, retry_failed)
     run.update_manifest(
         explain={"config": asdict(config), "explainer": explainer.describe(), "simulator": simulator.describe()}
     )
-    usages = [explainer.usage, simulator.usage]
-    out = []
-    for nid in tqdm(todo, desc="explain+score", unit="neuron", disable=not progress):
-        record = acts.neuron_record(nid.layer_index, nid.neuron_index)
-        before = _sum_usage(*usages)
-        summary, results = run_sync(process_neuron(record, explainer, simulator, config))
-        summary.usage = _usage_delta(before, *usages)
-        run.write_neuron(summary, results)
-        out.append(summary)
-        if on_neuron_done is not None:
-            on_neuron_done(summary)
-    run.update_manifest(usage=_sum_usage(*usages))
-    return out
+    done, stopped = run_sync(
+        explain_many(
+            run, neurons, explainer, simulator, config, retry_failed, control, budget, on_neuron_done, progress
+        )
+    )
+    run.update_manifest(usage=_sum_usage(explainer.usage, simulator.usage).as_dict(), stopped=stopped)
+    if stopped:
+        left = len(run.todo(neurons, retry_failed))
+        log.warning("stopped: %s; %d neurons left (run again with a larger budget to resume)", stopped, left)
+    return done
 
 
-def shuffled_controls(run: Run | str, simulator: Simulator, progress: bool = True) -> list[NeuronSummary]:
-    """Score each done neuron's valid windows with the next done neuron's explanation (cyclic order).
-
-    The windows are read back from the neuron's explanation file, with their split labels. Neurons that
-    already have a control are skipped. Returns the updated summaries.
-    """
+def shuffled_controls(
+    run: Run | str, simulator: Simulator, neurons: list[NeuronId] | None = None, seed: int = 0, progress: bool = True
+) -> list[NeuronSummary]:
+    """The shuffled control of every done neuron that has none yet (`explain_and_score` already runs each neuron's
+    control as it goes; this catches up on runs made without it). Each neuron is scored with the explanation of the
+    first neuron along its seeded control order (`control_order` over `neurons`, default every neuron of the run)
+    that has a different one. Returns the updated summaries."""
     run = as_run(run)
-    done = run.summaries(("done",))
-    out = []
-    for i, s in enumerate(tqdm(done, desc="shuffled control", unit="neuron", disable=not progress)):
-        if s.shuffled_control_from is not None:
-            continue
-        others = [done[(i + j) % len(done)] for j in range(1, len(done))]
-        other = next((o for o in others if o.original_explanation != s.original_explanation), None)
-        if other is None:
-            s.shuffled_control_reason = "no other neuron with a different explanation in this run yet"
-        else:
-            windows = windows_of(run.read_results(s.neuron_id), s.window_splits)
-            text = other.original_explanation
-            _, control, fails = run_sync(
-                simulate_and_score(simulator, text, windows, s.max_activation, stage="shuffled_control")
-            )
-            s.shuffled_control, s.shuffled_control_from, s.shuffled_control_explanation = (
-                control.top_and_random,
-                other.neuron_id,
-                text,
-            )
-            s.failures.extend(fails)
-            out.append(s)
-        run.write_neuron(s)
-    return out
+    neurons = neurons if neurons is not None else run.neurons()
+
+    async def go():
+        flight = _Flight(run, neurons, seed, None, [])
+        for nid in flight.order:
+            flight.publish(nid, run.read_neuron(nid))
+        todo = [n for n in neurons if _needs_control(run.read_neuron(n))]
+        for nid in tqdm(todo, desc="shuffled control", unit="neuron", disable=not progress):
+            await _control_only(flight, nid, simulator)
+        return [run.read_neuron(n) for n in todo]
+
+    return run_sync(go())

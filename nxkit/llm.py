@@ -16,6 +16,8 @@ import logging
 import os
 import random
 import threading
+import time
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -59,6 +61,8 @@ class Usage:
     """Responses served from the on-disk cache (nothing sent)."""
     reused_prompt_tokens: int = 0
     """Prompt tokens whose keys and values were reused from a shared prefix (local backend)."""
+    retries: int = 0
+    """Requests sent again after a rate limit, a server error or a timeout."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -66,6 +70,23 @@ class Usage:
     def reset(self) -> None:
         for k in asdict(self):
             setattr(self, k, 0)
+
+    @property
+    def tokens(self) -> int:
+        """Prompt and completion tokens together (what a budget counts)."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+NEURON_USAGE: ContextVar[Usage | None] = ContextVar("nxkit_neuron_usage", default=None)
+"""The usage of the neuron the current task works for (set per neuron by the pipeline), so that traffic is
+counted per neuron even with many neurons in flight on one backend."""
+
+
+def count(usage: Usage, **amounts: int) -> None:
+    """Add `amounts` to a backend's counters and to the current neuron's, when a task is working for one."""
+    for target in {id(u): u for u in (usage, NEURON_USAGE.get()) if u is not None}.values():
+        for k, v in amounts.items():
+            setattr(target, k, getattr(target, k) + v)
 
 
 @dataclass
@@ -224,6 +245,7 @@ class OpenAIBackend:
         self.usage = Usage()
         self._per_loop: dict[int, tuple[Any, Any, asyncio.Semaphore]] = {}
         self._checked = False
+        self._pause_until = 0.0  # time.monotonic() before which no request is sent (shared backoff)
         self._shift: int | None = self.config.prompt_logprobs_shift
         url = self.config.base_url or "https://api.openai.com/v1"
         guess = "api.openai.com" not in url
@@ -289,34 +311,57 @@ class OpenAIBackend:
         request = {"endpoint": endpoint, "base_url": self.url, "model": self.config.model, **params}
         key = ResponseCache.key(request)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            self.usage.cache_hits += 1
+            count(self.usage, cache_hits=1)
             return hit
         await self.check()
         data = await self._send(endpoint, params)
-        self.usage.requests += 1
-        if usage := data.get("usage"):
-            self.usage.prompt_tokens += usage.get("prompt_tokens") or 0
-            self.usage.completion_tokens += usage.get("completion_tokens") or 0
+        usage = data.get("usage") or {}
+        count(
+            self.usage,
+            requests=1,
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
+        )
         if self.cache is not None:
             self.cache.put(key, data)
         return data
 
+    async def _wait_out_pause(self) -> None:
+        while (wait := self._pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+
+    @staticmethod
+    def _retry_after(exc: Exception) -> float | None:
+        """The server's `Retry-After` (seconds) on an error response, when it sent one."""
+        response = getattr(exc, "response", None)
+        value = response.headers.get("retry-after") if response is not None else None
+        try:
+            return max(0.0, float(value)) if value is not None else None
+        except ValueError:
+            return None
+
     async def _send(self, endpoint: str, params: dict[str, Any]) -> dict:
-        """The request itself, retried with exponential backoff and jitter on what a retry can fix."""
+        """The request itself, retried on what a retry can fix. Backoff is shared: a 429 (its `Retry-After`, else
+        exponential backoff with jitter) pauses every request of this backend, not just the one that got it."""
         client, sem = self._client()
         create = client.chat.completions.create if endpoint == "chat" else client.completions.create
         for attempt in range(self.config.max_retries + 1):
+            await self._wait_out_pause()
             try:
                 async with sem:
+                    await self._wait_out_pause()  # a pause that began while this request waited for a slot
                     resp = await create(model=self.config.model, **params)
                 return resp.model_dump()
             except Exception as exc:
                 error = self._fatal(exc, last=attempt == self.config.max_retries, attempts=attempt + 1)
                 if error is not None:
                     raise error from exc
-                delay = self.config.backoff * 2**attempt * (0.5 + random.random())
-                log.warning("%s from %s; retrying in %.1f s", type(exc).__name__, self.url, delay)
-                await asyncio.sleep(delay)
+                delay = self._retry_after(exc)
+                if delay is None:
+                    delay = self.config.backoff * 2**attempt * (0.5 + random.random())
+                self._pause_until = max(self._pause_until, time.monotonic() + delay)
+                count(self.usage, retries=1)
+                log.warning("%s from %s; every request waits %.1f s", type(exc).__name__, self.url, delay)
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _fatal(self, exc: Exception, last: bool, attempts: int) -> Exception | None:
@@ -497,8 +542,7 @@ class LocalBackend:
         if not self.reuse_prefix:
             ids = torch.tensor([prefix + continuation], device=self.device)
             logits = self.model(ids).logits[0, len(prefix) :]
-            self.usage.requests += 1
-            self.usage.prompt_tokens += ids.shape[1]
+            count(self.usage, requests=1, prompt_tokens=ids.shape[1])
             return torch.log_softmax(logits[[p - 1 for p in positions]].float(), dim=-1)
         shared = 0
         for a, b in zip(self._kv_ids, prefix, strict=False):
@@ -516,9 +560,7 @@ class LocalBackend:
             self._kv_ids = list(prefix)
         out = self.model(torch.tensor([continuation], device=self.device), past_key_values=self._kv, use_cache=True)
         self._kv.crop(-len(continuation))  # back to the prefix, ready for the next window
-        self.usage.requests += 1
-        self.usage.prompt_tokens += len(rest) + len(continuation)
-        self.usage.reused_prompt_tokens += shared
+        count(self.usage, requests=1, prompt_tokens=len(rest) + len(continuation), reused_prompt_tokens=shared)
         return torch.log_softmax(out.logits[0, [p - 1 for p in positions]].float(), dim=-1)
 
     async def check(self) -> None:
@@ -559,8 +601,7 @@ class LocalBackend:
         ids, offsets = self.encode(prompt)
         with torch.no_grad():
             logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()
-        self.usage.requests += 1
-        self.usage.prompt_tokens += len(ids)
+        count(self.usage, requests=1, prompt_tokens=len(ids))
         lp = torch.log_softmax(logits, dim=-1)
         vals, idx = lp.topk(top, dim=-1)
         tops: list[dict[str, float] | None] = [None]
@@ -602,9 +643,7 @@ class LocalBackend:
         finish = "length"
         if eos in new:
             new, finish = new[: new.index(eos)], "stop"
-        self.usage.requests += 1
-        self.usage.prompt_tokens += input_ids.shape[1]
-        self.usage.completion_tokens += len(new)
+        count(self.usage, requests=1, prompt_tokens=input_ids.shape[1], completion_tokens=len(new))
         tokens = None
         if top_logprobs:
             tokens = []

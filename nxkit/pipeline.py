@@ -97,6 +97,14 @@ class PipelineConfig:
     """Simulator settings (mode, top log-probabilities)."""
     revise: ReviseConfig = field(default_factory=ReviseConfig)
     """Counterexample revision settings (rounds: 0 skips revision)."""
+    max_concurrency: int = 64
+    """Requests in flight at once to each LLM server (enough to keep a vLLM deployment busy); neurons in progress
+    are bounded by `--explain.max-neurons-in-flight`."""
+    max_requests: int | None = None
+    """Stop cleanly (resumable) once this invocation sent this many LLM requests (None: no limit). Checked before
+    each neuron starts: the neurons already in flight finish, so it may overshoot by their requests."""
+    max_tokens_spent: int | None = None
+    """The same for prompt and completion tokens spent (None: no limit)."""
     retry_failed: bool = False
     """Try neurons whose explanation or revision failed before again."""
     report: bool = True
@@ -108,6 +116,11 @@ class PipelineConfig:
         if self.sample < 1 and not self.neurons:
             raise PipelineError("sample must be >= 1 when no neurons are listed; or list them with --neurons")
         parse_neurons(self.neurons or [], [0])  # validates the syntax early
+        if self.max_concurrency < 1:
+            raise PipelineError("max_concurrency must be >= 1")
+        for name in ("max_requests", "max_tokens_spent"):
+            if (value := getattr(self, name)) is not None and value < 1:
+                raise PipelineError(f"{name} must be None or >= 1, got {value}")
 
 
 def parse_neurons(items: list[str], layers: list[int]) -> list[NeuronId]:
@@ -172,8 +185,17 @@ def make_llms(config: PipelineConfig, run: Run | None = None):
     The search explainer needs no LLM; with no `simulator` its formulas are simulated exactly, and the formulas a
     resumed `run` already wrote are learnt again so their texts still simulate exactly.
     """
-    from .llm import make_backend, run_sync
+    from .llm import run_sync
     from .simulate import TRAINED, make_simulator
+
+    def make_backend(spec: str, base_url: str | None):
+        from .llm import make_backend as make
+
+        return (
+            make(spec, base_url=base_url)
+            if spec == "local"
+            else make(spec, base_url, max_concurrency=config.max_concurrency)
+        )
 
     if config.explainer == SEARCH:
         from .search import FormulaSimulator, SearchExplainer
@@ -237,18 +259,28 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         "explain+score",
         f"explanation and scoring: {len(todo)} of {len(neurons)} neurons to do (best of {config.explain.best_of})",
     )
+    from .explain import Budget
+
+    budget = Budget(config.max_requests, config.max_tokens_spent)
     explain_and_score(
-        run, neurons, explainer, simulator, config.explain, retry_failed=config.retry_failed, progress=config.progress
-    )
+        run, neurons, explainer, simulator, config.explain, retry_failed=config.retry_failed, progress=config.progress,
+        budget=budget,
+    )  # fmt: skip
+    stopped = run.manifest().get("stopped")
+    if stopped and config.progress:
+        left = len(run.todo(neurons, config.retry_failed))
+        print(f"stopped: {stopped}; {left} neurons left. Run the same command again (with a larger budget) to resume.")
     stages.stop()
 
     stages.start(
         "shuffled control", "shuffled-explanation control (each neuron scored with another neuron's explanation)"
     )
-    shuffled_controls(run, simulator, progress=config.progress)
+    shuffled_controls(run, simulator, neurons=neurons, seed=config.explain.seed, progress=config.progress)
     stages.stop()
 
-    if revise:
+    if revise and stopped:
+        print("revision skipped: the budget is spent", flush=True)
+    elif revise:
         stages.start("revision", f"revision: {config.revise.rounds} round(s) of counterexamples per neuron")
         revise_stage(config, run, model, explainer, simulator, neurons)
         stages.stop()

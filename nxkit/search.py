@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .llm import Usage
+from .llm import Usage, count
 from .records import (
     SIMULATED_NORMALIZED_ACTIVATIONS,
     ActivationRecord,
@@ -521,7 +521,7 @@ class SearchExplainer:
         positively with the neuron on its search windows."""
         trace = await asyncio.to_thread(search_neuron, record, self.config)
         self.last_trace = trace
-        self.usage.requests += 1
+        count(self.usage, requests=1)
         if not trace.best:
             reason = (
                 f"no formula of up to {self.config.max_terms} primitives correlates positively with the neuron on its "
@@ -568,7 +568,7 @@ class FormulaSimulator:
 
     async def simulate_many(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
         formula = self.formula_of(explanation)
-        self.usage.requests += 1
+        count(self.usage, requests=1)
         out = []
         for tokens in windows:
             m = formula.mask(tokens)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from . import prompts
-from .llm import Backend, Capabilities, Usage, run_sync
+from .llm import Backend, Capabilities, Usage, count, run_sync
 from .records import SIMULATED_NORMALIZED_ACTIVATIONS, SequenceSimulation, SimulationFailure
 
 MODES = ("all_at_once", "chat_logprobs", "chat_text")
@@ -257,7 +257,7 @@ class TrainedSimulator:
                     distribution_probabilities=dists,
                 )
             )
-        self.usage.requests += 1
+        count(self.usage, requests=1)
         return out
 
     def simulate_sync(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:

@@ -134,11 +134,14 @@ def test_pipeline_resumes_after_a_crash_and_skips_finished(tiny_collection, loca
     with pytest.raises(Stop):
         explain_and_score(run, neurons, local_backend, sim, SMALL, on_neuron_done=crash_after_first, progress=False)
     assert run.done_neurons() == neurons[:1]
-    first = run.summary_path(neurons[0]).read_text()
+    first = run.read_neuron(neurons[0])
+    assert first.shuffled_control_from is None  # its control partner had no explanation yet when it stopped
     before = local_backend.usage.requests
     done = explain_and_score(run, neurons, local_backend, sim, SMALL, progress=False)
     assert [d.neuron_id for d in done] == [NeuronId(5, 1)]
-    assert run.summary_path(neurons[0]).read_text() == first  # not recomputed
+    again = run.read_neuron(neurons[0])  # not recomputed: only its shuffled control was added, now that 5:1 has one
+    assert (again.candidates, again.scores, again.seconds) == (first.candidates, first.scores, first.seconds)
+    assert again.shuffled_control_from == NeuronId(5, 1) and again.usage["requests"] > first.usage["requests"]
     assert local_backend.usage.requests > before
     assert explain_and_score(run, neurons, local_backend, sim, SMALL, progress=False) == []
 

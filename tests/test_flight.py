@@ -1,0 +1,156 @@
+"""Many neurons in flight against an OpenAI-compatible server on loopback (real HTTP through the `openai` client):
+the same results as one at a time, a stopped run resumed, a 429 storm met by a shared backoff, a budget stop."""
+
+from __future__ import annotations
+
+import pytest
+
+from nxkit.explain import Budget, ExplainConfig, control_order, explain_and_score
+from nxkit.llm import OpenAIBackend
+from nxkit.loopback import MODEL, LoopbackServer
+from nxkit.records import NeuronId
+from nxkit.runs import Run
+from nxkit.simulate import SimulateConfig, make_simulator
+
+NEURONS = [NeuronId(layer, n) for layer in (0, 5) for n in range(8)]
+CONFIG = dict(best_of=2, calibration_windows=2, valid_windows=2, sim_window_tokens=16)
+
+
+def make_run(tmp_path, collection, name: str) -> Run:
+    run = Run(tmp_path / name)
+    run.path.mkdir()
+    (run.path / "activations").symlink_to(collection, target_is_directory=True)
+    return run
+
+
+def llms(server: LoopbackServer, max_concurrency: int):
+    backend = OpenAIBackend(
+        MODEL, base_url=server.base_url, api_key="local", cache=False, max_concurrency=max_concurrency,
+        prompt_logprobs=False, backoff=0.05,
+    )  # fmt: skip
+    return backend, make_simulator(backend, SimulateConfig(mode="chat_text"))
+
+
+def outcome(run: Run) -> dict:
+    """What a run concluded per neuron (not timings or usage)."""
+    return {
+        s.neuron_id: (
+            s.status,
+            s.explanation,
+            [c.text for c in s.candidates],
+            s.scores,
+            s.shuffled_control_from,
+            s.shuffled_control,
+        )  # fmt: skip
+        for s in run.summaries()
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_collection, tmp_path_factory):
+    """The sample explained one neuron and one request at a time."""
+    run = make_run(tmp_path_factory.mktemp("flight"), tiny_collection, "one-at-a-time")
+    with LoopbackServer(latency=0.0) as server:
+        backend, sim = llms(server, 1)
+        explain_and_score(run, NEURONS, backend, sim, ExplainConfig(max_neurons_in_flight=1, **CONFIG), progress=False)
+        assert server.max_in_flight == 1
+    result = outcome(run)
+    assert [v[0] for v in result.values()].count("done") >= 12
+    assert all(v[4] is not None for v in result.values() if v[0] == "done")  # every done neuron has its control
+    return result
+
+
+def test_control_partners_are_a_seeded_permutation_fixed_in_advance():
+    order = control_order(NEURONS, seed=3)
+    assert order == control_order(list(reversed(NEURONS)), seed=3) and order != control_order(NEURONS, seed=4)
+    firsts = [order[n][0] for n in NEURONS]
+    assert sorted(firsts) == sorted(NEURONS) and all(order[n][0] != n for n in NEURONS)  # a derangement
+    assert all(sorted(order[n] + [n]) == sorted(NEURONS) for n in NEURONS)
+
+
+def test_many_neurons_in_flight_give_the_same_results(reference, tiny_collection, tmp_path):
+    run = make_run(tmp_path, tiny_collection, "in-flight")
+    with LoopbackServer(latency=0.05) as server:
+        backend, sim = llms(server, 64)
+        done = explain_and_score(run, NEURONS, backend, sim, ExplainConfig(max_neurons_in_flight=16, **CONFIG),
+                                 progress=False)  # fmt: skip
+        assert server.max_in_flight >= 16  # many requests really were in flight at once
+    assert outcome(run) == reference and len(done) == len(NEURONS)
+    for s in done:  # usage is counted per neuron even with many neurons sharing one backend
+        assert s.usage["requests"] > 0
+    assert sum(s.usage["requests"] for s in run.summaries()) == backend.usage.requests
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_run_stopped_mid_flight_resumes_without_recomputing(reference, tiny_collection, tmp_path):
+    run = make_run(tmp_path, tiny_collection, "stopped")
+    finished = []
+
+    def stop_after_five(summary):
+        finished.append(summary.neuron_id)
+        if len(finished) == 5:
+            raise Stop
+
+    config = ExplainConfig(max_neurons_in_flight=8, **CONFIG)
+    with LoopbackServer(latency=0.02) as server:
+        backend, sim = llms(server, 32)
+        with pytest.raises(Stop):
+            explain_and_score(run, NEURONS, backend, sim, config, on_neuron_done=stop_after_five, progress=False)
+        first = {s.neuron_id: s for s in run.summaries()}
+        assert 5 <= len(first) < len(NEURONS)
+        explain_and_score(run, NEURONS, backend, sim, config, progress=False)
+    for nid, before in first.items():  # finished neurons were not explained or scored again
+        after = run.read_neuron(nid)
+        assert (after.candidates, after.scores, after.seconds) == (before.candidates, before.scores, before.seconds)
+    assert outcome(run) == reference
+
+
+def test_a_429_storm_pauses_every_request_and_the_run_completes(reference, tiny_collection, tmp_path):
+    run = make_run(tmp_path, tiny_collection, "storm")
+    with LoopbackServer(latency=0.02, storm=(0.05, 0.4), retry_after=0.4) as server:
+        backend, sim = llms(server, 8)
+        explain_and_score(run, NEURONS, backend, sim, ExplainConfig(max_neurons_in_flight=8, **CONFIG),
+                          progress=False)  # fmt: skip
+    assert outcome(run) == reference
+    assert server.rate_limited > 0 and backend.usage.retries == server.rate_limited
+    # one shared pause: only requests already sent when the storm began were refused, far fewer than the tasks
+    assert server.rate_limited <= 2 * 8 < server.requests - server.rate_limited
+
+
+def test_a_budget_stops_cleanly_and_the_run_resumes(reference, tiny_collection, tmp_path):
+    run = make_run(tmp_path, tiny_collection, "budget")
+    config = ExplainConfig(max_neurons_in_flight=4, **CONFIG)
+    with LoopbackServer(latency=0.0) as server:
+        backend, sim = llms(server, 8)
+        explain_and_score(run, NEURONS, backend, sim, config, budget=Budget(max_requests=60), progress=False)
+        stopped = run.manifest()["stopped"]
+        assert "request budget is spent" in stopped
+        assert 0 < len(run.summaries()) < len(NEURONS) and backend.usage.requests < 60 + 4 * 20
+        explain_and_score(run, NEURONS, backend, sim, config, progress=False)
+    assert run.manifest()["stopped"] is None
+    assert outcome(run) == reference  # the same controls too: a control whose partner was not explained waited
+
+
+def test_nxkit_run_stops_at_its_budget_and_resumes(tiny_collection, tmp_path, monkeypatch, capsys):
+    from nxkit.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "local")
+    monkeypatch.setenv("NXKIT_CACHE", str(tmp_path / "cache"))  # a response cache of its own
+    run = make_run(tmp_path, tiny_collection, "cli")
+    with LoopbackServer(latency=0.0) as server:
+        argv = ["run", "--run-dir", str(run.path), "--corpus", "fortunes", "--explainer", MODEL,
+                "--base-url", server.base_url, "--simulate.mode", "chat_text", "--neurons", "5:1", "5:2", "5:3",
+                "5:4", "--explain.best-of", "2", "--explain.valid-windows", "2", "--explain.calibration-windows", "1",
+                "--explain.sim-window-tokens", "16", "--explain.max-neurons-in-flight", "2", "--revise.rounds", "0",
+                "--no-report"]  # fmt: skip
+        assert main([*argv, "--max-requests", "12"]) == 0
+        out = capsys.readouterr().out
+        assert "stopped: the request budget is spent" in out and "neurons left" in out
+        assert 0 < len(run.summaries()) < 4
+        assert main(argv) == 0
+        assert "0 of 4 neurons to do" not in capsys.readouterr().out
+    assert [s.status for s in run.summaries()] == ["done"] * 4 and run.manifest()["stopped"] is None
+    assert server.max_in_flight > 1
