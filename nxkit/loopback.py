@@ -87,8 +87,11 @@ class LoopbackServer:
                 status, body, headers = server._answer(self.path, request)
                 self._send(status, body, headers)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1024  # the listen backlog: many clients connect at once
+            daemon_threads = True
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 
