@@ -85,10 +85,13 @@ def main() -> None:
     n = len(summaries)
     req = backend.usage.requests / n
     prompt, completion = backend.usage.prompt_tokens / n, backend.usage.completion_tokens / n
-    cache_bytes = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache else 0
+    from nxkit.llm import ResponseCache
+
+    store = ResponseCache(cache) if cache else None
+    cache_bytes = store.size_bytes() if store else 0
     print(f"per neuron (simulation scorer, {len(done)} of {n} done): {req:.1f} requests, {prompt:,.0f} prompt and "
           f"{completion:,.0f} completion tokens; response cache {cache_bytes / n / 1024:.1f} KB "
-          f"({len(list(cache.rglob('*.json')))} files)")  # fmt: skip
+          f"({len(store) if store else 0:,} entries in one SQLite file)")  # fmt: skip
     rate = server.requests / wall
     hours = PAPER_NEURONS * req / rate / 3600
     print(

@@ -17,6 +17,7 @@ import os
 import random
 import threading
 import time
+import zlib
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,33 +156,112 @@ def run_sync(coro):
 
 
 class ResponseCache:
-    """JSON responses on disk, keyed by a hash of the request (which never holds the API key)."""
+    """Responses on disk, keyed by a hash of the request (which never holds the API key): one SQLite file holding
+    millions of entries, each only what the kit reads back (the answer text, its token log-probabilities, the
+    echoed prompt log-probabilities, usage), zlib-compressed; the least recently used entries go first when the
+    store outgrows `max_bytes`. Safe across threads and processes (WAL)."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, max_bytes: int = 4 * 1024**3):
         self.root = Path(root) if root is not None else cache_dir() / "llm"
+        self.max_bytes = max_bytes
+        self.path = self.root / "responses.sqlite"
+        self._db = None
+        self._lock = threading.Lock()
+        self._size: int | None = None
 
     @staticmethod
     def key(request: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+    def _conn(self):
+        import sqlite3
+
+        if self._db is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB, used REAL)")
+            self._db = db
+        return self._db
 
     def get(self, key: str) -> dict | None:
-        path = self._path(key)
-        if not path.exists():
-            return None
+        with self._lock:
+            db = self._conn()
+            row = db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE responses SET used = ? WHERE key = ?", (time.time(), key))
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:  # a torn write: treat as missing
+            return json.loads(zlib.decompress(row[0]))
+        except (zlib.error, json.JSONDecodeError):  # a damaged entry: treat as missing
             return None
 
     def put(self, key: str, value: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(value, ensure_ascii=False))
-        tmp.replace(path)
+        blob = zlib.compress(json.dumps(slim_response(value), ensure_ascii=False, separators=(",", ":")).encode(), 6)
+        with self._lock:
+            db = self._conn()
+            db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)", (key, blob, time.time()))
+            if self._size is None:
+                self._size = db.execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM responses").fetchone()[0]
+            else:
+                self._size += len(blob)
+            if self._size > self.max_bytes:
+                self._trim(db)
+
+    def _trim(self, db) -> None:
+        """Drop the least recently used entries down to 90% of `max_bytes`."""
+        target, freed = self._size - int(0.9 * self.max_bytes), 0
+        old = []
+        for key, size in db.execute("SELECT key, LENGTH(value) FROM responses ORDER BY used"):
+            if freed >= target:
+                break
+            old.append((key,))
+            freed += size
+        db.executemany("DELETE FROM responses WHERE key = ?", old)
+        self._size -= freed
+        log.info("response cache over %d bytes: dropped %d least recently used entries", self.max_bytes, len(old))
+
+    def size_bytes(self) -> int:
+        """Bytes the entries take (compressed)."""
+        with self._lock:
+            return self._conn().execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM responses").fetchone()[0]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+
+def slim_response(data: dict) -> dict:
+    """What the kit reads back from a chat or completions response: the first choice's text, finish reason and
+    log-probabilities (token, log-probability, top alternatives; echoed prompt log-probabilities), and usage."""
+    choice = (data.get("choices") or [{}])[0]
+    out_choice: dict[str, Any] = {"finish_reason": choice.get("finish_reason")}
+    if "message" in choice:
+        out_choice["message"] = {"content": (choice.get("message") or {}).get("content")}
+    if "text" in choice:
+        out_choice["text"] = choice.get("text")
+    lp = choice.get("logprobs")
+    if isinstance(lp, dict) and lp.get("content") is not None:  # chat: per generated token
+        out_choice["logprobs"] = {
+            "content": [
+                {
+                    "token": t.get("token"),
+                    "logprob": t.get("logprob"),
+                    "top_logprobs": [
+                        {"token": a.get("token"), "logprob": a.get("logprob")} for a in t.get("top_logprobs") or []
+                    ],
+                }
+                for t in lp["content"]
+            ]
+        }
+    elif isinstance(lp, dict):  # completions with echo: the prompt's tokens
+        out_choice["logprobs"] = {k: lp.get(k) for k in ("tokens", "text_offset", "top_logprobs", "token_logprobs")}
+    usage = data.get("usage") or {}
+    return {
+        "choices": [out_choice],
+        "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage},
+    }
 
 
 # --- OpenAI-compatible servers -----------------------------------------------------------------
@@ -205,6 +285,8 @@ class OpenAIConfig:
     """First retry delay in seconds; doubles each retry, with jitter."""
     cache: bool = True
     """Keep responses on disk so a re-run sends nothing it already sent."""
+    cache_max_bytes: int = 4 * 1024**3
+    """Bound on the response cache (compressed); the least recently used entries go first."""
     prompt_logprobs: bool | None = None
     """Whether /completions with echo=True returns prompt log-probabilities (vLLM, llama.cpp: yes; OpenAI: no).
     None guesses from base_url: True for any server that is not api.openai.com."""
@@ -241,7 +323,7 @@ class OpenAIBackend:
                 "no API key: set OPENAI_API_KEY or pass api_key= (a local server such as llama.cpp or vLLM "
                 "accepts any dummy key, e.g. api_key='local')"
             )
-        self.cache = ResponseCache(cache_root) if self.config.cache else None
+        self.cache = ResponseCache(cache_root, self.config.cache_max_bytes) if self.config.cache else None
         self.usage = Usage()
         self._per_loop: dict[int, tuple[Any, Any, asyncio.Semaphore]] = {}
         self._checked = False

@@ -128,7 +128,13 @@ def test_retries_rate_limits_and_server_errors_then_caches(scripted, tmp_path):
     assert server.auth[0] == "Bearer sk-secret-test-key"
     for f in (tmp_path / "cache").rglob("*"):
         if f.is_file():
-            assert "sk-secret-test-key" not in f.read_text()
+            assert b"sk-secret-test-key" not in f.read_bytes()
+    import sqlite3
+    import zlib
+
+    with sqlite3.connect(tmp_path / "cache" / "responses.sqlite") as db:  # the entries themselves, decompressed
+        entries = [zlib.decompress(v) for (v,) in db.execute("SELECT value FROM responses")]
+    assert entries and all(b"sk-secret-test-key" not in e for e in entries)
 
 
 def test_bad_request_is_never_retried(scripted, tmp_path):
@@ -184,3 +190,27 @@ def test_local_chat_is_seeded_and_returns_logprobs(local_backend: LocalBackend):
     assert a.text == b.text and a.text
     assert a.tokens and all(len(t.top) == 3 and t.logprob <= 0 for t in a.tokens)
     assert "".join(t.token for t in a.tokens).strip() == a.text.strip()
+
+
+def test_response_cache_keeps_what_is_read_back_compressed_in_one_bounded_store(tmp_path):
+    from nxkit.llm import ResponseCache, slim_response
+
+    big = {
+        "id": "x", "model": "m", "system_fingerprint": "fp" * 500,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "fires on cats"},
+                     "logprobs": {"content": [{"token": "fires", "logprob": -0.1, "bytes": [1] * 50,
+                                               "top_logprobs": [{"token": "fires", "logprob": -0.1, "bytes": [1]}]}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"x": 1}},
+    }  # fmt: skip
+    slim = slim_response(big)
+    assert slim["choices"][0]["message"]["content"] == "fires on cats" and "system_fingerprint" not in slim
+    assert slim["choices"][0]["logprobs"]["content"][0] == {
+        "token": "fires", "logprob": -0.1, "top_logprobs": [{"token": "fires", "logprob": -0.1}]
+    }  # fmt: skip
+    cache = ResponseCache(tmp_path, max_bytes=20_000)
+    for i in range(2_000):
+        cache.put(cache.key({"i": i}), big)
+    assert cache.get(cache.key({"i": 1999}))["choices"][0]["message"]["content"] == "fires on cats"
+    assert cache.get(cache.key({"i": 0})) is None  # the oldest went first
+    assert 0 < cache.size_bytes() <= 20_000 and len(cache) < 2_000
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".sqlite"] == ["responses.sqlite"]  # one file
