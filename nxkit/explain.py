@@ -14,12 +14,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
 from . import prompts
+from .classify import SCORERS, classify, scorer_backend, seed_for
 from .llm import NEURON_USAGE, Backend, Usage, run_sync
 from .records import (
     RANDOM,
@@ -74,6 +75,9 @@ class ExplainConfig:
     """Top and random valid windows the chosen explanation is scored on, each (None: the whole split)."""
     sim_window_tokens: int | None = None
     """Crop held-out windows to this many tokens around their peaks before simulating (None: whole windows)."""
+    scorers: list[Literal["simulation", "detection", "fuzzing"]] = field(default_factory=lambda: ["simulation"])
+    """Scorers of the kept explanation: `simulation` (correlation; always run), and the cheaper `detection` and
+    `fuzzing` (one LLM request each per neuron: accuracy, balanced accuracy and AUC)."""
     max_neurons_in_flight: int = 32
     """Neurons in progress at once when the explainer and simulator talk to a server (bounds memory; requests in
     flight are bounded by the server backend's own `max_concurrency`). In-process models take one at a time."""
@@ -85,6 +89,9 @@ class ExplainConfig:
             raise ExplainError("temperature must be >= 0")
         if self.max_neurons_in_flight < 1:
             raise ExplainError("max_neurons_in_flight must be >= 1")
+        unknown = [k for k in self.scorers if k not in SCORERS]
+        if unknown:
+            raise ExplainError(f"unknown scorer {unknown[0]!r}; choose from {SCORERS}")
         for name in ("explain_window_tokens", "calibration_windows", "valid_windows", "sim_window_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -257,6 +264,13 @@ async def process_neuron(
     best = max(candidates, key=lambda c: -2.0 if c.calibration_score is None else c.calibration_score)
     valid = held_out(record, "valid", config.valid_windows, config.sim_window_tokens)
     scored, s, fails = await simulate_and_score(simulator, best.text, valid, record.max_activation)
+    extra = {}
+    for kind in dict.fromkeys(k for k in config.scorers if k != "simulation"):
+        nid = record.neuron_id
+        seed = seed_for(config.seed, nid.layer_index, nid.neuron_index, kind)
+        backend = scorer_backend(explainer, simulator)
+        extra[kind], lost = await classify(kind, backend, best.text, valid, record.max_activation, seed)
+        failures += lost
     summary = NeuronSummary(
         status="done",
         candidates=candidates,
@@ -267,6 +281,7 @@ async def process_neuron(
         window_splits=[w.split for w in valid],
         failures=failures + fails,
         seconds=round(time.perf_counter() - t0, 2),
+        **extra,
         **base,
     )
     return summary, NeuronSimulationResults(nid, [ScoredExplanation(best.text, scored)])

@@ -3,7 +3,8 @@ busy the pipeline keeps a server (`bench/throughput.py`) and testing many neuron
 budgets over real HTTP.
 
 Not a language model: its answers have the right shape and follow a fixed rule (the explainer names the
-strongest token it is shown; the simulator predicts 9 on tokens that are words of the explanation), so a run
+strongest token it is shown; the simulator predicts 9 on tokens that are words of the explanation; detection and
+fuzzing say 1 where the explanation's last word appears, inside the marks for fuzzing), so a run
 against it is deterministic whatever the order requests arrive in. It can answer 429 with `Retry-After` during
 a storm window. Use as a context manager: `with LoopbackServer(latency=0.2) as server: server.base_url`.
 """
@@ -24,6 +25,20 @@ def _explain_answer(text: str) -> str:
     pairs = [(t, int(a)) for t, a in pairs if a.strip().isdigit()]
     token = max(pairs, key=lambda p: p[1])[0].strip() if pairs else "nothing"
     return f"It fires on the word {token or 'space'}."
+
+
+def _classify_answer(text: str, marked_only: bool) -> str:
+    """1 for each numbered text holding the explanation's last word (inside the << >> marks, for fuzzing)."""
+    head, _, body = text.partition("\nTexts:\n")
+    words = re.findall(r"\w+", head.lower())
+    key = words[-1] if words else ""
+    lines = []
+    for line in body.split("\n"):
+        number, _, item = line.partition(". ")
+        where = " ".join(re.findall(r"<<(.*?)>>", item)) if marked_only else item
+        hit = key in re.findall(r"\w+", where.lower())
+        lines.append(f"{number}: {int(hit)}")
+    return "\n".join(lines)
 
 
 def _simulate_answer(text: str) -> str:
@@ -120,8 +135,13 @@ class LoopbackServer:
                     {"error": {"message": "rate limited (loopback storm)"}},
                     {"Retry-After": f"{self.retry_after:g}"},
                 )
-            text = request["messages"][-1]["content"]
-            answer = _explain_answer(text) if "What does this neuron respond to?" in text else _simulate_answer(text)
+            text, system = request["messages"][-1]["content"], request["messages"][0]["content"]
+            if "What does this neuron respond to?" in text:
+                answer = _explain_answer(text)
+            elif "\nTexts:\n" in text:
+                answer = _classify_answer(text, marked_only="<<this>>" in system)
+            else:
+                answer = _simulate_answer(text)
             prompt = sum(len(m["content"]) for m in request["messages"])
             with self._lock:
                 self.prompt_chars += prompt

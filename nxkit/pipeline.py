@@ -403,6 +403,14 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
         f"shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}; "
         f"above 0.8: {share['above']} of {share['n']}"
     )
+    for kind in ("detection", "fuzzing"):
+        auc = df[f"{kind}_auc"].dropna()
+        if len(auc) or df[f"{kind}_flag"].notna().any():
+            bal = df[f"{kind}_balanced_accuracy"].dropna()
+            lines.append(
+                f"{kind}: mean balanced accuracy {_fmt(bal.mean() if len(bal) else None)}, "
+                f"AUC {_fmt(auc.mean() if len(auc) else None)} over {len(auc)} neurons"
+            )
     sims = sorted(set(df["simulator"].dropna()))
     if sims:
         lines.append(f"scored by: {', '.join(sims)} simulator")

@@ -422,3 +422,83 @@ def parse_numbered_lines(text: str) -> list[str]:
         if m:
             out.append(m.group(1).strip().strip("\"'“”").strip())
     return [t for t in out if t]
+
+
+# --- detection and fuzzing: cheaper scorers than simulation ------------------------------------------------
+
+DETECT_SYSTEM = (
+    "You check explanations of a neuron inside a language model. You are given what the neuron is said to respond "
+    "to and several numbered texts. Some texts make the neuron fire, the others leave it silent. For every text, "
+    "write its number, a colon and 1 if the explanation says the neuron fires on something in it, else 0. One "
+    "line per text, nothing else."
+)
+FUZZ_SYSTEM = (
+    "You check explanations of a neuron inside a language model. You are given what the neuron is said to respond "
+    "to and several numbered texts in which some tokens are marked like <<this>>. In some texts the marks sit where "
+    "the neuron fires; in others they were placed at random. For every text, write its number, a colon and 1 if the "
+    "marked tokens are what the explanation describes, else 0. One line per text, nothing else."
+)
+CLASSIFY_EXAMPLE = (
+    "numbers written with digits",
+    ["The train leaves at 7 and arrives at 9.", "She smiled and walked into the garden.", "Page 12 of the report."],
+    [
+        "The train leaves at <<7>> and arrives at <<9>>.",
+        "She <<smiled>> and walked into the garden.",
+        "Page <<12>> of the report.",
+    ],  # fmt: skip
+    [1, 0, 1],
+)
+"""One worked example (explanation, detection texts, fuzzing texts, answers), our own."""
+
+
+def _numbered(texts: list[str]) -> str:
+    return "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
+
+
+def _classify_messages(system: str, explanation: str, texts: list[str], example_texts: list[str]) -> list[dict]:
+    ex_expl, _, _, ex_answers = CLASSIFY_EXAMPLE
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Explanation: {ex_expl}\nTexts:\n{_numbered(example_texts)}"},
+        {"role": "assistant", "content": "\n".join(f"{i + 1}: {a}" for i, a in enumerate(ex_answers))},
+        {"role": "user", "content": f"Explanation: {explanation}\nTexts:\n{_numbered(texts)}"},
+    ]
+
+
+def detection_messages(explanation: str, texts: list[str]) -> list[dict[str, str]]:
+    """Chat messages asking which of `texts` make the neuron fire, one `N: 0|1` line each."""
+    return _classify_messages(DETECT_SYSTEM, explanation, texts, CLASSIFY_EXAMPLE[1])
+
+
+def fuzzing_messages(explanation: str, texts: list[str]) -> list[dict[str, str]]:
+    """Chat messages asking whether the <<marked>> tokens of each text fit the explanation, one `N: 0|1` line each."""
+    return _classify_messages(FUZZ_SYSTEM, explanation, texts, CLASSIFY_EXAMPLE[2])
+
+
+def mark_tokens(tokens: list[str], marked: list[bool]) -> str:
+    """A window's text with the marked tokens (runs of them) wrapped in << >>."""
+    out, inside = [], False
+    for tok, m in zip(tokens, marked, strict=True):
+        if m and not inside:
+            lead = tok[: len(tok) - len(tok.lstrip())]
+            out.append(f"{lead}<<{tok[len(lead) :]}")
+            inside = True
+        elif not m and inside:
+            out[-1] += ">>"
+            out.append(tok)
+            inside = False
+        else:
+            out.append(tok)
+    if inside:
+        out[-1] += ">>"
+    return "".join(out).replace("\n", " ")
+
+
+def parse_labels(text: str, n: int) -> list[int | None]:
+    """The 0/1 answer for each of `n` numbered texts (None where no `N: 0|1` line answers it)."""
+    out: list[int | None] = [None] * n
+    for line in text.splitlines():
+        m = re.match(r"^\s*(\d+)\s*[:.)-]?\s*([01])\s*$", line)
+        if m and 1 <= int(m.group(1)) <= n and out[int(m.group(1)) - 1] is None:
+            out[int(m.group(1)) - 1] = int(m.group(2))
+    return out

@@ -372,6 +372,30 @@ class Scores:
 
 @register
 @dataclass
+class ClassifierScore:
+    """A classification scorer's verdict on one explanation (detection or fuzzing): how well an LLM told the
+    neuron's windows (or markings) from others, reading only the explanation."""
+
+    scorer: str
+    """`detection` or `fuzzing`."""
+    accuracy: float | None = None
+    """Share of items classified right (None: nothing scored)."""
+    balanced_accuracy: float | None = None
+    """Mean of the true-positive and true-negative rates (None: one class only, see the flag)."""
+    auc: float | None = None
+    """Chance a positive item is ranked above a negative one (None: undefined, see the flag)."""
+    flag: str | None = None
+    """Why a score is undefined: `empty`, `one_class`, or `no_llm`."""
+    n_items: int = 0
+    """Items shown (windows, or marked windows)."""
+    n_positive: int = 0
+    """Of them, those whose right answer is 1."""
+    n_failed: int = 0
+    """Items the answer gave no 0/1 for (left out of the scores, never counted as wrong)."""
+
+
+@register
+@dataclass
 class NeuronSummary:
     """nxkit's per-neuron summary: what was chosen, how it scored, the control, and what went wrong."""
 
@@ -413,6 +437,10 @@ class NeuronSummary:
     """Wall time of explanation and scoring."""
     usage: dict = field(default_factory=dict)
     """LLM traffic spent on this neuron (requests, prompt and completion tokens)."""
+    detection: ClassifierScore | None = None
+    """The detection scorer's verdict on the kept explanation, when asked for."""
+    fuzzing: ClassifierScore | None = None
+    """The fuzzing scorer's verdict on the kept explanation, when asked for."""
 
     @property
     def top_and_random(self) -> float | None:

@@ -71,6 +71,9 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
         ("explanation", "explanation"),
         ("simulator", "scored by"),
     ]
+    for kind in ("detection", "fuzzing"):  # the cheaper scorers, when the run asked for them
+        if df[f"{kind}_auc"].notna().any():
+            cols[-2:-2] = [(f"{kind}_balanced_accuracy", f"{kind} bal. acc."), (f"{kind}_auc", f"{kind} AUC")]
     head = "".join(f"<th>{esc(label)}</th>" for _, label in cols)
     body = []
     for r in df.itertuples():
@@ -79,7 +82,7 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
             v = getattr(r, key)
             if key == "neuron":
                 shown = f'<a href="#n-{r.layer}-{r.neuron}">{v}</a>'
-            elif key in viz.SCORE_COLUMNS:
+            elif key in viz.SCORE_COLUMNS or key.startswith(("detection_", "fuzzing_")):
                 shown = viz.num(v)
             elif key == "explanation":
                 text = v if isinstance(v, str) else (r.reason if isinstance(r.reason, str) else "")

@@ -40,6 +40,8 @@ TABLE_COLUMNS = [
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
     "original_explanation", "original_top_and_random", "revision_status", "score_before", "score_after",
     "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens", "simulator", "formula",
+    "detection_accuracy", "detection_balanced_accuracy", "detection_auc", "detection_flag",
+    "fuzzing_accuracy", "fuzzing_balanced_accuracy", "fuzzing_auc", "fuzzing_flag",
 ]  # fmt: skip
 """Columns of the run table, one row per neuron."""
 
@@ -230,7 +232,9 @@ class Run:
             rows.append(table_row(s, self.read_revision(s.neuron_id), label or self.path.name))
         df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
         numeric = ["top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation",
-                   "original_top_and_random", "score_before", "score_after"]  # fmt: skip
+                   "original_top_and_random", "score_before", "score_after", "detection_accuracy",
+                   "detection_balanced_accuracy", "detection_auc", "fuzzing_accuracy", "fuzzing_balanced_accuracy",
+                   "fuzzing_auc"]  # fmt: skip
         for col in numeric:
             df[col] = pd.to_numeric(df[col], errors="coerce")
         return df
@@ -263,6 +267,11 @@ def table_row(summary: NeuronSummary, revision: NeuronRevision | None = None, la
         "n_failed": s.scores.n_failed,
         **{k: s.usage.get(k) for k in ("requests", "prompt_tokens", "completion_tokens")},
         "simulator": simulator_label(s.simulator),
+        **{
+            f"{kind}_{k}": getattr(getattr(s, kind), k) if getattr(s, kind, None) is not None else None
+            for kind in ("detection", "fuzzing")
+            for k in ("accuracy", "balanced_accuracy", "auc", "flag")
+        },
         "formula": next((formula_text(c.formula) for c in s.candidates if c.formula and c.text == s.explanation), None),
     }
 

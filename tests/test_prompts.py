@@ -93,15 +93,19 @@ def test_every_prompt_the_kit_sends_is_built_in_prompts():
     import re
 
     import nxkit
-    from nxkit import explain, revise, simulate
+    from nxkit import classify, explain, revise, simulate
 
-    for module in (explain, revise, simulate):
+    for module in (explain, revise, simulate, classify):
         assert not re.search(r"\b[A-Z_]*(SYSTEM|EXAMPLES?)\s*=", inspect.getsource(module)), module.__name__
     root = Path(nxkit.__file__).parent
     sources = "".join(p.read_text() for p in root.glob("*.py") if p.name != "prompts.py")
     builders = [n for n, f in vars(prompts).items() if n.endswith("_messages") and callable(f)]
-    assert sorted(builders) == ["explain_messages", "proposal_messages", "revision_messages", "simulate_messages"]
-    for name in [*builders, "simulate_prefix", "simulate_window_text", "parse_proposals", "parse_explanation"]:
+    assert sorted(builders) == [
+        "detection_messages", "explain_messages", "fuzzing_messages", "proposal_messages", "revision_messages",
+        "simulate_messages",
+    ]  # fmt: skip
+    for name in [*builders, "simulate_prefix", "simulate_window_text", "parse_proposals", "parse_explanation",
+                 "parse_labels", "mark_tokens"]:  # fmt: skip
         assert f"prompts.{name}(" in sources, f"prompts.{name} is never sent"
 
 

@@ -148,3 +148,21 @@ def test_pipeline_writes_results_with_chat_simulator(backend, tiny_collection, t
         assert summary.scores.n_failed == n_failed
     else:
         assert summary["failures"] and all(f["raw"] is not None for f in summary["failures"])
+
+
+def test_detection_and_fuzzing_through_the_real_server(backend, tiny_collection):
+    from nxkit.classify import classify, detection_items, fuzzing_items
+
+    record = Run(tiny_collection.parent).activations().neuron_record(5, 0)
+    windows = held_out(record, "valid", 2, 16)
+    for kind, make in (("detection", detection_items), ("fuzzing", fuzzing_items)):
+        n = len(make(windows, record.max_activation, seed=0))
+        score, failures = run_sync(classify(kind, backend, "the word the", windows, record.max_activation, seed=0))
+        assert (
+            score.scorer == kind and score.n_items == n > 0
+        )  # the model's answers are its own; the accounting is ours
+        assert (score.n_failed > 0) == bool(failures) and all(f.raw is not None for f in failures)
+        if score.n_failed < n:
+            assert score.accuracy is not None
+        else:
+            assert score.accuracy is None and score.flag == "empty"  # nothing answered: undefined, never 0
