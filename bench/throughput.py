@@ -63,9 +63,9 @@ def main() -> None:
     neurons = sorted(
         NeuronId(layer, n) for layer in acts.layers for n in rng.sample(range(acts.d_mlp), args.neurons // 2)
     )
-    base = dict(best_of=args.best_of, sim_window_tokens=32)
+    base = dict(best_of=args.best_of, sim_window_tokens=32, scorers=["simulation", "detection", "fuzzing"])
     print(f"{len(neurons)} neurons, best of {args.best_of}, calibration 5+5 windows, valid 10+10, control 10+10, "
-          f"server latency {args.latency} s")  # fmt: skip
+          f"detection and fuzzing on the valid windows, server latency {args.latency} s")  # fmt: skip
 
     rows = {}
     for label, in_flight in (("one neuron at a time", 1), (f"{args.in_flight} neurons in flight", args.in_flight)):
@@ -89,9 +89,13 @@ def main() -> None:
 
     store = ResponseCache(cache) if cache else None
     cache_bytes = store.size_bytes() if store else 0
-    print(f"per neuron (simulation scorer, {len(done)} of {n} done): {req:.1f} requests, {prompt:,.0f} prompt and "
+    print(f"per neuron (all scorers, {len(done)} of {n} done): {req:.1f} requests, {prompt:,.0f} prompt and "
           f"{completion:,.0f} completion tokens; response cache {cache_bytes / n / 1024:.1f} KB "
           f"({len(store) if store else 0:,} entries in one SQLite file)")  # fmt: skip
+    for kind, (r, p, c) in sorted(server.by_kind.items()):
+        scorer = {"explain": "explanation (best of k)", "simulate": "simulation (calibration, valid, control)"}
+        print(f"  {scorer.get(kind, kind + ' scorer'):<42} {r / n:6.1f} requests, {p / n:8,.0f} prompt and "
+              f"{c / n:6,.0f} completion tokens per neuron")  # fmt: skip
     rate = server.requests / wall
     hours = PAPER_NEURONS * req / rate / 3600
     print(

@@ -62,6 +62,9 @@ class LoopbackServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.prompt_chars = 0
+        self.by_kind: dict[str, list[int]] = {}
+        """Per kind of prompt (`explain`, `simulate`, `detection`, `fuzzing`): [requests, prompt tokens, completion
+        tokens] answered (the tokens as this server counts them: characters / 4)."""
         self._t0: float | None = None
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -137,14 +140,19 @@ class LoopbackServer:
                 )
             text, system = request["messages"][-1]["content"], request["messages"][0]["content"]
             if "What does this neuron respond to?" in text:
-                answer = _explain_answer(text)
+                kind, answer = "explain", _explain_answer(text)
             elif "\nTexts:\n" in text:
-                answer = _classify_answer(text, marked_only="<<this>>" in system)
+                fuzzing = "<<this>>" in system
+                kind, answer = ("fuzzing" if fuzzing else "detection"), _classify_answer(text, marked_only=fuzzing)
             else:
-                answer = _simulate_answer(text)
+                kind, answer = "simulate", _simulate_answer(text)
             prompt = sum(len(m["content"]) for m in request["messages"])
             with self._lock:
                 self.prompt_chars += prompt
+                counts = self.by_kind.setdefault(kind, [0, 0, 0])
+                counts[0] += 1
+                counts[1] += prompt // 4
+                counts[2] += len(answer) // 4 + 1
             body = {
                 "id": "loopback",
                 "object": "chat.completion",

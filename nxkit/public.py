@@ -44,8 +44,10 @@ from .records import (
     NeuronId,
     NeuronRecord,
     NeuronSimulationResults,
+    NeuronSummary,
     dump_neuron_record,
     dump_simulation_results,
+    dumps,
     from_json_obj,
 )
 from .runs import as_run, atomic_write
@@ -451,7 +453,32 @@ def export_run(
     acts = run.activations()
     for nid in tqdm(ids, desc="export", unit="neuron", disable=not progress):
         write_neuron(out_dir, acts.neuron_record(nid.layer_index, nid.neuron_index), run.read_results(nid))
+        if (summary := run.read_neuron(nid)) is not None:
+            atomic_write(sidecar_path(out_dir, nid), dumps(sidecar(summary)))
     return ids
+
+
+SIDECAR = "nxkit-sidecar"
+"""The folder beside the release's layout where an export keeps what the release's schema has no field for."""
+
+
+def sidecar_path(out_dir: str | Path, nid: NeuronId) -> Path:
+    return Path(out_dir) / SIDECAR / str(nid.layer_index) / f"{nid.neuron_index}.json"
+
+
+def sidecar(summary: NeuronSummary) -> dict[str, Any]:
+    """What a neuron's export carries beside the release's files: each scored window's split (in the order of the
+    explanations file), the scores with their flags, the shuffled control, the detection and fuzzing verdicts, and
+    the simulator that scored it."""
+    return {
+        "window_splits": summary.window_splits,
+        "scores": summary.scores,
+        "shuffled_control": summary.shuffled_control,
+        "shuffled_control_from": summary.shuffled_control_from,
+        "detection": summary.detection,
+        "fuzzing": summary.fuzzing,
+        "simulator": summary.simulator,
+    }
 
 
 def released_rows(neurons: Iterable[PublicNeuron]) -> list[dict[str, Any]]:

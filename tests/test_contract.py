@@ -129,6 +129,12 @@ def test_a_kept_revision_is_what_the_summary_table_export_and_report_show(tmp_pa
         summary.explanation,
         summary.original_explanation,
     ]
+    from nxkit.public import sidecar_path
+    from nxkit.records import loads
+
+    side = loads(sidecar_path(out, nid).read_text())  # what the release's schema has no field for
+    assert side["window_splits"] == summary.window_splits and side["scores"] == summary.scores
+    assert side["shuffled_control"] == summary.shuffled_control and side["detection"] is None
 
 
 def test_released_windows_carry_their_split_from_the_records():
