@@ -41,6 +41,15 @@ def _classify_answer(text: str, marked_only: bool) -> str:
     return "\n".join(lines)
 
 
+def _propose_answer(text: str) -> str:
+    """Texts that use the explanation's last word (to fire) or avoid it (to stay silent)."""
+    words = re.findall(r"\w+", text.partition("\n")[0].lower())
+    key = words[-1] if words else "word"
+    if "silent" in text:
+        return "1. The river flows slowly to the sea.\n2. She painted the fence green."
+    return f"1. Here is {key} again.\n2. We spoke of {key} and {key}."
+
+
 def _simulate_answer(text: str) -> str:
     head, _, body = text.partition("\nTokens:\n")
     words = set(re.findall(r"\w+", head.lower().removeprefix("description: it fires on")))
@@ -141,6 +150,10 @@ class LoopbackServer:
             text, system = request["messages"][-1]["content"], request["messages"][0]["content"]
             if "What does this neuron respond to?" in text:
                 kind, answer = "explain", _explain_answer(text)
+            elif "Write the better explanation." in text:
+                kind, answer = "revise", _explain_answer(text.partition("Test texts")[2] or text)
+            elif "texts that, by this explanation" in text:
+                kind, answer = "propose", _propose_answer(text)
             elif "\nTexts:\n" in text:
                 fuzzing = "<<this>>" in system
                 kind, answer = ("fuzzing" if fuzzing else "detection"), _classify_answer(text, marked_only=fuzzing)

@@ -7,6 +7,8 @@ collection windows are cut from a plain token stream. The forward pass stops at 
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -28,6 +30,10 @@ def encode(model, text: str) -> list[int]:
     if not text.strip():
         raise ProbeError("the probe text is empty; give it some words")
     return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+_FORWARD = threading.Lock()
+"""Probes from several threads (revision of many neurons in flight) take turns on the subject model."""
 
 
 def probe_tokens_many(
@@ -64,16 +70,17 @@ def probe_tokens_many(
         batch = torch.full((len(chunk), width), pad, dtype=torch.long)
         for row, ids in enumerate(chunk):
             batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        got.clear()
-        with torch.inference_mode():
+        with _FORWARD, torch.inference_mode():  # one probe at a time: a hook sees only its own forward pass
+            got.clear()
             run_capture(model, batch.to(device), [layer], keep)
-        if "acts" not in got:
+            acts = got.get("acts")
+        if acts is None:
             raise ProbeError(f"the hook {hook_name(layer)} never ran; this model does not expose it")
         for row, ids in enumerate(chunk):
             out.append(
                 ActivationRecord(
                     tokens=[tok.decode([i]) for i in ids],
-                    activations=[float(v) for v in got["acts"][row, : len(ids)]],
+                    activations=[float(v) for v in acts[row, : len(ids)]],
                 )
             )
     return out

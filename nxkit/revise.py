@@ -18,12 +18,13 @@ import logging
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
 from . import prompts
-from .explain import held_out, simulate_and_score, train_windows, windows_of
+from .explain import concurrent, held_out, simulate_and_score, train_windows, windows_of
 from .llm import Backend, LLMError, run_sync
 from .probe import ProbeError, probe_many
 from .prompts import KINDS
@@ -84,10 +85,15 @@ class ReviseConfig:
     """Revise only neurons whose original score is below this (None: every scored neuron)."""
     rescore_original: bool | None = None
     """Re-simulate the original on the held-out windows; None: only when the simulator differs from the run's."""
+    max_neurons_in_flight: int = 16
+    """Neurons revised at once when the explainer and simulator talk to a server (their probes of the subject model
+    take turns); in-process models revise one neuron at a time."""
 
     def __post_init__(self):
         if self.rounds < 0:
             raise ReviseError(f"rounds must be >= 0 (0 skips revision), got {self.rounds}")
+        if self.max_neurons_in_flight < 1:
+            raise ReviseError("max_neurons_in_flight must be >= 1")
         if self.n_fire < 0 or self.n_silent < 0 or self.n_fire + self.n_silent < 1:
             raise ReviseError("n_fire and n_silent must be >= 0 and ask for at least one text together")
         if not 0 < self.fire_threshold < 1:
@@ -392,18 +398,23 @@ def revise_run(
     run.update_manifest(
         revise={"config": asdict(config), "explainer": explainer.describe(), "simulator": simulator.describe()}
     )
-    out = []
-    bar = tqdm(neurons, desc="revise", unit="neuron", disable=not progress)
-    for nid in bar:
-        existing = run.read_revision(nid)
-        if existing is not None and not (retry_failed and existing.status == "failed"):
-            out.append(existing)
-            continue
-        out.append(revise_neuron(run, model, nid.layer_index, nid.neuron_index, explainer, simulator, config))
-        stats = summarize(out)
-        if stats["n_compared"]:
-            bar.set_postfix(improved=f"{stats['n_improved']}/{stats['n_compared']}")
-    return out
+    todo = set(pending(run, neurons, retry_failed))
+    workers = config.max_neurons_in_flight if concurrent(explainer) and concurrent(simulator) else 1
+    done: dict[NeuronId, NeuronRevision] = {n: run.read_revision(n) for n in neurons if n not in todo}
+    bar = tqdm(total=len(todo), desc="revise", unit="neuron", disable=not progress)
+
+    def one(nid: NeuronId) -> NeuronRevision:
+        return revise_neuron(run, model, nid.layer_index, nid.neuron_index, explainer, simulator, config)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # each neuron's requests go through the shared loop
+        for nid, revision in zip(sorted(todo), pool.map(one, sorted(todo)), strict=True):
+            done[nid] = revision
+            bar.update(1)
+            stats = summarize(list(done.values()))
+            if stats["n_compared"]:
+                bar.set_postfix(improved=f"{stats['n_improved']}/{stats['n_compared']}")
+    bar.close()
+    return [done[n] for n in neurons]
 
 
 def pending(run: Run, neurons: list[NeuronId], retry_failed: bool = False) -> list[NeuronId]:

@@ -154,3 +154,22 @@ def test_nxkit_run_stops_at_its_budget_and_resumes(tiny_collection, tmp_path, mo
         assert "0 of 4 neurons to do" not in capsys.readouterr().out
     assert [s.status for s in run.summaries()] == ["done"] * 4 and run.manifest()["stopped"] is None
     assert server.max_in_flight > 1
+
+
+def test_revision_of_many_neurons_in_flight_gives_the_same_records(tiny_collection, subject, tmp_path):
+    from nxkit.revise import ReviseConfig, revise_run
+
+    records, busiest = {}, {}
+    for label, in_flight in (("one", 1), ("many", 8)):
+        run = make_run(tmp_path, tiny_collection, f"revise-{label}")
+        with LoopbackServer(latency=0.0) as server:
+            backend, sim = llms(server, 32)
+            explain_and_score(run, NEURONS[8:14], backend, sim, ExplainConfig(**CONFIG), progress=False)
+        with LoopbackServer(latency=0.02) as server:  # a server of its own: what revision alone keeps in flight
+            backend, sim = llms(server, 32)
+            config = ReviseConfig(n_fire=2, n_silent=2, max_neurons_in_flight=in_flight)
+            revisions = revise_run(run, subject, backend, sim, config, progress=False)
+            busiest[label] = server.max_in_flight
+        records[label] = [(r.neuron_id, r.status, r.final_explanation, r.score_after, len(r.rounds)) for r in revisions]
+    assert records["one"] == records["many"] and any(r[1] == "done" for r in records["many"])
+    assert busiest["many"] > busiest["one"]
