@@ -526,6 +526,7 @@ def explain_and_score(
             run, neurons, explainer, simulator, config, retry_failed, control, budget, on_neuron_done, progress
         )
     )
+    run.compact_table()
     run.update_manifest(usage=_sum_usage(explainer.usage, simulator.usage).as_dict(), stopped=stopped)
     if stopped:
         left = len(run.todo(neurons, retry_failed))

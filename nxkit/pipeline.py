@@ -291,6 +291,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             flush=True,
         )
 
+    run.compact_table()
     report = None
     if config.report:
         from .report import write_report

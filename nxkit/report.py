@@ -124,6 +124,18 @@ def _describe(d) -> str:
     )
 
 
+def heatmap_neurons(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """At most `n` neurons whose windows the report draws: the best 40%, the worst 20% and a seeded sample of the
+    rest, best first (a paper-scale run has far too many to draw them all)."""
+    ranked = df.sort_values("top_and_random", ascending=False, na_position="last")
+    if len(ranked) <= n:
+        return ranked
+    best, worst = ranked.head(int(0.4 * n)), ranked.dropna(subset=["top_and_random"]).tail(int(0.2 * n))
+    rest = ranked.drop(best.index.union(worst.index))
+    sample = rest.sample(n=min(len(rest), n - len(best) - len(worst)), random_state=seed)
+    return pd.concat([best, sample, worst]).sort_values("top_and_random", ascending=False, na_position="last")
+
+
 def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: int = 6) -> str:
     """The report as one HTML string (plotly.js inlined once)."""
     run = as_run(run)
@@ -156,11 +168,16 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
     for i, fig in enumerate(_figures(df)):
         fig.update_layout(height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
         figs.append(fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False}))
-    shown = df.sort_values("top_and_random", ascending=False, na_position="last").head(max_neurons)
+    shown = heatmap_neurons(df, max_neurons)
     sections = "".join(
         neuron_section(run, NeuronId(int(r.layer), int(r.neuron)), max_windows) for r in shown.itertuples()
     )
-    more = f"<p>showing {len(shown)} of {len(df)} neurons (highest scores first)</p>" if len(df) > len(shown) else ""
+    more = (
+        f"<p>windows of {len(shown)} of {len(df)} neurons: the best, the worst and a seeded sample of the rest "
+        "(the table and figures above cover every neuron)</p>"
+        if len(df) > len(shown)
+        else ""
+    )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>nxkit report · {esc(run.path.name)}</title>

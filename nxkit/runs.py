@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ TABLE_COLUMNS = [
     "fuzzing_accuracy", "fuzzing_balanced_accuracy", "fuzzing_auc", "fuzzing_flag",
 ]  # fmt: skip
 """Columns of the run table, one row per neuron."""
+JOURNAL_ROWS = 2000
+"""Rows appended to the table's journal before it is folded into the Parquet file."""
+_TABLE_LOCK = threading.RLock()
+"""The table's journal and Parquet file are written by one thread at a time (revision runs in threads)."""
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
@@ -141,6 +146,71 @@ class Run:
         if results is not None:
             atomic_write(self.explanation_path(summary.neuron_id), dump_simulation_results(results) + "\n")
         atomic_write(self.summary_path(summary.neuron_id), dumps(summary))
+        self.append_row(summary)
+
+    # --- the run table: Parquet, with a journal of the rows written since it was last compacted ---
+
+    @property
+    def table_path(self) -> Path:
+        return self.path / "table.parquet"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / "table.journal.jsonl"
+
+    def append_row(self, summary: NeuronSummary) -> None:
+        """Record a neuron's current row (a later row of the same neuron supersedes it): one appended line, so a
+        killed run's table holds exactly the neurons written; compacted into the Parquet file every
+        `JOURNAL_ROWS` rows."""
+        row = table_row(summary, self.read_revision(summary.neuron_id), self.path.name)
+        line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+        with _TABLE_LOCK:
+            with open(self.journal_path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+            self._journal_rows = getattr(self, "_journal_rows", None)
+            if self._journal_rows is None:
+                self._journal_rows = sum(1 for _ in open(self.journal_path, encoding="utf-8"))
+            else:
+                self._journal_rows += 1
+            if self._journal_rows >= JOURNAL_ROWS:
+                self._compact()
+
+    def compact_table(self) -> Path:
+        """Fold the journal into `table.parquet` (atomic replace); returns its path."""
+        with _TABLE_LOCK:
+            self._compact()
+        return self.table_path
+
+    def _compact(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        df = self._table_frame()
+        if df is None:
+            return
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
+        atomic_write(self.table_path, sink.getvalue().to_pybytes())
+        if self.journal_path.exists():
+            atomic_write(self.journal_path, "")
+        self._journal_rows = 0
+
+    def _table_frame(self):
+        """The Parquet rows with the journal's on top (the last row of each neuron wins); None when neither exists."""
+        import pandas as pd
+
+        parts = []
+        if self.table_path.exists():
+            parts.append(pd.read_parquet(self.table_path))
+        if self.journal_path.exists() and self.journal_path.stat().st_size:
+            rows = [json.loads(line) for line in self.journal_path.read_text(encoding="utf-8").splitlines() if line]
+            parts.append(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+        if not parts:
+            return None
+        df = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+        df = df.drop_duplicates(["layer", "neuron"], keep="last").sort_values(["layer", "neuron"], ignore_index=True)
+        return _typed(df.reindex(columns=TABLE_COLUMNS))
 
     def read_neuron(self, nid: NeuronId) -> NeuronSummary | None:
         return _read_typed(self.summary_path(nid), NeuronSummary)
@@ -224,20 +294,33 @@ class Run:
         summary printout, the report, the inspector and the figures all read."""
         import pandas as pd
 
-        keep = set(neurons) if neurons is not None else None
-        rows = []
-        for s in self.summaries():
-            if keep is not None and s.neuron_id not in keep:
-                continue
-            rows.append(table_row(s, self.read_revision(s.neuron_id), label or self.path.name))
-        df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-        numeric = ["top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation",
-                   "original_top_and_random", "score_before", "score_after", "detection_accuracy",
-                   "detection_balanced_accuracy", "detection_auc", "fuzzing_accuracy", "fuzzing_balanced_accuracy",
-                   "fuzzing_auc"]  # fmt: skip
-        for col in numeric:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
+        with _TABLE_LOCK:
+            df = self._table_frame()
+        if df is None:  # a run written before the table existed: built from its summaries once, then kept
+            rows = [table_row(s, self.read_revision(s.neuron_id), self.path.name) for s in self.summaries()]
+            df = _typed(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+        if neurons is not None:
+            keep = {(n.layer_index, n.neuron_index) for n in neurons}
+            df = df[[(int(a), int(b)) in keep for a, b in zip(df["layer"], df["neuron"], strict=True)]]
+            df = df.reset_index(drop=True)
+        if label is not None:
+            df = df.assign(run=label)
         return df
+
+
+def _typed(df):
+    """Numeric columns as numbers (undefined scores as NaN), whatever the rows were read from."""
+    import pandas as pd
+
+    numeric = ["top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation",
+               "original_top_and_random", "score_before", "score_after", "detection_accuracy",
+               "detection_balanced_accuracy", "detection_auc", "fuzzing_accuracy", "fuzzing_balanced_accuracy",
+               "fuzzing_auc", "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens"]  # fmt: skip
+    for col in numeric:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in ("layer", "neuron"):
+        df[col] = df[col].astype("int64")
+    return df
 
 
 def table_row(summary: NeuronSummary, revision: NeuronRevision | None = None, label: str = "") -> dict[str, Any]:

@@ -101,6 +101,9 @@ def test_a_run_stopped_mid_flight_resumes_without_recomputing(reference, tiny_co
             explain_and_score(run, NEURONS, backend, sim, config, on_neuron_done=stop_after_five, progress=False)
         first = {s.neuron_id: s for s in run.summaries()}
         assert 5 <= len(first) < len(NEURONS)
+        # the run table (Parquet plus its journal, not rebuilt from the summaries) holds exactly the finished neurons
+        table = run._table_frame()
+        assert {NeuronId(int(a), int(b)) for a, b in zip(table.layer, table.neuron, strict=True)} == set(first)
         explain_and_score(run, NEURONS, backend, sim, config, progress=False)
     for nid, before in first.items():  # finished neurons were not explained or scored again
         after = run.read_neuron(nid)
