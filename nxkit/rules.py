@@ -124,12 +124,18 @@ class After:
     strength: float = 1.0
 
     def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(tokens))
-        words = [s for s in word_spans(tokens) if s[2]]
-        for (_, _, prev), (a, b, _) in zip(words, words[1:], strict=False):
-            if prev.lower() == self.word:
-                out[a:b] = self.strength
-        return out
+        return _next_to(tokens, self.word, self.strength, before=False)
+
+
+def _next_to(tokens: Sequence[str], word: str, strength: float, before: bool) -> np.ndarray:
+    """Marks the word right after (or right before) each occurrence of `word`."""
+    out = np.zeros(len(tokens))
+    words = [s for s in word_spans(tokens) if s[2]]
+    for left, right in zip(words, words[1:], strict=False):
+        anchor, target = (right, left) if before else (left, right)
+        if anchor[2].lower() == word:
+            out[target[0] : target[1]] = strength
+    return out
 
 
 @dataclass(frozen=True)
@@ -227,12 +233,7 @@ class Before:
     strength: float = 1.0
 
     def __call__(self, tokens: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(tokens))
-        words = [s for s in word_spans(tokens) if s[2]]
-        for (a, b, _), (_, _, nxt) in zip(words, words[1:], strict=False):
-            if nxt.lower() == self.word:
-                out[a:b] = self.strength
-        return out
+        return _next_to(tokens, self.word, self.strength, before=True)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def test_pipeline_writes_results_with_chat_simulator(backend, tiny_collection, t
         n_failed = sum(f.stage == "simulate" for f in summary.failures)
         assert summary.scores.n_failed == n_failed
     else:
-        assert summary["failures"] and all(f["raw"] is not None for f in summary["failures"])
+        assert summary.failures and all(f.raw is not None for f in summary.failures if f.stage == "explain")
 
 
 def test_detection_and_fuzzing_through_the_real_server(backend, tiny_collection):
