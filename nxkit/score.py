@@ -96,8 +96,9 @@ def to_activation_units(expected: Sequence[float], max_activation: float, scale:
     return [v / scale * max_activation for v in expected]
 
 
-def _scale(sim: SequenceSimulation) -> float:
-    """The top of a simulation's own scale (its largest distribution value), else the prompted digits' 9."""
+def simulation_scale(sim: SequenceSimulation) -> float:
+    """The top of a simulation's own scale (its largest distribution value: 10 for nxkit-sim's bins and exact
+    formulas), else the prompted digits' 9. Views shade predictions against this, scores rescale with it."""
     values = sim.distribution_values[0] if sim.distribution_values else None
     return max(values) if values else SIM_MAX
 
@@ -124,7 +125,7 @@ def score_simulation(
             raise ValueError(
                 f"a simulation of {len(sim.expected_activations)} tokens for a window of {len(rec.activations)}"
             )
-        units = to_activation_units(sim.expected_activations, max_activation, _scale(sim))
+        units = to_activation_units(sim.expected_activations, max_activation, simulation_scale(sim))
         seqs.append(
             ScoredSequenceSimulation(
                 simulation=sim,
@@ -149,7 +150,7 @@ def aggregate_scored(seqs: list[ScoredSequenceSimulation], max_activation: float
         u
         for s in seqs
         if s.simulation.expected_activations
-        for u in to_activation_units(s.simulation.expected_activations, max_activation, _scale(s.simulation))
+        for u in to_activation_units(s.simulation.expected_activations, max_activation, simulation_scale(s.simulation))
     ]
     return ScoredSimulation(
         scored_sequence_simulations=seqs,

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from .records import NeuronRevision, NeuronSummary, ScoredSequenceSimulation
 from .runs import Run, as_run
+from .score import simulation_scale
 
 PAPER_THRESHOLD = 0.8
 """Score above which the paper counts an explanation as good."""
@@ -81,11 +82,14 @@ def window_heatmap(
     real: Sequence[float],
     max_activation: float,
     simulated: Sequence[float] | None = None,
-    sim_max: float = 9.0,
+    sim_max: float | None = None,
     title: str = "",
 ) -> str:
     """A window in one line: each token's background is its real activation (orange, against the neuron's max),
-    the bar under it the simulated one (blue, 0-9), so the two stay aligned however the line wraps."""
+    the bar under it the simulated one (blue, against `sim_max`, the top of the simulation's own scale), so the
+    two stay aligned however the line wraps."""
+    if simulated is not None and not sim_max:
+        raise ValueError("a simulated row needs sim_max, the top of its scale (score.simulation_scale)")
     cells = []
     for i, tok in enumerate(tokens):
         r = float(real[i]) if i < len(real) else None
@@ -114,8 +118,13 @@ def scored_heatmaps(seqs: Sequence[ScoredSequenceSimulation], max_activation: fl
         )
         out.append(
             window_heatmap(
-                s.simulation.tokens, s.true_activations, max_activation, s.simulation.expected_activations, title=title
-            )
+                s.simulation.tokens,
+                s.true_activations,
+                max_activation,
+                s.simulation.expected_activations,
+                sim_max=simulation_scale(s.simulation),
+                title=title,
+            )  # fmt: skip
         )
     return "".join(out)
 

@@ -26,6 +26,7 @@ from .records import (
     max_activation_of,
 )
 from .runs import TABLE_COLUMNS, Run, as_run, table_row
+from .score import simulation_scale
 from .simulate import simulate_sync
 from .viz import esc
 
@@ -173,6 +174,7 @@ def probe_html(
     max_activation: float,
     simulated: Sequence[float] | None = None,
     error: str | None = None,
+    sim_max: float | None = None,
 ) -> str:
     """A typed text as a heatmap: the neuron's real activation per token and the simulator's prediction."""
     if error:
@@ -181,7 +183,8 @@ def probe_html(
         return "<p>type some text above</p>"
     peak = max(real, default=0.0)
     title = f"{len(tokens)} tokens · real max {peak:.3g} (the neuron's top-window max is {max_activation:.3g})"
-    return f'<div class="nx-probe">{viz.window_heatmap(tokens, real, max_activation, simulated, title=title)}</div>'
+    heatmap = viz.window_heatmap(tokens, real, max_activation, simulated, sim_max=sim_max, title=title)
+    return f'<div class="nx-probe">{heatmap}</div>'
 
 
 # --- the widget ------------------------------------------------------------------------------------
@@ -309,16 +312,18 @@ class NeuronInspector:
             self.status.value = "<i>loading the local simulator (once)…</i>"
             self.simulator = make_simulator("local")
 
-    def probe(self, text: str) -> tuple[ActivationRecord, list[float] | None]:
-        """Real activations of the shown neuron on `text`, and the simulator's prediction from its explanation."""
+    def probe(self, text: str) -> tuple[ActivationRecord, list[float] | None, float | None]:
+        """Real activations of the shown neuron on `text`, the simulator's prediction from its explanation, and the
+        top of that prediction's scale."""
         self._ensure_models()
         nid = self.data.neuron_id
         rec = probe(self.model, text, nid.layer_index, nid.neuron_index)
-        simulated = None
+        simulated, scale = None, None
         if self.data.explanation and rec.tokens:
             sim = simulate_sync(self.simulator, self.data.explanation, [rec.tokens])[0]
             simulated = getattr(sim, "expected_activations", None)
-        return rec, simulated
+            scale = simulation_scale(sim) if simulated else None
+        return rec, simulated, scale
 
     def run_probe(self) -> None:
         """Probe the text box's text and show it (the text box's and the button's callback)."""
@@ -328,8 +333,10 @@ class NeuronInspector:
             return
         self.probe_out.value = "<p><i>probing…</i></p>"
         try:
-            rec, simulated = self.probe(text)
-            self.probe_out.value = probe_html(rec.tokens, rec.activations, self.data.max_activation, simulated)
+            rec, simulated, scale = self.probe(text)
+            self.probe_out.value = probe_html(
+                rec.tokens, rec.activations, self.data.max_activation, simulated, None, scale
+            )
         except Exception as exc:  # shown in the widget: a callback's exception would vanish into the log
             self.probe_out.value = probe_html([], [], 1.0, error=f"probe failed: {type(exc).__name__}: {exc}")
         self.status.value = ""

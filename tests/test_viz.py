@@ -117,11 +117,24 @@ def fake_run(tmp_path) -> Run:
 
 
 def test_heatmap_escapes_tokens_and_shades_by_value():
-    html = viz.window_heatmap(["a", XSS, "\n"], [0.0, 5.0, 10.0], 10.0, [0.0, 9.0, 4.5])
+    html = viz.window_heatmap(["a", XSS, "\n"], [0.0, 5.0, 10.0], 10.0, [0.0, 9.0, 4.5], sim_max=9.0)
     assert "<script>" not in html and "&lt;script&gt;window.__nxkit_xss=1&lt;/script&gt;" in html
     assert "↵" in html  # newline shown as a visible mark
     assert "rgba(230,120,20,0.50)" in html and "rgba(230,120,20,1.00)" in html  # real: value / neuron max
     assert "rgba(40,110,220,1.00)" in html  # simulated 9 on the 0-9 scale
+
+
+def test_heatmaps_shade_each_simulation_against_its_own_scale():
+    from nxkit.records import ScoredSequenceSimulation, SequenceSimulation
+
+    def scored(values, top):  # a prompted simulation (digits 0-9) and a 0-10 one (nxkit-sim, exact formulas)
+        sim = SequenceSimulation(["a", "b"], values, "simulated_normalized_activations", [list(range(top + 1))] * 2, [])
+        return ScoredSequenceSimulation(sim, [0.0, 1.0], None)
+
+    html = viz.scored_heatmaps([scored([0.0, 9.0], 9), scored([0.0, 10.0], 10), scored([0.0, 9.0], 10)], 1.0)
+    assert html.count("rgba(40,110,220,1.00)") == 2 and "rgba(40,110,220,0.90)" in html  # 9 of 10 is not full
+    with pytest.raises(ValueError, match="needs sim_max"):
+        viz.window_heatmap(["a"], [1.0], 1.0, [5.0])
 
 
 def test_heatmap_title_attribute_cannot_break_out():
