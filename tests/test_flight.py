@@ -70,7 +70,7 @@ def test_control_partners_are_a_seeded_permutation_fixed_in_advance():
 
 def test_many_neurons_in_flight_give_the_same_results(reference, tiny_collection, tmp_path):
     run = make_run(tmp_path, tiny_collection, "in-flight")
-    with LoopbackServer(latency=0.05) as server:
+    with LoopbackServer(latency=0.2) as server:  # long enough for the client to fill the bound on a busy machine
         backend, sim = llms(server, 64)
         done = explain_and_score(run, NEURONS, backend, sim, ExplainConfig(max_neurons_in_flight=16, **CONFIG),
                                  progress=False)  # fmt: skip
@@ -143,7 +143,7 @@ def test_nxkit_run_stops_at_its_budget_and_resumes(tiny_collection, tmp_path, mo
     monkeypatch.setenv("OPENAI_API_KEY", "local")
     monkeypatch.setenv("NXKIT_CACHE", str(tmp_path / "cache"))  # a response cache of its own
     run = make_run(tmp_path, tiny_collection, "cli")
-    with LoopbackServer(latency=0.0) as server:
+    with LoopbackServer(latency=0.2) as server:  # requests overlap however slowly the client sends them
         argv = ["run", "--run-dir", str(run.path), "--corpus", "fortunes", "--explainer", MODEL,
                 "--base-url", server.base_url, "--simulate.mode", "chat_text", "--neurons", "5:1", "5:2", "5:3",
                 "5:4", "--explain.best-of", "2", "--explain.valid-windows", "2", "--explain.calibration-windows", "1",
@@ -168,7 +168,7 @@ def test_revision_of_many_neurons_in_flight_gives_the_same_records(tiny_collecti
         with LoopbackServer(latency=0.0) as server:
             backend, sim = llms(server, 32)
             explain_and_score(run, NEURONS[8:14], backend, sim, ExplainConfig(**CONFIG), progress=False)
-        with LoopbackServer(latency=0.02) as server:  # a server of its own: what revision alone keeps in flight
+        with LoopbackServer(latency=0.2) as server:  # a server of its own: what revision alone keeps in flight
             backend, sim = llms(server, 32)
             config = ReviseConfig(n_fire=2, n_silent=2, max_neurons_in_flight=in_flight)
             revisions = revise_run(run, subject, backend, sim, config, progress=False)
