@@ -350,6 +350,7 @@ class _Flight:
     def __init__(self, run: Run, neurons: list[NeuronId], seed: int, budget: Budget | None, usages: list[Usage]):
         loop = asyncio.get_running_loop()
         self.run, self.budget, self.usages = run, budget, usages
+        self.spent_before = _sum_usage(*usages)  # a budget counts this call's traffic only
         self.order = control_order(neurons, seed)
         self.explanations: dict[NeuronId, asyncio.Future] = {n: loop.create_future() for n in self.order}
         self.stopped: str | None = None
@@ -366,10 +367,17 @@ class _Flight:
     def may_start(self) -> bool:
         if self.failed or self.stopped:
             return False
-        if self.budget is not None and (why := self.budget.reached(_sum_usage(*self.usages))):
+        if self.budget is not None and (why := self.budget.reached(self.spent())):
             self.stopped = why
             return False
         return True
+
+    def spent(self) -> Usage:
+        """What this call has spent so far (its backends may have served earlier calls too)."""
+        now, out = _sum_usage(*self.usages), Usage()
+        for k, v in now.as_dict().items():
+            setattr(out, k, v - getattr(self.spent_before, k))
+        return out
 
     async def partner(self, summary: NeuronSummary) -> tuple[NeuronId, str] | str | None:
         """The first neuron along this one's control order with an explanation different from its own (`PENDING`

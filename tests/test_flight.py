@@ -133,6 +133,10 @@ def test_a_budget_stops_cleanly_and_the_run_resumes(reference, tiny_collection, 
         assert "request budget is spent" in stopped
         assert 0 < len(run.summaries()) < len(NEURONS) and backend.usage.requests < 60 + 4 * 20
         explain_and_score(run, NEURONS, backend, sim, config, progress=False)
+        # a budget counts the call's own traffic: this backend already spent far more than 60 requests
+        other = make_run(tmp_path, tiny_collection, "budget-again")
+        explain_and_score(other, NEURONS[:2], backend, sim, config, budget=Budget(max_requests=60), progress=False)
+        assert len(other.summaries()) == 2
     assert run.manifest()["stopped"] is None
     assert outcome(run) == reference  # the same controls too: a control whose partner was not explained waited
 
