@@ -555,7 +555,8 @@ def shuffled_controls(
     async def go():
         flight = _Flight(run, neurons, seed, None, [])
         for nid in flight.order:
-            flight.publish(nid, run.read_neuron(nid))
+            summary = run.read_neuron(nid)
+            flight.publish(nid, summary, pending=summary is None)  # not explained yet: its partners' controls wait
         todo = [n for n in neurons if _needs_control(run.read_neuron(n))]
         for nid in tqdm(todo, desc="shuffled control", unit="neuron", disable=not progress):
             await _control_only(flight, nid, simulator)

@@ -161,6 +161,11 @@ def test_nxkit_run_stops_at_its_budget_and_resumes(tiny_collection, tmp_path, mo
         assert "0 of 4 neurons to do" not in capsys.readouterr().out
     assert [s.status for s in run.summaries()] == ["done"] * 4 and run.manifest()["stopped"] is None
     assert server.max_in_flight > 1
+    # each control used the partner fixed in advance, even for neurons whose partner came only after the resume
+    done = {s.neuron_id: s for s in run.summaries()}
+    for nid, s in done.items():
+        expected = next(p for p in control_order(list(done), seed=0)[nid] if done[p].explanation != s.explanation)
+        assert s.shuffled_control_from == expected
 
 
 def test_revision_of_many_neurons_in_flight_gives_the_same_records(tiny_collection, subject, tmp_path):
