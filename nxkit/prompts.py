@@ -455,7 +455,7 @@ def _numbered(texts: list[str]) -> str:
     return "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
 
 
-def _classify_messages(system: str, explanation: str, texts: list[str], example_texts: list[str]) -> list[dict]:
+def _classify_chat(system: str, explanation: str, texts: list[str], example_texts: list[str]) -> list[dict]:
     ex_expl, _, _, ex_answers = CLASSIFY_EXAMPLE
     return [
         {"role": "system", "content": system},
@@ -467,12 +467,12 @@ def _classify_messages(system: str, explanation: str, texts: list[str], example_
 
 def detection_messages(explanation: str, texts: list[str]) -> list[dict[str, str]]:
     """Chat messages asking which of `texts` make the neuron fire, one `N: 0|1` line each."""
-    return _classify_messages(DETECT_SYSTEM, explanation, texts, CLASSIFY_EXAMPLE[1])
+    return _classify_chat(DETECT_SYSTEM, explanation, texts, CLASSIFY_EXAMPLE[1])
 
 
 def fuzzing_messages(explanation: str, texts: list[str]) -> list[dict[str, str]]:
     """Chat messages asking whether the <<marked>> tokens of each text fit the explanation, one `N: 0|1` line each."""
-    return _classify_messages(FUZZ_SYSTEM, explanation, texts, CLASSIFY_EXAMPLE[2])
+    return _classify_chat(FUZZ_SYSTEM, explanation, texts, CLASSIFY_EXAMPLE[2])
 
 
 def mark_tokens(tokens: list[str], marked: list[bool]) -> str:

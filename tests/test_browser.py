@@ -189,6 +189,12 @@ def test_inspector_notebook_in_jupyterlab(browser, lab, tmp_path):
                 "() => [...document.querySelectorAll('h3')].some(h => h.textContent.includes('layer 0 · neuron 0'))",
                 timeout=60_000,
             )
+            # the windows widget updates in its own message, after the title: wait for it rather than race it
+            page.wait_for_function(
+                "(b) => document.querySelector('.nx-windows') && document.querySelector('.nx-windows').innerHTML !== b",
+                arg=before,
+                timeout=60_000,
+            )
             after = _windows_html(page)
             assert after != before and page.locator(".nx-windows .nx-tok").count() > 20
 

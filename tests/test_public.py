@@ -412,6 +412,8 @@ def test_export_run_writes_a_real_collection_in_the_release_layout(tiny_collecti
         "collated-activations/0/5.json",
         "explanations/0/1200.jsonl",
         "explanations/0/5.jsonl",
+        "nxkit-sidecar/0/1200.json",  # beside the release's layout: what its schema has no field for
+        "nxkit-sidecar/0/5.json",
     ]
     with serve_directory(out) as base:
         back = PublicDataset(base, cache=tmp_path / "cache").fetch_many(explained, progress=False)
