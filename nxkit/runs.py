@@ -83,6 +83,7 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._journal_rows: int | None = None  # rows in the table's journal, counted on first append
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -168,7 +169,6 @@ class Run:
             with open(self.journal_path, "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
-            self._journal_rows = getattr(self, "_journal_rows", None)
             if self._journal_rows is None:
                 self._journal_rows = sum(1 for _ in open(self.journal_path, encoding="utf-8"))
             else:
@@ -208,7 +208,7 @@ class Run:
             parts.append(pd.DataFrame(rows, columns=TABLE_COLUMNS))
         if not parts:
             return None
-        df = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+        df = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
         df = df.drop_duplicates(["layer", "neuron"], keep="last").sort_values(["layer", "neuron"], ignore_index=True)
         return _typed(df.reindex(columns=TABLE_COLUMNS))
 
