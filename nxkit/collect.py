@@ -8,6 +8,7 @@ after the last chosen layer. State is checkpointed, so an interrupted pass resum
 On disk (`runs/<name>/activations/`):
     manifest.json           every setting, the corpus, model, library versions, progress
     windows.npy             int32 [n_windows, window] token ids
+    layer_XX/bottom_*.npy   the most negative windows (gated MLPs fire both ways; see `Activations.neuron_record`)
     token_strings.json      each vocabulary id decoded on its own (what a reader sees)
     layer_XX/*.npy          per-layer arrays, read with memory mapping one neuron at a time
 """
@@ -30,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .corpus import Windows
-from .records import ActivationRecord, NeuronId, NeuronRecord
+from .records import NEGATIVE, POSITIVE, ActivationRecord, NeuronId, NeuronRecord, check_sign
 from .runs import atomic_write
 from .seeds import mix_seed
 from .subject import SubjectError, check_layers, info, run_capture
@@ -52,6 +53,9 @@ class CollectConfig:
     """Layers to collect; None means every layer."""
     top_k: int = 40
     """Top windows kept per neuron (dealt into 4 splits of 10)."""
+    bottom_k: int | None = None
+    """Most negative windows kept per neuron, for explaining its negative side (None: `top_k` for models with gated
+    MLPs, whose neurons fire as strongly negative as positive, and 0 for the others)."""
     n_random: int = 30
     """Uniform random windows kept per neuron (dealt into 3 splits of 10)."""
     quantile_levels: list[float] = field(default_factory=lambda: [0.5, 0.9, 0.99])
@@ -72,6 +76,8 @@ class CollectConfig:
     def __post_init__(self):
         if self.top_k < 1 or self.n_random < 0 or self.per_quantile < 0 or self.batch_size < 1:
             raise CollectError("top_k and batch_size must be >= 1; n_random and per_quantile >= 0")
+        if self.bottom_k is not None and self.bottom_k < 0:
+            raise CollectError(f"bottom_k must be None (automatic) or >= 0, got {self.bottom_k}")
         levels = list(self.quantile_levels)
         if any(not 0 < q < 1 for q in levels) or levels != sorted(levels):
             raise CollectError(f"quantile_levels must be increasing values in (0, 1), got {levels}")
@@ -81,11 +87,12 @@ class CollectConfig:
 
 
 def _reduce(x: Float[Tensor, "batch pos d_mlp"], shift: Float[Tensor, " d_mlp"]):
-    """Window maxima and the first four power sums of (x - shift) over every token."""
-    mx = x.amax(1)
+    """Window maxima and minima, the negative activations' sum, and the first four power sums of (x - shift)."""
+    mx, mn = x.amax(1), x.amin(1)
+    neg = x.clamp(max=0).sum((0, 1))
     d = (x - shift).reshape(-1, x.shape[-1])
     d2 = d * d
-    return mx, d.sum(0), d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0)
+    return mx, mn, neg, d.sum(0), d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0)
 
 
 class _Reducer:
@@ -233,6 +240,7 @@ class LayerState:
 
     def __init__(self, d_mlp: int, cfg: CollectConfig, window: int, n_windows: int, n_calib: int, layer: int, device):
         self.top = KeepBest(d_mlp, cfg.top_k, window, device)
+        self.bottom = KeepBest(d_mlp, cfg.bottom_k or 0, window, device)
         self.random = PlannedSample(d_mlp, cfg.n_random, n_windows, window, cfg.seed, layer, device)
         self.bands = BandSample(d_mlp, len(cfg.quantile_levels) + 1, cfg.per_quantile, window, device)
         self.calib_max = torch.zeros((n_calib, d_mlp), device=device)
@@ -240,10 +248,13 @@ class LayerState:
         self.shift: Tensor | None = None
         self.count = 0
         self.sums = torch.zeros((4, d_mlp), dtype=torch.float64, device=device)
+        self.negative_sum = torch.zeros(d_mlp, dtype=torch.float64, device=device)
 
     def state(self) -> dict:
         return {
             "top": self.top.state(),
+            "bottom": self.bottom.state(),
+            "negative_sum": self.negative_sum,
             "random": self.random.state(),
             "bands": self.bands.state(),
             "calib_max": self.calib_max,
@@ -255,6 +266,8 @@ class LayerState:
 
     def load(self, s: dict) -> None:
         self.top.load(s["top"])
+        self.bottom.load(s["bottom"])
+        self.negative_sum = s["negative_sum"]
         self.random.load(s["random"])
         self.bands.load(s["bands"])
         self.calib_max, self.boundaries, self.shift = s["calib_max"], s["boundaries"], s["shift"]
@@ -273,6 +286,11 @@ class LayerState:
         skew = torch.where(m2 > 0, m3 / safe**1.5, torch.zeros_like(m2))
         kurt = torch.where(m2 > 0, m4 / safe**2 - 3, torch.zeros_like(m2))
         return torch.stack([mean, m2, skew, kurt])
+
+    def mass(self) -> Float[Tensor, "d_mlp 2"]:
+        """Per neuron, the sum of its positive activations and of its negative ones' magnitudes over every token."""
+        total = self.sums[0] + self.shift.double() * self.count
+        return torch.stack([(total - self.negative_sum).clamp(min=0), -self.negative_sum], dim=1)
 
 
 # --- the pass --------------------------------------------------------------------------------
@@ -310,13 +328,15 @@ def _settings(model, windows: Windows, cfg: CollectConfig) -> dict:
             f"use window <= {shape.n_ctx}"
         )
     n_calib = min(cfg.quantile_calibration_windows, windows.n_windows // 2) // cfg.batch_size * cfg.batch_size
+    bottom_k = cfg.bottom_k if cfg.bottom_k is not None else (cfg.top_k if shape.gated_mlp else 0)
     return {
         "format_version": FORMAT_VERSION,
         "model": shape.name,
         "n_layers": shape.n_layers,
         "d_mlp": shape.d_mlp,
+        "gated_mlp": shape.gated_mlp,
         "layers": layers,
-        "config": {**asdict(cfg), "layers": layers},
+        "config": {**asdict(cfg), "layers": layers, "bottom_k": bottom_k},
         "corpus": {
             "source": windows.source,
             "n_windows": windows.n_windows,
@@ -328,18 +348,22 @@ def _settings(model, windows: Windows, cfg: CollectConfig) -> dict:
     }
 
 
-def _previous_status(out: Path, settings: dict) -> str | None:
-    """The status of a pass already in `out` ("partial", "complete"), None if none; other settings are an error."""
+def _previous_status(out: Path, settings: dict) -> tuple[str | None, dict]:
+    """The status of a pass already in `out` ("partial", "complete"; None if none) and the settings to go on with;
+    other settings are an error. A pass written before the negative side was kept goes on without it."""
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
-        return None
+        return None, settings
     old = json.loads(manifest_path.read_text())
+    if "bottom_k" not in old.get("config", {}):
+        settings = {**settings, "gated_mlp": old.get("gated_mlp"), "config": {**settings["config"], "bottom_k": 0}}
+        old = {**old, "gated_mlp": None, "config": {**old.get("config", {}), "bottom_k": 0}}
     if {k: old.get(k) for k in settings} != settings:
         raise CollectError(
             f"{out} holds a collection with other settings ({old.get('model')}, {old.get('corpus')}); "
             "choose another run name, or delete that directory to start over"
         )
-    return old.get("status")
+    return old.get("status"), settings
 
 
 def _write_inputs(out: Path, model, windows: Windows) -> None:
@@ -362,6 +386,7 @@ class _Pass:
     """The per-layer states of a pass and what one batch does to them."""
 
     def __init__(self, settings: dict, cfg: CollectConfig, windows: Windows, device):
+        cfg = CollectConfig(**{**asdict(cfg), "bottom_k": settings["config"]["bottom_k"]})  # resolved
         self.cfg, self.layers, self.d_mlp = cfg, settings["layers"], settings["d_mlp"]
         self.n_calib = settings["quantile_calibration_windows_used"]
         self.states = {
@@ -378,10 +403,12 @@ class _Pass:
         x = x.detach().float()
         if st.shift is None:
             st.shift = x.mean(dim=(0, 1)).contiguous()
-        mx, *sums = self.reducer(x, st.shift, full_batch=x.shape[0] == cfg.batch_size)
+        mx, mn, neg, *sums = self.reducer(x, st.shift, full_batch=x.shape[0] == cfg.batch_size)
         st.count += x.shape[0] * x.shape[1]
         st.sums += torch.stack(sums).double()
+        st.negative_sum += neg.double()
         st.top.update(mx, x, self.ids)
+        st.bottom.update(-mn, x, self.ids)
         st.random.update(x, self.start)
         if self.start < self.n_calib:
             st.calib_max[self.start : self.start + x.shape[0]] = mx
@@ -420,7 +447,8 @@ def collect(
     cfg = config or CollectConfig()
     out = Path(out_dir)
     settings = _settings(model, windows, cfg)
-    if _previous_status(out, settings) == "complete":
+    status, settings = _previous_status(out, settings)
+    if status == "complete":
         log.info("collection in %s is complete; nothing to do", out)
         return out
     _write_inputs(out, model, windows)
@@ -496,7 +524,10 @@ def _write_layer(path: Path, st: LayerState) -> None:
         "band_acts": st.bands.acts,
         "band_windows": st.bands.windows,
         "moments": st.moments().T,
+        "mass": st.mass(),
     }
+    if st.bottom.scores.shape[1]:
+        _, arrays["bottom_windows"], arrays["bottom_acts"] = st.bottom.ordered()
     if st.boundaries is not None:
         arrays["quantile_boundaries"] = st.boundaries
     for name, tensor in arrays.items():
@@ -506,11 +537,28 @@ def _write_layer(path: Path, st: LayerState) -> None:
 # --- reading ---------------------------------------------------------------------------------
 
 
-class Activations:
-    """A finished collection on disk; records are read one neuron at a time with memory mapping."""
+@dataclass(frozen=True)
+class SignShares:
+    """How a neuron's activation is split between its two signs."""
 
-    def __init__(self, path: str | Path):
+    negative_mass_share: float | None
+    """Share of the neuron's summed |activation| over every token of the corpus that is negative."""
+    negative_tail_share: float | None
+    """The same over the tokens whose |activation| is above the top-k threshold (the larger of the two sides' k-th
+    strongest window peak): exact, since every such token lies in a kept window. None when no token is above it."""
+    threshold: float | None
+    """That threshold."""
+
+
+class Activations:
+    """A finished collection on disk; records are read one neuron at a time with memory mapping.
+
+    `sign` chooses the side that `neuron_record` reads by default: `positive` (the windows with the highest
+    peaks) or `negative` (the most negative windows, with every activation negated)."""
+
+    def __init__(self, path: str | Path, sign: str = POSITIVE):
         self.path = Path(path)
+        self.sign = check_sign(sign)
         manifest = self.path / "manifest.json"
         if not manifest.exists():
             raise CollectError(f"{self.path} holds no collection (no manifest.json); run collection first")
@@ -549,22 +597,41 @@ class Activations:
         """[d_mlp, 4] mean, variance, skewness and excess kurtosis of every neuron of `layer`."""
         return np.asarray(self._array(layer, "moments"))
 
-    def _records(self, acts: np.ndarray, window_ids: np.ndarray) -> list[ActivationRecord]:
+    def _records(self, acts: np.ndarray, window_ids: np.ndarray, factor: float = 1.0) -> list[ActivationRecord]:
         strings = self.token_strings
         out = []
         for a, w in zip(acts, window_ids, strict=True):
             if w < 0:
                 continue
             out.append(
-                ActivationRecord(tokens=[strings[t] for t in self.windows[w]], activations=[float(v) for v in a])
+                ActivationRecord(
+                    tokens=[strings[t] for t in self.windows[w]], activations=[factor * float(v) + 0.0 for v in a]
+                )
             )
         return out
 
-    def neuron_record(self, layer: int, neuron: int) -> NeuronRecord:
-        if layer not in self.layers:
-            raise CollectError(f"layer {layer} was not collected; this collection has layers {self.layers}")
-        if not 0 <= neuron < self.d_mlp:
-            raise CollectError(f"neuron {neuron} is out of range: layers have neurons 0 to {self.d_mlp - 1}")
+    @property
+    def has_negative(self) -> bool:
+        """True when the collection kept each neuron's most negative windows (so its negative side can be read)."""
+        return all(self._array(layer, "bottom_windows") is not None for layer in self.layers)
+
+    def side(self, sign: str) -> Activations:
+        """The same collection, read from the side `sign`."""
+        if sign == self.sign:
+            return self
+        other = Activations(self.path, sign)
+        other._strings, other._arrays = self._strings, self._arrays
+        return other
+
+    def neuron_record(self, layer: int, neuron: int, sign: str | None = None) -> NeuronRecord:
+        """One neuron's record, on the side `sign` (None: this reader's side). The negative side's record has the
+        same shape as the positive one's: its most negative windows as `most_positive_activation_records` and its
+        random sample, all with negated activations, and the moments of the negated activation; it has no
+        quantile bands (they are bands of the window maximum)."""
+        sign = check_sign(sign or self.sign)
+        self._check(layer, neuron)
+        if sign == NEGATIVE:
+            return self._negative_record(layer, neuron)
         mean, var, skew, kurt = (float(v) for v in self._array(layer, "moments")[neuron])
         bounds = self._array(layer, "quantile_boundaries")
         band_acts, band_windows = self._array(layer, "band_acts")[neuron], self._array(layer, "band_windows")[neuron]
@@ -586,7 +653,55 @@ class Activations:
             ),
         )
 
+    def _negative_record(self, layer: int, neuron: int) -> NeuronRecord:
+        bottom = self._array(layer, "bottom_windows")
+        if bottom is None:
+            raise CollectError(
+                f"the collection in {self.path} kept no most-negative windows (collected with bottom_k 0, or before "
+                "nxkit kept them), so the negative side cannot be explained; explain the positive side (--sign "
+                "positive) or collect again under another run name (--collect.bottom-k 40)"
+            )
+        mean, var, skew, kurt = (float(v) for v in self._array(layer, "moments")[neuron])
+        return NeuronRecord(
+            neuron_id=NeuronId(layer, neuron),
+            random_sample=self._records(
+                self._array(layer, "random_acts")[neuron], self._array(layer, "random_windows")[neuron], -1.0
+            ),
+            mean=-mean,
+            variance=var,
+            skewness=-skew,
+            kurtosis=kurt,
+            most_positive_activation_records=self._records(
+                self._array(layer, "bottom_acts")[neuron], bottom[neuron], -1.0
+            ),
+        )
 
-def load_neuron(path: str | Path, layer: int, neuron: int) -> NeuronRecord:
-    """One neuron's record from a finished collection directory."""
-    return Activations(path).neuron_record(layer, neuron)
+    def sign_shares(self, layer: int, neuron: int) -> SignShares:
+        """How much of the neuron's activation is negative: over every token, and above the top-k threshold."""
+        self._check(layer, neuron)
+        mass = self._array(layer, "mass")
+        total = float(mass[neuron].sum()) if mass is not None else 0.0
+        share = float(mass[neuron, 1]) / total if total > 0 else None
+        top, bottom = self._array(layer, "top_acts"), self._array(layer, "bottom_acts")
+        if bottom is None:
+            return SignShares(share, None, None)
+        pos, neg = np.asarray(top[neuron], dtype=np.float64), -np.asarray(bottom[neuron], dtype=np.float64)
+        top_w, bottom_w = self._array(layer, "top_windows")[neuron], self._array(layer, "bottom_windows")[neuron]
+        pos, neg = pos[top_w >= 0], neg[bottom_w >= 0]
+        if not len(pos) or not len(neg):
+            return SignShares(share, None, None)
+        threshold = max(float(pos.max(axis=1).min()), float(neg.max(axis=1).min()), 0.0)
+        above_pos, above_neg = pos[pos > threshold].sum(), neg[neg > threshold].sum()
+        tail = float(above_neg / (above_pos + above_neg)) if above_pos + above_neg > 0 else None
+        return SignShares(share, tail, threshold)
+
+    def _check(self, layer: int, neuron: int) -> None:
+        if layer not in self.layers:
+            raise CollectError(f"layer {layer} was not collected; this collection has layers {self.layers}")
+        if not 0 <= neuron < self.d_mlp:
+            raise CollectError(f"neuron {neuron} is out of range: layers have neurons 0 to {self.d_mlp - 1}")
+
+
+def load_neuron(path: str | Path, layer: int, neuron: int, sign: str = POSITIVE) -> NeuronRecord:
+    """One neuron's record from a finished collection directory (on the side `sign`)."""
+    return Activations(path).neuron_record(layer, neuron, sign)

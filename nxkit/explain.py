@@ -23,6 +23,7 @@ from . import prompts
 from .classify import SCORERS, classify, scorer_backend, seed_for
 from .llm import NEURON_USAGE, Backend, Usage, run_sync
 from .records import (
+    POSITIVE,
     RANDOM,
     TOP,
     Candidate,
@@ -313,6 +314,15 @@ class Budget:
             return f"the token budget is spent ({spent.tokens:,} of {self.max_tokens:,} tokens)"
         return None
 
+    def remaining(self, spent: Usage) -> Budget | None:
+        """What is left of this budget after `spent` (None: nothing is left)."""
+        if self.reached(spent):
+            return None
+        return Budget(
+            None if self.max_requests is None else self.max_requests - spent.requests,
+            None if self.max_tokens is None else self.max_tokens - spent.tokens,
+        )
+
 
 def _sum_usage(*usages: Usage) -> Usage:
     out = Usage()
@@ -374,10 +384,7 @@ class _Flight:
 
     def spent(self) -> Usage:
         """What this call has spent so far (its backends may have served earlier calls too)."""
-        now, out = _sum_usage(*self.usages), Usage()
-        for k, v in now.as_dict().items():
-            setattr(out, k, v - getattr(self.spent_before, k))
-        return out
+        return _sum_usage(*self.usages).minus(self.spent_before)
 
     async def partner(self, summary: NeuronSummary) -> tuple[NeuronId, str] | str | None:
         """The first neuron along this one's control order with an explanation different from its own (`PENDING`
@@ -430,6 +437,11 @@ async def _one_neuron(flight, nid, acts, explainer, simulator, config, control, 
         try:
             record = acts.neuron_record(nid.layer_index, nid.neuron_index)
             summary, results = await process_neuron(record, explainer, simulator, config)
+            shares = acts.sign_shares(nid.layer_index, nid.neuron_index)
+            summary.negative_mass_share, summary.negative_tail_share = (
+                shares.negative_mass_share,
+                shares.negative_tail_share,
+            )
             summary.usage = usage.as_dict()
             flight.run.write_neuron(summary, results)
             if on_done is not None:
@@ -481,7 +493,8 @@ async def explain_many(
             flight.publish(nid, run.read_neuron(nid))
     in_flight = config.max_neurons_in_flight if concurrent(explainer) and concurrent(simulator) else 1
     slots = asyncio.Semaphore(in_flight)
-    with tqdm(total=len(todo), desc="explain+score", unit="neuron", disable=not progress) as bar:
+    desc = "explain+score" if run.sign == POSITIVE else f"explain+score ({run.sign} side)"
+    with tqdm(total=len(todo), desc=desc, unit="neuron", disable=not progress) as bar:
         tasks = [
             asyncio.ensure_future(
                 _one_neuron(flight, n, acts, explainer, simulator, config, control, slots, on_neuron_done, bar)

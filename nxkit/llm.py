@@ -72,6 +72,10 @@ class Usage:
         for k in asdict(self):
             setattr(self, k, 0)
 
+    def minus(self, before: Usage) -> Usage:
+        """The traffic since `before` (an earlier snapshot of the same counters)."""
+        return Usage(**{k: v - getattr(before, k) for k, v in asdict(self).items()})
+
     @property
     def tokens(self) -> int:
         """Prompt and completion tokens together (what a budget counts)."""

@@ -14,13 +14,13 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
 from .collect import CollectConfig
 from .explain import ExplainConfig
-from .records import NeuronId, max_activation_of
+from .records import NEGATIVE, POSITIVE, NeuronId, max_activation_of
 from .revise import ReviseConfig
 from .runs import Run
 from .search import SearchConfig
@@ -29,6 +29,8 @@ from .simulate import SimulateConfig
 
 SEARCH = "search"
 """The explainer name of the compositional search (no LLM; its formulas are simulated exactly by default)."""
+BOTH = "both"
+SIDES = {POSITIVE: [POSITIVE], NEGATIVE: [NEGATIVE], BOTH: [POSITIVE, NEGATIVE]}
 
 
 class PipelineError(ValueError):
@@ -95,6 +97,10 @@ class PipelineConfig:
     """Compositional-search settings (used with `--explainer search`)."""
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     """Simulator settings (mode, top log-probabilities)."""
+    sign: Literal["positive", "negative", "both"] | None = None
+    """Sides of each neuron to explain, each scored as its own unit (the negative side on the negated activations).
+    None: both for subject models with gated MLPs (SmolLM2, Llama, Qwen, Gemma: their neurons fire as strongly
+    negative as positive), positive for the others (GELU: its negative side is bounded near -0.17)."""
     revise: ReviseConfig = field(default_factory=ReviseConfig)
     """Counterexample revision settings (rounds: 0 skips revision)."""
     max_concurrency: int = 64
@@ -121,6 +127,8 @@ class PipelineConfig:
         for name in ("max_requests", "max_tokens_spent"):
             if (value := getattr(self, name)) is not None and value < 1:
                 raise PipelineError(f"{name} must be None or >= 1, got {value}")
+        if self.sign is not None and self.sign not in SIDES:
+            raise PipelineError(f"sign must be positive, negative or both (or None: automatic), got {self.sign!r}")
 
 
 def parse_neurons(items: list[str], layers: list[int]) -> list[NeuronId]:
@@ -241,7 +249,7 @@ class _Stages:
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run (or resume) every stage; returns what was done. Prints a stage header and progress for each."""
-    from .explain import explain_and_score, shuffled_controls
+    from .explain import shuffled_controls
 
     run = Run(config.source.path)
     revise = bool(config.revise.rounds) and config.explainer != SEARCH
@@ -254,35 +262,30 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     neurons = choose_neurons(config, run)
     stages.stop()
 
-    todo = run.todo(neurons, config.retry_failed)
+    sides = [run.side(sign) for sign in choose_sides(config, run)]
+    todo = sum(len(side.todo(neurons, config.retry_failed)) for side in sides)
+    which = " and ".join(side.sign for side in sides)
     stages.start(
         "explain+score",
-        f"explanation and scoring: {len(todo)} of {len(neurons)} neurons to do (best of {config.explain.best_of})",
+        f"explanation and scoring, {which} side{'s' * (len(sides) > 1)}: {todo} of {len(neurons) * len(sides)} "
+        f"neuron sides to do (best of {config.explain.best_of})",
     )
-    from .explain import Budget
-
-    budget = Budget(config.max_requests, config.max_tokens_spent)
-    explain_and_score(
-        run, neurons, explainer, simulator, config.explain, retry_failed=config.retry_failed, progress=config.progress,
-        budget=budget,
-    )  # fmt: skip
-    stopped = run.manifest().get("stopped")
-    if stopped and config.progress:
-        left = len(run.todo(neurons, config.retry_failed))
-        print(f"stopped: {stopped}; {left} neurons left. Run the same command again (with a larger budget) to resume.")
+    stopped = explain_sides(config, sides, neurons, explainer, simulator)
     stages.stop()
 
     stages.start(
         "shuffled control", "shuffled-explanation control (each neuron scored with another neuron's explanation)"
     )
-    shuffled_controls(run, simulator, neurons=neurons, seed=config.explain.seed, progress=config.progress)
+    for side in sides:  # a side's control takes an explanation of the same side
+        shuffled_controls(side, simulator, neurons=neurons, seed=config.explain.seed, progress=config.progress)
     stages.stop()
 
     if revise and stopped:
         print("revision skipped: the budget is spent", flush=True)
     elif revise:
-        stages.start("revision", f"revision: {config.revise.rounds} round(s) of counterexamples per neuron")
-        revise_stage(config, run, model, explainer, simulator, neurons)
+        stages.start("revision", f"revision: {config.revise.rounds} round(s) of counterexamples per neuron side")
+        for side in sides:
+            model = revise_stage(config, side, model, explainer, simulator, neurons)
         stages.stop()
     elif config.revise.rounds and config.progress:
         print(
@@ -291,7 +294,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             flush=True,
         )
 
-    run.compact_table()
+    for side in sides:
+        side.compact_table()
     report = None
     if config.report:
         from .report import write_report
@@ -326,6 +330,61 @@ def prepare_collection(config: PipelineConfig, run: Run):
     return model
 
 
+def choose_sides(config: PipelineConfig, run: Run) -> list[str]:
+    """The sides to explain: `config.sign`, or both for a gated-MLP subject model whose collection kept the most
+    negative windows (the positive side alone otherwise, saying why)."""
+    has_negative = run.activations().has_negative
+    if config.sign is not None:
+        if NEGATIVE in SIDES[config.sign] and not has_negative:
+            raise PipelineError(
+                f"--sign {config.sign}: the collection in {run.activations_dir} kept no most-negative windows; use "
+                "--sign positive, or collect again under another run name (--collect.bottom-k 40)"
+            )
+        return SIDES[config.sign]
+    if not run.collection_manifest().get("gated_mlp"):
+        return [POSITIVE]
+    if not has_negative:
+        if config.progress:
+            print(
+                "explaining the positive side only: this collection kept no most-negative windows (collect again under "
+                "another run name to explain both sides)",
+                flush=True,
+            )
+        return [POSITIVE]
+    return [POSITIVE, NEGATIVE]
+
+
+def explain_sides(
+    config: PipelineConfig, sides: list[Run], neurons: list[NeuronId], explainer, simulator
+) -> str | None:
+    """Explain and score every side in turn under one budget; returns why the run stopped early, if it did."""
+    from .explain import Budget, _sum_usage, explain_and_score
+
+    budget, start = Budget(config.max_requests, config.max_tokens_spent), _sum_usage(explainer.usage, simulator.usage)
+    stopped = None
+    for side in sides:
+        spent = _sum_usage(explainer.usage, simulator.usage).minus(start)
+        left = budget.remaining(spent)
+        if left is None:
+            stopped = budget.reached(spent)
+            side.update_manifest(stopped=stopped)
+        else:
+            explain_and_score(
+                side, neurons, explainer, simulator, config.explain, retry_failed=config.retry_failed,
+                progress=config.progress, budget=left,
+            )  # fmt: skip
+            stopped = side.manifest().get("stopped")
+        if stopped:
+            if config.progress:
+                left_n = sum(len(s.todo(neurons, config.retry_failed)) for s in sides)
+                print(
+                    f"stopped: {stopped}; {left_n} neuron sides left. Run the same command again (with a larger "
+                    "budget) to resume."
+                )
+            break
+    return stopped
+
+
 def choose_neurons(config: PipelineConfig, run: Run) -> list[NeuronId]:
     """The neurons to explain, checked against the collection, recorded in the manifest."""
     acts = run.activations()
@@ -346,8 +405,9 @@ def choose_neurons(config: PipelineConfig, run: Run) -> list[NeuronId]:
     return neurons
 
 
-def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, neurons: list[NeuronId]) -> None:
-    """Counterexample revision of every chosen neuron not revised yet (the subject model loads only if needed)."""
+def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, neurons: list[NeuronId]):
+    """Counterexample revision of every chosen neuron not revised yet, on the run's side (the subject model loads
+    only if needed); returns the subject model, when loaded."""
     from .revise import pending, revise_run
     from .subject import load_subject
 
@@ -357,6 +417,7 @@ def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, 
         run, model, explainer, simulator, config.revise, neurons=neurons, progress=config.progress,
         retry_failed=config.retry_failed,
     )  # fmt: skip
+    return model
 
 
 def _check_same_collection(manifest: dict, config: PipelineConfig, run: Run) -> None:
@@ -423,7 +484,44 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
             f"revision: {len(after)} neurons, mean {_fmt(before.mean())} -> {_fmt(after.mean())}; "
             f"revised explanation kept for {kept}"
         )
+    if len(run.sides()) > 1:
+        lines += ["", _sides_lines(run, neurons, width)]
     return "\n".join(lines)
+
+
+def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
+    """Both signs of every neuron side by side, with the negative side's means."""
+    from .runs import side_by_side
+    from .score import mean_scores
+
+    sides = side_by_side(run.sides_table(neurons=neurons))
+    head = f"{'layer':>5} {'neuron':>6} {'score+':>6} {'score-':>6} {'neg%':>5}  negative side's explanation"
+    lines = [
+        "both signs (neg%: share of |activation| above the top-k threshold that is negative)",
+        head,
+        "-" * len(head),
+    ]
+    for r in sides.itertuples():
+        text = r.explanation_negative if isinstance(r.explanation_negative, str) else (r.status_negative or "")
+        text = str(text).replace("\n", " ")
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        share = "    —" if pd_isna(r.negative_tail_share) else f"{r.negative_tail_share:>5.0%}"
+        lines.append(
+            f"{r.layer:>5} {r.neuron:>6} {_fmt(r.top_and_random_positive):>6} {_fmt(r.top_and_random_negative):>6} "
+            f"{share}  {text}"
+        )
+    neg = run.side(NEGATIVE).table(neurons=neurons)
+    m = mean_scores(neg[neg["status"] == "done"].to_dict("records"))
+    lines.append("-" * len(head))
+    lines.append(
+        f"negative side, mean over {m['n_neurons']} scored neurons: score {_fmt(m['top_and_random'])}, random only "
+        f"{_fmt(m['random_only'])}, shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}"
+    )
+    return "\n".join(lines)
+
+
+def pd_isna(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def small_run_config(

@@ -140,6 +140,20 @@ def load_neuron_record(text: str | bytes) -> NeuronRecord:
     return record
 
 
+# --- the two signs of a neuron ----------------------------------------------------------------
+
+POSITIVE, NEGATIVE = "positive", "negative"
+SIGNS = (POSITIVE, NEGATIVE)
+"""A neuron's sides: each is explained, simulated and scored as its own unit. The negative side is the neuron's
+activations negated, so every stage reads it exactly as it reads the positive side."""
+
+
+def check_sign(sign: str) -> str:
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    return sign
+
+
 # --- splits ---------------------------------------------------------------------------------
 
 TOP_SPLITS = ("train", "calibration", "valid", "test")
@@ -441,6 +455,10 @@ class NeuronSummary:
     """The detection scorer's verdict on the kept explanation, when asked for."""
     fuzzing: ClassifierScore | None = None
     """The fuzzing scorer's verdict on the kept explanation, when asked for."""
+    negative_mass_share: float | None = None
+    """Share of the neuron's summed |activation| over the corpus that is negative (the same on both sides)."""
+    negative_tail_share: float | None = None
+    """The same over the tokens above the top-k threshold (see `collect.SignShares`); None when unknown."""
 
     @property
     def top_and_random(self) -> float | None:

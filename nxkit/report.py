@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import viz
-from .records import NeuronId, max_activation_of
-from .runs import Run, as_run, atomic_write
+from .records import NEGATIVE, POSITIVE, NeuronId, max_activation_of
+from .runs import Run, as_run, atomic_write, side_by_side
 from .score import OFFLINE_NOTE, mean_scores
 from .viz import esc
 
@@ -94,10 +94,17 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
     return f'<table class="nx-sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _anchor(layer, neuron, sign: str = POSITIVE) -> str:
+    return f"n-{layer}-{neuron}" + ("" if sign == POSITIVE else f"-{sign}")
+
+
 def neuron_section(run: Run, nid: NeuronId, max_windows: int = 6) -> str:
-    """One neuron: explanation, candidates, scores, revision, and heatmaps of its scored windows by split."""
+    """One neuron (on the run's side): explanation, candidates, scores, revision, and heatmaps of its scored windows
+    by split."""
     summary = run.read_neuron(nid)
-    parts = [f'<div class="nx-neuron" id="n-{nid.layer_index}-{nid.neuron_index}">']
+    parts = [f'<div class="nx-neuron" id="{_anchor(nid.layer_index, nid.neuron_index, run.sign)}">']
+    if run.sign != POSITIVE:
+        parts.append(f"<p><b>{esc(run.sign)} side</b> (activations negated)</p>")
     parts.append(viz.neuron_html(summary, run.read_revision(nid)))
     results = run.read_results(nid)
     if summary is not None and summary.status == "done" and results and results.scored_explanations:
@@ -106,6 +113,64 @@ def neuron_section(run: Run, nid: NeuronId, max_windows: int = 6) -> str:
         parts.append(viz.split_heatmaps(seqs, summary.window_splits, max_act, max(1, max_windows // 2)))
     parts.append("</div>")
     return "".join(parts)
+
+
+def sides_html(run: Run, max_neurons: int, max_windows: int) -> tuple[str, list]:
+    """The both-signs section (empty when the run explained one side): the negative side's means, how much of each
+    neuron's activation is negative, a table of both sides of every neuron side by side, and the negative side's
+    windows. Returns its HTML and its figure."""
+    if len(run.sides()) < 2:
+        return "", []
+    neg_run = run.side(NEGATIVE)
+    neg = neg_run.table()
+    sides = side_by_side(run.sides_table())
+    means = mean_scores(neg[neg["status"] == "done"].to_dict("records"))
+    tail, mass = sides["negative_tail_share"].dropna(), sides["negative_mass_share"].dropna()
+    shares = (
+        f"The share of a neuron's |activation| that is negative: over every token, median {mass.median():.0%}; above "
+        f"its top-k threshold (the larger of its two sides' k-th strongest window peaks), median {tail.median():.0%}, "
+        f"and {int((tail > 0.5).sum())} of {len(tail)} neurons fire more strongly negative than positive."
+        if len(tail) and len(mass)
+        else ""
+    )
+    cols = [
+        ("layer", "layer"), ("neuron", "neuron"), ("top_and_random_positive", "score +"),
+        ("explanation_positive", "positive side"), ("top_and_random_negative", "score −"),
+        ("explanation_negative", "negative side"), ("negative_tail_share", "negative share (tail)"),
+        ("negative_mass_share", "negative share (all)"),
+    ]  # fmt: skip
+    head = "".join(f"<th>{esc(label)}</th>" for _, label in cols)
+    body = []
+    for r in sides.itertuples():
+        cells = []
+        for key, _ in cols:
+            v = getattr(r, key)
+            if key == "neuron":
+                shown = (
+                    f'<a href="#{_anchor(r.layer, r.neuron)}">{v}+</a> <a href="#{_anchor(r.layer, r.neuron, NEGATIVE)}">'
+                    f"{v}−</a>"
+                )
+            elif key.startswith("top_and_random"):
+                shown = viz.num(v)
+            elif key.startswith("negative_"):
+                shown = "—" if pd.isna(v) else f"{v:.0%}"
+            else:
+                shown = esc("" if pd.isna(v) else v)
+            cells.append(f'<td data-v="{_sort_value(v)}">{shown}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    shown = heatmap_neurons(neg, max_neurons)
+    sections = "".join(
+        neuron_section(neg_run, NeuronId(int(r.layer), int(r.neuron)), max_windows) for r in shown.itertuples()
+    )
+    html = (
+        f"<h2>Both signs</h2><p>Each neuron's negative side (its activations negated: the windows where it is most "
+        f"negative) is explained and scored as its own unit. Negative side: {len(neg)} neurons · mean score "
+        f"{viz.num(means['top_and_random'])} · random only {viz.num(means['random_only'])} · shuffled control "
+        f"{viz.num(means['shuffled_control'])} · gap {viz.num(means['shuffled_gap'])}.</p><p>{shares}</p>"
+        f'<table class="nx-sortable"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table><h3>Windows of the negative side</h3>{sections}"
+    )
+    return html, [viz.sides_scatter(sides)]
 
 
 def _figures(df: pd.DataFrame) -> list:
@@ -152,7 +217,7 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
         f"simulator: {esc(_describe(explain.get('simulator')))}",
     ]
     counts = df["status"].value_counts().to_dict()
-    summary = (
+    summary = ("positive side: " if len(run.sides()) > 1 else "") + (
         f"{len(df)} neurons ({', '.join(f'{esc(k)}: {v}' for k, v in counts.items()) or 'none yet'}) · "
         f"mean score {viz.num(means['top_and_random'])} · random only {viz.num(means['random_only'])} · "
         f"shuffled control {viz.num(means['shuffled_control'])} · gap {viz.num(means['shuffled_gap'])} · "
@@ -164,8 +229,9 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
         if isinstance(simulator, dict) and simulator.get("smoke_level")
         else ""
     )
+    sides, side_figs = sides_html(run, max_neurons, max_windows)
     figs = []
-    for i, fig in enumerate(_figures(df)):
+    for i, fig in enumerate(_figures(df) + side_figs):
         fig.update_layout(height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
         figs.append(fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False}))
     shown = heatmap_neurons(df, max_neurons)
@@ -188,6 +254,7 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
 <h2>Scores</h2><div class="nx-figs">{"".join(f"<div>{f}</div>" for f in figs)}</div>
 <h2>Neurons</h2><p>Click a column header to sort, a neuron to see its windows.</p>{neuron_rows_html(df)}
 <h2>Windows</h2>{viz.legend_html()}{more}{sections}
+{sides}
 <script>{_SORT_JS}</script>
 </body></html>
 """

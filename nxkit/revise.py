@@ -19,7 +19,7 @@ import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from tqdm.auto import tqdm
 
@@ -29,6 +29,8 @@ from .llm import Backend, LLMError, run_sync
 from .probe import ProbeError, probe_many
 from .prompts import KINDS
 from .records import (
+    NEGATIVE,
+    POSITIVE,
     ActivationRecord,
     HeldOutWindow,
     Mismatch,
@@ -39,6 +41,7 @@ from .records import (
     RevisionRound,
     ScoredSimulation,
     Scores,
+    check_sign,
     normalize_activations,
 )
 from .runs import Run, as_run
@@ -203,11 +206,14 @@ def propose(
 
 
 def probe_proposals(
-    model, layer: int, neuron: int, proposals: dict[str, list[str]], max_activation: float
+    model, layer: int, neuron: int, proposals: dict[str, list[str]], max_activation: float, sign: str = POSITIVE
 ) -> dict[str, list[ProbedText]]:
-    """Real activations of every proposal, per kind (one batched forward pass)."""
+    """Real activations of every proposal, per kind (one batched forward pass), on the side `sign` (the negative
+    side's are negated, as its records are)."""
     texts = [(kind, t) for kind in KINDS for t in proposals.get(kind, [])]
     records = probe_many(model, [t for _, t in texts], layer, neuron) if texts else []
+    if check_sign(sign) == NEGATIVE:
+        records = [replace(r, activations=[-a + 0.0 for a in r.activations]) for r in records]
     out: dict[str, list[ProbedText]] = {kind: [] for kind in KINDS}
     for (kind, text), rec in zip(texts, records, strict=True):
         out[kind].append(describe_probe(text, rec, max_activation))
@@ -261,8 +267,10 @@ def revise_round(
     simulator: Simulator,
     config: ReviseConfig,
     round_index: int = 0,
+    sign: str = POSITIVE,
 ) -> tuple[RevisionRound, ScoredSimulation | None]:
-    """One propose-probe-revise-score round from `explanation` (whose score on `windows` is `score`).
+    """One propose-probe-revise-score round from `explanation` (whose score on `windows` is `score`), on the side
+    `sign` of the neuron (`record` is that side's).
 
     Returns the round and, when the revision was kept, its scored simulation.
     """
@@ -273,7 +281,7 @@ def revise_round(
         rnd.skipped_reason = reason
         return rnd, None
     max_act = record.max_activation
-    rnd.probes = probe_proposals(model, nid.layer_index, nid.neuron_index, rnd.proposals, max_act)
+    rnd.probes = probe_proposals(model, nid.layer_index, nid.neuron_index, rnd.proposals, max_act, sign)
     rnd.mismatches = find_mismatches(rnd.probes, max_act, config.fire_threshold)
     if not rnd.mismatches:
         rnd.skipped_reason = "no mismatches: every proposal behaved as the explanation predicted"
@@ -364,7 +372,7 @@ def _revise_rounds(
         out.score_before_source = "rescored"
     current, score, kept = out.original_explanation, out.score_before, None
     for r in range(config.rounds):
-        rnd, scored = revise_round(model, record, current, score, windows, explainer, simulator, config, r)
+        rnd, scored = revise_round(model, record, current, score, windows, explainer, simulator, config, r, run.sign)
         out.rounds.append(rnd)
         if scored is not None:
             current, score, kept, out.scores_after = rnd.revised, rnd.score_revised, scored, rnd.scores_revised

@@ -6,6 +6,9 @@ Layout of `runs/<name>/`:
     explanations/{layer}/{neuron}.jsonl  one line: `NeuronSimulationResults` (kept explanation first, valid split)
     neurons/{layer}/{neuron}.json        `NeuronSummary`: candidates, scores, control, failures, status
     revisions/{layer}/{neuron}.json      `NeuronRevision`: every revision round
+    table.parquet, table.journal.jsonl   the run table: one row per neuron
+    negative/                            the neurons' negative sides, laid out as above (a run of its own that
+                                         reads the same collection with every activation negated)
     report.html                          the run report
 Files are written atomically, summary last, so a neuron is finished exactly when its summary says so.
 """
@@ -21,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from .records import (
+    NEGATIVE,
+    POSITIVE,
     NeuronId,
     NeuronRevision,
     NeuronSimulationResults,
     NeuronSummary,
     ScoredExplanation,
     ScoredSimulation,
+    check_sign,
     dump_simulation_results,
     dumps,
     load_simulation_results,
@@ -37,14 +43,15 @@ FINISHED = ("done", "dead", "failed")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once, at import: the permissions a plain write would give
 TABLE_COLUMNS = [
-    "run", "layer", "neuron", "status", "reason", "explanation", "kept", "top_and_random", "random_only",
+    "run", "layer", "neuron", "sign", "status", "reason", "explanation", "kept", "top_and_random", "random_only",
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
     "original_explanation", "original_top_and_random", "revision_status", "score_before", "score_after",
     "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens", "simulator", "formula",
     "detection_accuracy", "detection_balanced_accuracy", "detection_auc", "detection_flag",
-    "fuzzing_accuracy", "fuzzing_balanced_accuracy", "fuzzing_auc", "fuzzing_flag",
+    "fuzzing_accuracy", "fuzzing_balanced_accuracy", "fuzzing_auc", "fuzzing_flag", "negative_mass_share",
+    "negative_tail_share",
 ]  # fmt: skip
-"""Columns of the run table, one row per neuron."""
+"""Columns of the run table, one row per neuron and side."""
 JOURNAL_ROWS = 2000
 """Rows appended to the table's journal before it is folded into the Parquet file."""
 _TABLE_LOCK = threading.RLock()
@@ -79,14 +86,35 @@ def _read_typed(path: Path, cls: type) -> Any:
 
 
 class Run:
-    """One run directory (created on first write)."""
+    """One run directory (created on first write), on one side of its neurons.
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    `Run(path)` is the positive side, whose files are the public release's layout; `Run(path, "negative")` (or
+    `run.side("negative")`) is the negative side in `path/negative/`, with the same layout and record shapes,
+    reading the same collection with every activation negated."""
+
+    def __init__(self, path: str | Path, sign: str = POSITIVE):
+        self.root = Path(path)
+        self.sign = check_sign(sign)
+        self.path = self.root if sign == POSITIVE else self.root / NEGATIVE
         self._journal_rows: int | None = None  # rows in the table's journal, counted on first append
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
+        return f"Run({str(self.root)!r})" if self.sign == POSITIVE else f"Run({str(self.root)!r}, {self.sign!r})"
+
+    def side(self, sign: str) -> Run:
+        """This run on the side `sign`."""
+        return self if sign == self.sign else Run(self.root, sign)
+
+    def sides(self) -> list[Run]:
+        """The sides of this run that hold neurons (the positive side always comes first)."""
+        out = [self.side(POSITIVE)]
+        negative = self.side(NEGATIVE)
+        return out + ([negative] if (negative.path / "neurons").exists() else [])
+
+    @property
+    def label(self) -> str:
+        """The run's name (its directory's), whichever side."""
+        return self.root.name
 
     # --- paths ---
 
@@ -96,11 +124,11 @@ class Run:
 
     @property
     def activations_dir(self) -> Path:
-        return self.path / "activations"
+        return self.root / "activations"
 
     @property
     def report_path(self) -> Path:
-        return self.path / "report.html"
+        return self.root / "report.html"
 
     def _neuron_file(self, kind: str, nid: NeuronId, suffix: str = ".json") -> Path:
         return self.path / kind / str(nid.layer_index) / f"{nid.neuron_index}{suffix}"
@@ -138,7 +166,7 @@ class Run:
     def activations(self):
         from .collect import Activations
 
-        return Activations(self.activations_dir)
+        return Activations(self.activations_dir, self.sign)
 
     # --- per-neuron records ---
 
@@ -163,7 +191,7 @@ class Run:
         """Record a neuron's current row (a later row of the same neuron supersedes it): one appended line, so a
         killed run's table holds exactly the neurons written; compacted into the Parquet file every
         `JOURNAL_ROWS` rows."""
-        row = table_row(summary, self.read_revision(summary.neuron_id), self.path.name)
+        row = table_row(summary, self.read_revision(summary.neuron_id), self.label, self.sign)
         line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
         with _TABLE_LOCK:
             with open(self.journal_path, "a", encoding="utf-8") as f:
@@ -297,7 +325,7 @@ class Run:
         with _TABLE_LOCK:
             df = self._table_frame()
         if df is None:  # a run written before the table existed: built from its summaries once, then kept
-            rows = [table_row(s, self.read_revision(s.neuron_id), self.path.name) for s in self.summaries()]
+            rows = [table_row(s, self.read_revision(s.neuron_id), self.label, self.sign) for s in self.summaries()]
             df = _typed(pd.DataFrame(rows, columns=TABLE_COLUMNS))
         if neurons is not None:
             keep = {(n.layer_index, n.neuron_index) for n in neurons}
@@ -307,6 +335,27 @@ class Run:
             df = df.assign(run=label)
         return df
 
+    def sides_table(self, label: str | None = None, neurons: list[NeuronId] | None = None):
+        """The run table of every side, one row per neuron and side (positive rows first)."""
+        import pandas as pd
+
+        return pd.concat([r.table(label, neurons) for r in self.sides()], ignore_index=True)
+
+
+SIDE_COLUMNS = ["status", "explanation", "top_and_random", "random_only", "shuffled_control", "shuffled_gap"]
+"""Columns `side_by_side` shows for each side."""
+
+
+def side_by_side(df):
+    """A run table of both sides (`Run.sides_table`) as one row per neuron: each side's `SIDE_COLUMNS` with the suffix
+    `_positive` or `_negative`, and the neuron's negative mass shares."""
+    keys, shares = ["layer", "neuron"], ["negative_mass_share", "negative_tail_share"]
+    sides = {sign: df[df["sign"] == sign].set_index(keys) for sign in (POSITIVE, NEGATIVE)}
+    out = sides[POSITIVE][SIDE_COLUMNS].join(sides[NEGATIVE][SIDE_COLUMNS], how="outer", lsuffix="_positive",
+                                              rsuffix="_negative")  # fmt: skip
+    both = sides[POSITIVE][shares].combine_first(sides[NEGATIVE][shares])
+    return out.join(both).reset_index().sort_values(keys, ignore_index=True)
+
 
 def _typed(df):
     """Numeric columns as numbers (undefined scores as NaN), whatever the rows were read from."""
@@ -315,21 +364,26 @@ def _typed(df):
     numeric = ["top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation",
                "original_top_and_random", "score_before", "score_after", "detection_accuracy",
                "detection_balanced_accuracy", "detection_auc", "fuzzing_accuracy", "fuzzing_balanced_accuracy",
-               "fuzzing_auc", "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens"]  # fmt: skip
+               "fuzzing_auc", "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens",
+               "negative_mass_share", "negative_tail_share"]  # fmt: skip
     for col in numeric:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("layer", "neuron"):
         df[col] = df[col].astype("int64")
+    df["sign"] = df["sign"].fillna(POSITIVE).astype(str)  # tables written before the negative side existed
     return df
 
 
-def table_row(summary: NeuronSummary, revision: NeuronRevision | None = None, label: str = "") -> dict[str, Any]:
-    """A neuron's row of the run table."""
+def table_row(
+    summary: NeuronSummary, revision: NeuronRevision | None = None, label: str = "", sign: str = POSITIVE
+) -> dict[str, Any]:
+    """A neuron's row of the run table (on one side)."""
     s, orig = summary, summary.original_scores
     return {
         "run": label,
         "layer": s.neuron_id.layer_index,
         "neuron": s.neuron_id.neuron_index,
+        "sign": sign,
         "status": s.status,
         "reason": s.reason,
         "explanation": s.explanation,
@@ -356,6 +410,8 @@ def table_row(summary: NeuronSummary, revision: NeuronRevision | None = None, la
             for k in ("accuracy", "balanced_accuracy", "auc", "flag")
         },
         "formula": next((formula_text(c.formula) for c in s.candidates if c.formula and c.text == s.explanation), None),
+        "negative_mass_share": s.negative_mass_share,
+        "negative_tail_share": s.negative_tail_share,
     }
 
 

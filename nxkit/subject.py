@@ -40,6 +40,8 @@ class SubjectInfo:
     n_layers: int
     d_mlp: int
     n_ctx: int
+    gated_mlp: bool = False
+    """True for act(gate) x up MLPs (Llama, Qwen, Gemma, SmolLM2), whose neurons fire both ways."""
 
     @property
     def n_neurons(self) -> int:
@@ -49,7 +51,11 @@ class SubjectInfo:
 def info(model) -> SubjectInfo:
     cfg = model.cfg
     return SubjectInfo(
-        name=getattr(model, "nxkit_name", cfg.model_name), n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, n_ctx=cfg.n_ctx
+        name=getattr(model, "nxkit_name", cfg.model_name),
+        n_layers=cfg.n_layers,
+        d_mlp=cfg.d_mlp,
+        n_ctx=cfg.n_ctx,
+        gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
     )
 
 

@@ -281,6 +281,43 @@ def shuffled_control(data: pd.DataFrame | Run | str | Path) -> go.Figure:
     return _empty(fig, _frame(data), "shuffled_control")
 
 
+def sides_scatter(sides: pd.DataFrame) -> go.Figure:
+    """Each neuron's positive-side score against its negative-side score (`runs.side_by_side`), coloured by the share
+    of its activation above the top-k threshold that is negative."""
+    df = sides.dropna(subset=["top_and_random_positive", "top_and_random_negative"])
+    fig = go.Figure(
+        go.Scatter(
+            x=df.top_and_random_positive,
+            y=df.top_and_random_negative,
+            mode="markers",
+            text=[
+                f"L{r.layer} N{r.neuron}: + {_short(r.explanation_positive, 40)} / − {_short(r.explanation_negative, 40)}"
+                for r in df.itertuples()
+            ],
+            marker={
+                "color": df.negative_tail_share,
+                "colorscale": "RdBu_r",
+                "cmin": 0,
+                "cmax": 1,
+                "colorbar": {"title": "negative share"},
+            },  # fmt: skip
+            name="neurons",
+        )
+    )
+    _diagonal(fig)
+    fig.update_layout(
+        title=f"both signs: {len(df)} neurons scored on each side",
+        xaxis_title="positive side score",
+        yaxis_title="negative side score",
+        xaxis_range=[-1, 1],
+        yaxis_range=[-1, 1],
+    )
+    if df.empty:
+        fig.add_annotation(text="no neuron scored on both sides yet", showarrow=False, x=0.5, y=0.5, xref="paper",
+                           yref="paper")  # fmt: skip
+    return fig
+
+
 def revision_before_after(data: pd.DataFrame | Run | str | Path, title: str | None = None) -> go.Figure:
     """Each revised neuron's score before and after counterexample revision, coloured by which explanation was kept;
     points above the diagonal improved."""

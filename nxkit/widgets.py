@@ -16,6 +16,8 @@ import pandas as pd
 from . import viz
 from .probe import probe
 from .records import (
+    NEGATIVE,
+    POSITIVE,
     ActivationRecord,
     NeuronId,
     NeuronRecord,
@@ -131,6 +133,28 @@ def explanation_html(data: NeuronData) -> str:
     return viz.neuron_html(data.summary, data.revision)
 
 
+def sides_html(run: Run, layer: int, neuron: int) -> str:
+    """Both sides of a neuron side by side (its explanation and score on each, and how much of it is negative); empty
+    for a run that explained one side."""
+    sides = run.sides()
+    if len(sides) < 2:
+        return ""
+    nid, cells, share = NeuronId(layer, neuron), [], None
+    for side in sides:
+        s = side.read_neuron(nid)
+        text = (s.explanation or f"({s.status}: {s.reason})") if s else "(not explained)"
+        score = viz.num(s.top_and_random) if s else "—"
+        share = share if s is None or s.negative_tail_share is None else s.negative_tail_share
+        cells.append(f"<td style='vertical-align:top;padding:2px 10px'><b>{esc(side.sign)} side</b> · score {score}"
+                     f"<br>{esc(text)}</td>")  # fmt: skip
+    note = (
+        ""
+        if share is None
+        else f"<p style='color:#555'>{share:.0%} of its |activation| above the top-k threshold is negative</p>"
+    )
+    return f'<table class="nx-sides" style="font-size:90%"><tr>{"".join(cells)}</tr></table>{note}'
+
+
 def _record_heatmaps(records: Sequence[ActivationRecord], max_act: float, n: int) -> str:
     return "".join(
         viz.window_heatmap(r.tokens, r.activations, max_act, title=f"max {r.max_activation:.3g}") for r in records[:n]
@@ -204,7 +228,7 @@ class NeuronInspector:
             self.source: Run | dict = {n.neuron_id: n for n in source}
             self.table = _public_table(source)
         else:
-            self.source = as_run(source)
+            self.source = as_run(source).side(POSITIVE)
             self.table = self.source.table()
             if self.table.empty:
                 raise ValueError(
@@ -220,6 +244,11 @@ class NeuronInspector:
         )
         self.search = w.Text(placeholder="search explanations", description="search", continuous_update=True)
         self.neuron = w.Dropdown(description="neuron", layout=w.Layout(width="620px"))
+        signs = [s.sign for s in self.source.sides()] if isinstance(self.source, Run) else [POSITIVE]
+        self.sign = w.ToggleButtons(options=signs, value=POSITIVE, description="side")
+        self.sign.layout.display = None if len(signs) > 1 else "none"  # shown when the run explained both sides
+        self.sign.observe(self._on_sign, names="value")
+        self.sides = w.HTML()
         self.explanation = w.HTML()
         self.quantiles = w.HTML()
         self.windows = w.HTML()
@@ -239,7 +268,9 @@ class NeuronInspector:
         self.widget = w.VBox(
             [
                 w.HBox([self.layer, self.sort, self.search]),
+                self.sign,
                 self.neuron,
+                self.sides,
                 self.explanation,
                 self.quantiles,
                 w.HTML("<h4>probe any text</h4>"),
@@ -253,6 +284,12 @@ class NeuronInspector:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def _on_sign(self, change=None) -> None:
+        """Show the other side of the neurons: its table, explanations and windows."""
+        self.source = self.source.side(self.sign.value)
+        self.table, self.data = self.source.table(), None
+        self._on_filter()
 
     def _on_filter(self, change=None) -> None:
         options = neuron_options(self.table, self.layer.value, self.search.value, self.sort.value)
@@ -279,6 +316,7 @@ class NeuronInspector:
     def show(self, layer: int, neuron: int) -> None:
         """Show one neuron (also what the dropdowns call)."""
         self.data = load_neuron(self.source, layer, neuron)
+        self.sides.value = sides_html(self.source, layer, neuron) if isinstance(self.source, Run) else ""
         self.explanation.value = explanation_html(self.data)
         self.quantiles.value = quantiles_html(self.data)
         self.windows.value = windows_html(self.data, self.n_windows)
@@ -318,6 +356,8 @@ class NeuronInspector:
         self._ensure_models()
         nid = self.data.neuron_id
         rec = probe(self.model, text, nid.layer_index, nid.neuron_index)
+        if isinstance(self.source, Run) and self.source.sign == NEGATIVE:  # the side's activations are negated
+            rec = ActivationRecord(rec.tokens, [-a + 0.0 for a in rec.activations])
         simulated, scale = None, None
         if self.data.explanation and rec.tokens:
             sim = simulate_sync(self.simulator, self.data.explanation, [rec.tokens])[0]

@@ -16,7 +16,7 @@ TINY = [
     "--explainer", "local", "--collect.layers", "0", "--neurons", "0:11", "0:42", "--max-tokens", "4096", "--corpus", "fortunes",
     "--collect.top-k", "8", "--collect.n-random", "6", "--collect.no-compile", "--explain.best-of", "1",
     "--explain.explain-windows", "2", "--explain.valid-windows", "1", "--explain.sim-window-tokens", "24",
-    "--revise.rounds", "1",
+    "--revise.rounds", "1", "--sign", "positive",
 ]  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     out = capsys.readouterr().out
     for stage in (
         "[1/5] collection",
-        "[2/5] explanation and scoring: 2 of 2",
+        "[2/5] explanation and scoring, positive side: 2 of 2",
         "[3/5] shuffled",
         "[4/5] revision",
         "[5/5] report",
@@ -88,9 +88,67 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "neurons").rglob("*.json")}
     assert main(["run", "--run-dir", str(run_dir), *TINY]) == 0
     out = capsys.readouterr().out
-    assert "reusing the finished collection" in out and "0 of 2 neurons to do" in out
+    assert "reusing the finished collection" in out and "0 of 2 neuron sides to do" in out
     assert stamps == {p: p.stat().st_mtime_ns for p in (run_dir / "neurons").rglob("*.json")}
 
     # the same run directory with another corpus is refused, naming the fix
     assert main(["run", "--run-dir", str(run_dir), *TINY[:-2], "--corpus", "pydoc"]) == 2
     assert "choose another run name" in capsys.readouterr().err
+
+
+def test_both_signs_end_to_end_on_the_offline_default(tmp_path, capsys):
+    """SmolLM2's MLPs are gated: by default each neuron's negative side is explained and scored too, beside the
+    positive side in the same record shapes, and the summary, table and report show both."""
+    from nxkit.records import load_simulation_results
+
+    run_dir = tmp_path / "signs"
+    args = ["run", "--run-dir", str(run_dir), "--collect.layers", "3", "--neurons", "3:5", "3:77", "3:300",
+            "--max-tokens", "4096", "--corpus", "fortunes", "--collect.top-k", "8", "--collect.n-random", "6",
+            "--collect.no-compile", "--explain.explain-windows", "2", "--explain.valid-windows", "1"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "positive and negative sides: 6 of 6 neuron sides to do" in out, out
+    assert "both signs (neg%" in out and "negative side, mean over" in out
+    run = Run(run_dir)
+    neg = run.side("negative")
+    assert [s.sign for s in run.sides()] == ["positive", "negative"] and neg.path == run_dir / "negative"
+    acts = run.activations()
+    for n in (5, 77, 300):
+        nid = NeuronId(3, n)
+        pos_s, neg_s = run.read_neuron(nid), neg.read_neuron(nid)
+        bottom = acts._array(3, "bottom_acts")[n]
+        # the negative side is the negated activation: its peak is minus the neuron's most negative value
+        assert neg_s.max_activation == pytest.approx(-float(bottom.min()), rel=1e-6)
+        assert pos_s.max_activation == pytest.approx(float(acts._array(3, "top_acts")[n].max()), rel=1e-6)
+        shares = acts.sign_shares(3, n)
+        assert pos_s.negative_tail_share == neg_s.negative_tail_share == shares.negative_tail_share
+        if neg_s.status == "done":  # the same record shapes as the positive side
+            results = load_simulation_results((run_dir / "negative" / "explanations" / "3" / f"{n}.jsonl").read_text())
+            true = [a for s in results.scored_explanations[0].scored_simulation.scored_sequence_simulations
+                    for a in s.true_activations]  # fmt: skip
+            assert max(true) <= neg_s.max_activation + 1e-6  # negated windows: nothing above the side's peak
+    table = run.sides_table()
+    assert sorted(zip(table.sign, table.neuron)) == sorted((s, n) for s in ("negative", "positive") for n in (5, 77, 300))
+    assert set(run.table().sign) == {"positive"} and set(neg.table().sign) == {"negative"}
+    page = (run_dir / "report.html").read_text()
+    assert "<h2>Both signs</h2>" in page and 'href="#n-3-5-negative"' in page
+    assert any(f'id="n-3-{n}-negative"' in page for n in (5, 77, 300))
+
+    # --sign positive on the same run touches nothing of the negative side
+    stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "negative").rglob("*.json")}
+    assert main([*args, "--sign", "positive"]) == 0
+    assert "positive side: 0 of 3 neuron sides to do" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in (run_dir / "negative").rglob("*.json")}
+
+
+def test_negative_side_of_a_collection_without_it_is_a_clear_error(tmp_path, capsys):
+    run_dir = tmp_path / "nobottom"
+    args = ["run", "--run-dir", str(run_dir), "--collect.layers", "0", "--neurons", "0:5", "--max-tokens", "2048",
+            "--corpus", "fortunes", "--collect.top-k", "8", "--collect.bottom-k", "0", "--collect.n-random", "6",
+            "--collect.no-compile", "--explain.explain-windows", "2", "--explain.valid-windows", "1"]  # fmt: skip
+    assert main(args) == 0  # the default falls back to the positive side, saying why
+    out = capsys.readouterr().out
+    assert "positive side only: this collection kept no most-negative windows" in out
+    assert not (run_dir / "negative").exists()
+    assert main([*args, "--sign", "negative"]) == 2
+    assert "kept no most-negative windows; use --sign positive" in capsys.readouterr().err

@@ -56,6 +56,58 @@ def test_top_windows_match_brute_force(collected, small_windows):
 
 
 @pytest.mark.slow
+def test_bottom_windows_match_brute_force(collected):
+    """SmolLM2's MLPs are gated, so the pass keeps each neuron's most negative windows too (bottom_k = top_k)."""
+    acts, full = collected
+    assert acts.manifest["gated_mlp"] is True and acts.manifest["config"]["bottom_k"] == 8 and acts.has_negative
+    for layer in LAYERS:
+        window_min = full[layer].min(axis=1)  # [n_windows, d_mlp]
+        bottom_windows = np.asarray(acts._array(layer, "bottom_windows"))
+        expected = np.sort(window_min, axis=0)[:8].T  # most negative first
+        got = window_min[bottom_windows, np.arange(window_min.shape[1])[:, None]]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        real = full[layer][bottom_windows, :, np.arange(window_min.shape[1])[:, None]]
+        np.testing.assert_allclose(np.asarray(acts._array(layer, "bottom_acts")), real, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_negative_side_record_and_shares(collected):
+    acts, full = collected
+    x = full[4][:, :, 100]  # [n_windows, window]
+    pos, neg = acts.neuron_record(4, 100), acts.side("negative").neuron_record(4, 100)
+    assert neg.neuron_id == pos.neuron_id and neg.random_sample_by_quantile is None
+    # the negative side is the negated activation: its top windows peak at minus the most negative values
+    peaks = [r.max_activation for r in neg.most_positive_activation_records]
+    np.testing.assert_allclose(peaks, -np.sort(x.min(axis=1))[:8], rtol=1e-5)
+    for a, b in zip(pos.random_sample, neg.random_sample, strict=True):
+        assert a.tokens == b.tokens and np.allclose(a.activations, -np.asarray(b.activations))
+    assert neg.mean == pytest.approx(-pos.mean) and neg.variance == pytest.approx(pos.variance)
+    assert neg.skewness == pytest.approx(-pos.skewness)
+    shares = acts.sign_shares(4, 100)
+    assert shares.negative_mass_share == pytest.approx(-x[x < 0].sum() / np.abs(x).sum(), rel=1e-4)
+    # above the threshold, every token of the corpus counts (not only those of kept windows)
+    t = max(np.sort(x.max(axis=1))[-8], -np.sort(x.min(axis=1))[7])
+    assert shares.threshold == pytest.approx(t, rel=1e-5)
+    above_pos, above_neg = x[x > t].sum(), -x[x < -t].sum()
+    if above_pos + above_neg > 0:
+        assert shares.negative_tail_share == pytest.approx(above_neg / (above_pos + above_neg), rel=1e-4)
+    else:
+        assert shares.negative_tail_share is None
+    # across the layer both sides carry mass: gated neurons fire both ways
+    tails = [acts.sign_shares(4, n).negative_tail_share for n in range(0, 1536, 64)]
+    assert 0 < np.mean([t for t in tails if t is not None]) < 1
+
+
+def test_negative_side_needs_bottom_windows(subject, small_windows, tmp_path):
+    path = tmp_path / "activations"
+    collect(subject, small_windows, path, CollectConfig(layers=[0], top_k=4, bottom_k=0, n_random=2), progress=False)
+    acts = Activations(path)
+    assert not acts.has_negative and acts.sign_shares(0, 3).negative_tail_share is None
+    with pytest.raises(CollectError, match="kept no most-negative windows.*--sign positive"):
+        acts.neuron_record(0, 3, "negative")
+
+
+@pytest.mark.slow
 def test_random_samples_are_real_distinct_and_per_neuron(collected):
     acts, full = collected
     windows = np.asarray(acts._array(4, "random_windows"))
@@ -168,7 +220,7 @@ def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
     assert resumed.manifest["status"] == "complete"
     assert not (run / "activations" / "checkpoint.pt").exists()
     for layer in (0, 3):
-        for name in ("top_windows", "random_windows", "band_windows", "top_acts", "moments"):
+        for name in ("top_windows", "random_windows", "band_windows", "top_acts", "moments", "bottom_acts", "mass"):
             np.testing.assert_allclose(
                 np.asarray(resumed._array(layer, name)), np.asarray(straight._array(layer, name)), rtol=1e-6
             )
