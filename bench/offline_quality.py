@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from nxkit.explain import held_out, simulate_and_score
+from nxkit.explain import simulate_and_score
+from nxkit.heldout import held_out
 from nxkit.llm import run_sync
 from nxkit.simulate import make_simulator
 from nxkit.train import SimTrainConfig, corpus_token_windows, synthetic_examples

@@ -17,9 +17,9 @@ import time
 
 from nxkit.explain import ExplainConfig, explain_and_score
 from nxkit.llm import LocalBackend
+from nxkit.pipeline import ensure_collection
 from nxkit.records import NeuronId
 from nxkit.revise import ReviseConfig, revise_run, score_on_split, summarize
-from nxkit.runs import ensure_collection
 from nxkit.score import OFFLINE_NOTE
 from nxkit.simulate import make_simulator
 from nxkit.subject import load_subject

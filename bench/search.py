@@ -25,7 +25,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from nxkit.explain import ExplainConfig, LLMExplainer, held_out, process_neuron, simulate_and_score
+from nxkit.explain import ExplainConfig, LLMExplainer, process_neuron, simulate_and_score
+from nxkit.heldout import held_out
 from nxkit.llm import run_sync
 from nxkit.records import NeuronId
 from nxkit.search import FormulaSimulator, Primitive, SearchConfig, SearchExplainer

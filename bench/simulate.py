@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 
-from nxkit.explain import held_out, simulate_and_score
+from nxkit.explain import simulate_and_score
+from nxkit.heldout import held_out
 from nxkit.llm import LocalBackend, run_sync
-from nxkit.runs import ensure_collection
+from nxkit.pipeline import ensure_collection
 from nxkit.score import OFFLINE_NOTE
 from nxkit.simulate import make_simulator
 

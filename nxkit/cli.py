@@ -31,7 +31,7 @@ Flat = tyro.conf.OmitArgPrefixes
 
 
 @dataclass
-class Run(PipelineConfig):
+class RunCommand(PipelineConfig):
     """Collect, explain, simulate and score, revise, and write the report (resumes where a run stopped)."""
 
     source: Annotated[SourceConfig, Flat] = field(default_factory=SourceConfig)
@@ -97,10 +97,10 @@ def cmd_run(config: PipelineConfig) -> None:
 def cmd_collect(command: Collect) -> None:
     """The pipeline's collection stage alone."""
     from .pipeline import prepare_collection
-    from .runs import Run as RunDir
+    from .runs import Run
 
     config = PipelineConfig(source=command.source, collect=command.collect)
-    run = RunDir(command.source.path)
+    run = Run(command.source.path)
     prepare_collection(config, run)
     print(f"activations: {run.activations_dir}")
 
@@ -115,7 +115,7 @@ def cmd_top(command: Top) -> None:
 
 
 COMMANDS = {
-    "run": (Run, cmd_run),
+    "run": (RunCommand, cmd_run),
     "collect": (Collect, cmd_collect),
     "top": (Top, cmd_top),
     "train": (Train, cmd_train),

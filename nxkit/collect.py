@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,8 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .corpus import Windows
+from .files import atomic_write
 from .records import NEGATIVE, POSITIVE, ActivationRecord, NeuronId, NeuronRecord, check_sign
-from .runs import atomic_write
 from .seeds import mix_seed
 from .subject import SubjectError, check_layers, info, run_capture
 
@@ -142,17 +141,12 @@ class KeepBest:
         cand = torch.cat([self.scores[hit], new], dim=1)
         chosen = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, cand.topk(k, dim=1).indices, True)
         # Slots stay unordered: each new window that made the cut overwrites one evicted slot, so
-        # the cost is proportional to the windows that enter, not to everything kept.
-        evicted = ~chosen[:, :k]
-        entering = chosen[:, k:] & (new > -math.inf)
-        slots = torch.sort((~evicted).to(torch.int8), dim=1, stable=True).indices
-        cands = torch.sort((~entering).to(torch.int8), dim=1, stable=True).indices
-        p = min(k, new.shape[1])
-        valid = torch.arange(p, device=hit.device) < entering.sum(1, keepdim=True)
-        rows = hit.unsqueeze(1).expand(-1, p)[valid]
-        slot = slots[:, :p][valid]
-        cand_idx = cands[:, :p][valid]
-        local = torch.arange(hit.numel(), device=hit.device).unsqueeze(1).expand(-1, p)[valid]
+        # the cost is proportional to the windows that enter, not to everything kept. Every row
+        # chose exactly k, so it evicts as many slots as it admits windows: the row-major lists of
+        # evicted slots and of entering windows pair up one to one.
+        local, slot = (~chosen[:, :k]).nonzero(as_tuple=True)
+        _, cand_idx = chosen[:, k:].nonzero(as_tuple=True)
+        rows = hit[local]
         self.scores[rows, slot] = new[local, cand_idx]
         self.windows[rows, slot] = window_ids.to(self.windows.device)[cand_idx]
         self.acts[rows, slot] = acts[cand_idx, :, rows].to(self.acts.dtype)
@@ -219,14 +213,18 @@ class BandSample:
     def update(self, band: Int[Tensor, "batch n"], acts: Float[Tensor, "batch pos n"], start: int) -> None:
         if self.k == 0 or bool((self.count >= self.k).all()):
             return
-        onehot = torch.nn.functional.one_hot(band, self.count.shape[1])  # [batch, n, bands]
-        pos = self.count.unsqueeze(0) + onehot.cumsum(0) - 1
-        j, n, b = (onehot.bool() & (pos < self.k)).nonzero(as_tuple=True)
-        if j.numel():
-            slot = pos[j, n, b]
-            self.acts[n, b, slot] = acts[j, :, n].to(self.acts.dtype)
-            self.windows[n, b, slot] = j + start
-        self.count += onehot.sum(0)
+        # only the neurons with a window in a band that still has room do any work (most bands fill early)
+        room = (self.count < self.k).gather(1, band.T).T  # [batch, n]
+        cols = room.any(0).nonzero().squeeze(1)
+        if cols.numel():
+            onehot = torch.nn.functional.one_hot(band[:, cols], self.count.shape[1]) * room[:, cols].unsqueeze(-1)
+            pos = self.count[cols].unsqueeze(0) + onehot.cumsum(0) - 1  # [batch, m, bands]
+            j, c, b = (onehot.bool() & (pos < self.k)).nonzero(as_tuple=True)
+            if j.numel():
+                slot, n = pos[j, c, b], cols[c]
+                self.acts[n, b, slot] = acts[j, :, n].to(self.acts.dtype)
+                self.windows[n, b, slot] = j + start
+        self.count.scatter_add_(1, band.T, torch.ones_like(band.T))
 
     def state(self) -> dict:
         return {"count": self.count, "windows": self.windows, "acts": self.acts}
@@ -419,9 +417,8 @@ class _Pass:
             st.bands.update((mx.unsqueeze(-1) > st.boundaries.unsqueeze(0)).sum(-1), x, self.start)
 
     def save(self, path: Path, done_windows: int) -> None:
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save({"done_windows": done_windows, "layers": {k: s.state() for k, s in self.states.items()}}, tmp)
-        os.replace(tmp, path)
+        state = {"done_windows": done_windows, "layers": {k: s.state() for k, s in self.states.items()}}
+        atomic_write(path, lambda f: torch.save(state, f))
 
     def load(self, path: Path, device) -> int:
         """Restore a checkpoint; returns the windows it had done."""

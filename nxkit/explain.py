@@ -21,11 +21,10 @@ from tqdm.auto import tqdm
 
 from . import prompts
 from .classify import SCORERS, classify, scorer_backend, seed_for
+from .heldout import held_out, scored_windows, top_splits
 from .llm import NEURON_USAGE, Backend, Usage, run_sync
 from .records import (
     POSITIVE,
-    RANDOM,
-    TOP,
     Candidate,
     Failure,
     HeldOutWindow,
@@ -38,8 +37,6 @@ from .records import (
     Scores,
     SimulationFailure,
     normalize_activations,
-    random_splits,
-    top_splits,
 )
 from .runs import Run, as_run
 from .score import score_simulation, scores
@@ -114,26 +111,6 @@ def train_windows(record: NeuronRecord, n_windows: int, max_tokens: int | None) 
 def explainer_windows(record: NeuronRecord, config: ExplainConfig) -> list[prompts.Window]:
     """The windows the explainer is shown."""
     return train_windows(record, config.explain_windows, config.explain_window_tokens)
-
-
-def held_out(record: NeuronRecord, split: str, n: int | None, crop: int | None = None) -> list[HeldOutWindow]:
-    """Top windows then random windows of a split, `n` of each (None: all), each labelled with where it came from,
-    optionally cropped around their peaks."""
-    labelled = [(r, TOP) for r in top_splits(record)[split][:n]] + [
-        (r, RANDOM) for r in random_splits(record)[split][:n]
-    ]
-    return [HeldOutWindow(*prompts.crop_window(r.tokens, r.activations, crop), split=label) for r, label in labelled]
-
-
-def windows_of(results: NeuronSimulationResults, splits: list[str]) -> list[HeldOutWindow]:
-    """The held-out windows an explanation file was scored on, with their split labels from the summary."""
-    seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
-    if len(splits) != len(seqs):
-        raise ValueError(f"{len(splits)} split labels for {len(seqs)} scored windows")
-    return [
-        HeldOutWindow(list(s.simulation.tokens), list(s.true_activations), split)
-        for s, split in zip(seqs, splits, strict=True)
-    ]
 
 
 # --- one neuron ---------------------------------------------------------------------------------
@@ -407,7 +384,7 @@ async def _control(flight: _Flight, simulator: Simulator, summary: NeuronSummary
         summary.shuffled_control_reason = "no other neuron of the sample has a different explanation"
     else:
         other, text = found
-        windows = windows_of(flight.run.read_results(summary.neuron_id), summary.window_splits)
+        windows = scored_windows(flight.run.read_results(summary.neuron_id), summary.window_splits)
         _, control, fails = await simulate_and_score(
             simulator, text, windows, summary.max_activation, stage="shuffled_control"
         )

@@ -608,7 +608,7 @@ class LocalBackend:
     def device(self):
         return next(self.model.parameters()).device
 
-    def encode(self, text: str) -> tuple[list[int], list[int]]:
+    def ids_and_offsets(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids and each token's start offset in `text` (no special tokens added)."""
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [a for a, _ in enc["offset_mapping"]]
@@ -666,8 +666,8 @@ class LocalBackend:
         placeholder merged with its neighbour in tokenisation (`top` is not needed: nothing is truncated).
         """
         if self._prefix[0] != prefix:
-            self._prefix = (prefix, self.encode(prefix)[0])
-        ids, starts = self.encode(text)
+            self._prefix = (prefix, self.ids_and_offsets(prefix)[0])
+        ids, starts = self.ids_and_offsets(text)
         index = {o: j for j, o in enumerate(starts)}
         if any(o not in index for o in offsets):
             return [None] * len(offsets)
@@ -684,7 +684,7 @@ class LocalBackend:
 
     async def prompt_logprobs(self, prompt: str, top: int = 5) -> PromptLogprobs:
         """Top log-probabilities at every prompt position (the same shape the server path returns)."""
-        ids, offsets = self.encode(prompt)
+        ids, offsets = self.ids_and_offsets(prompt)
         with torch.no_grad():
             logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()
         count(self.usage, requests=1, prompt_tokens=len(ids))

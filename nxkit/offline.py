@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_directory
+
 log = logging.getLogger(__name__)
 
 OFFLINE_DEFAULT = "smollm2-135m"
@@ -78,10 +80,9 @@ def load_offline_hf(dtype: torch.dtype = torch.float32, attn_implementation: str
         cfg.pop("quantization_config", None)
         plain = LlamaForCausalLM(LlamaConfig(**cfg))
         plain.load_state_dict(gguf_model.state_dict())
-        tmp = target.with_name(target.name + ".tmp")
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(target)
+        with atomic_directory(target) as tmp:
+            plain.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         log.info("cached in %.0f s", time.perf_counter() - t0)
     tok = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation=attn_implementation)

@@ -613,9 +613,31 @@ def open_notebook_run(
     """The run a notebook works on (collecting a small one first if it has none), the LLM backend and its
     simulator: the setup the explain, simulate and revise notebooks share."""
     from .llm import make_backend
-    from .runs import ensure_collection
     from .simulate import make_simulator
 
     run = ensure_collection(run_dir, layers=layers, max_tokens=max_tokens)
     backend = make_backend(llm, base_url=base_url, api_key=api_key)
     return run, backend, make_simulator(backend)
+
+
+def ensure_collection(
+    run_dir: str | Path,
+    layers: list[int],
+    max_tokens: int = 64 * 256,
+    source: str = "default",
+    model=None,
+    **config,
+) -> Run:
+    """The run at `run_dir`, collecting a small activation set first if it has none (notebooks and benchmarks)."""
+    from .collect import collect
+    from .corpus import make_windows
+    from .subject import load_subject
+
+    run = Run(run_dir)
+    if run.has_collection():
+        return run
+    model = model or load_subject()
+    windows = make_windows(model.tokenizer, source, max_tokens=max_tokens)
+    config.setdefault("quantile_calibration_windows", 64)
+    collect(model, windows, run.activations_dir, CollectConfig(layers=layers, **config))
+    return run

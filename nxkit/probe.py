@@ -23,7 +23,7 @@ class ProbeError(ValueError):
     """A text that cannot be probed (empty, or longer than the model's context)."""
 
 
-def encode(model, text: str) -> list[int]:
+def token_ids(model, text: str) -> list[int]:
     """Token ids of `text` as collection would see them inside a window (no special tokens added)."""
     if not isinstance(text, str):
         raise ProbeError(f"a probe text must be a str, got {type(text).__name__}")
@@ -98,7 +98,7 @@ def probe_many(
     if isinstance(texts, str):
         raise ProbeError("probe_many takes a list of texts; use probe() for one text")
     check_neuron(model, layer, neuron)
-    return probe_tokens_many(model, [encode(model, t) for t in texts], layer, neuron, batch_size)
+    return probe_tokens_many(model, [token_ids(model, t) for t in texts], layer, neuron, batch_size)
 
 
 def probe(model, text: str, layer: int, neuron: int) -> ActivationRecord:

@@ -34,9 +34,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import __version__
+from .files import atomic_write
+from .heldout import scored_windows
 from .offline import cache_dir
 from .records import (
     _REGISTRY,
+    NEGATIVE,
+    POSITIVE,
     RANDOM,
     TOP,
     UNKNOWN,
@@ -50,7 +54,7 @@ from .records import (
     dumps,
     from_json_obj,
 )
-from .runs import as_run, atomic_write
+from .runs import as_run
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/neuron-explainer/data"
 """Root of the release (GPT-2 XL: 48 layers x 6,400 neurons; a few neurons are missing)."""
@@ -440,8 +444,9 @@ def export_run(
     """Export a run of ours (`runs/<name>/`) in the release's layout, so tools built for the release read it.
 
     Exports `neurons` (default: every neuron the run explained): its activation records, and its
-    explanations file when the run has one (the kept explanation first, as the run shows it). Returns
-    the neurons written.
+    explanations file when the run has one (the kept explanation first, as the run shows it). A run that explained
+    its neurons' negative sides exports them in the same layout under `out_dir/negative/` (records of the negated
+    activations). Returns the neurons written (of the side given).
     """
     run = as_run(run_dir)
     ids = sorted({_neuron_id(n) for n in neurons}) if neurons is not None else run.done_neurons(("done",))
@@ -455,6 +460,11 @@ def export_run(
         write_neuron(out_dir, acts.neuron_record(nid.layer_index, nid.neuron_index), run.read_results(nid))
         if (summary := run.read_neuron(nid)) is not None:
             atomic_write(sidecar_path(out_dir, nid), dumps(sidecar(summary)))
+    if run.sign == POSITIVE and len(run.sides()) > 1:
+        negative = run.side(NEGATIVE)
+        done = set(negative.done_neurons(("done",)))
+        if todo := [n for n in ids if n in done]:
+            export_run(negative, Path(out_dir) / NEGATIVE, todo, progress)
     return ids
 
 
@@ -521,11 +531,7 @@ def released_splits(neuron: PublicNeuron) -> list[str]:
 
 def released_windows(neuron: PublicNeuron) -> list[HeldOutWindow]:
     """The windows the release scored its explanation on, with real activations and their splits."""
-    seqs = neuron.results.scored_explanations[0].scored_simulation.scored_sequence_simulations if neuron.results else []
-    return [
-        HeldOutWindow(list(s.simulation.tokens), list(s.true_activations), split)
-        for s, split in zip(seqs, released_splits(neuron), strict=True)
-    ]
+    return scored_windows(neuron.results, released_splits(neuron))  # released_splits says when there are none
 
 
 # --- a local server, for notebooks and tests -----------------------------------------------------

@@ -154,45 +154,6 @@ def check_sign(sign: str) -> str:
     return sign
 
 
-# --- splits ---------------------------------------------------------------------------------
-
-TOP_SPLITS = ("train", "calibration", "valid", "test")
-RANDOM_SPLITS = ("calibration", "valid", "test")
-
-
-def interleaved_split(items: list[T], names: tuple[str, ...], per_split: int | None = None) -> dict[str, list[T]]:
-    """Deal `items` round-robin into named splits: split i gets items i, i+n, i+2n, ...
-
-    Interleaving gives every split windows from the whole range of strengths, as in the release.
-    """
-    n = len(names)
-    if per_split is None:
-        per_split = len(items) // n
-    if per_split * n > len(items):
-        raise ValueError(f"{len(items)} records cannot fill {n} splits of {per_split}")
-    used = items[: per_split * n]
-    return {name: used[i::n] for i, name in enumerate(names)}
-
-
-def top_splits(record: NeuronRecord, per_split: int | None = None) -> dict[str, list[ActivationRecord]]:
-    """The top windows dealt into train / calibration / valid / test."""
-    return interleaved_split(record.most_positive_activation_records, TOP_SPLITS, per_split)
-
-
-def random_splits(record: NeuronRecord, per_split: int | None = None) -> dict[str, list[ActivationRecord]]:
-    """The random windows dealt into calibration / valid / test."""
-    return interleaved_split(record.random_sample, RANDOM_SPLITS, per_split)
-
-
-def split_records(record: NeuronRecord, split: str, per_split: int | None = None) -> list[ActivationRecord]:
-    """Records of one split: `train` is top windows only; the others are top then random, 1:1."""
-    if split == "train":
-        return top_splits(record, per_split)["train"]
-    if split not in RANDOM_SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {TOP_SPLITS}")
-    return top_splits(record, per_split)[split] + random_splits(record, per_split)[split]
-
-
 # --- 0-10 scale -----------------------------------------------------------------------------
 
 MAX_NORMALIZED = 10

@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import viz
+from .files import atomic_write
 from .records import NEGATIVE, POSITIVE, NeuronId, max_activation_of
-from .runs import Run, as_run, atomic_write, side_by_side
+from .runs import Run, as_run, side_by_side
 from .score import OFFLINE_NOTE, mean_scores
 from .viz import esc
 

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from tqdm.auto import tqdm
 
 from . import prompts
-from .explain import concurrent, held_out, simulate_and_score, train_windows, windows_of
+from .explain import concurrent, simulate_and_score, train_windows
+from .heldout import held_out, scored_windows
 from .llm import Backend, LLMError, run_sync
 from .probe import ProbeError, probe_many
 from .prompts import KINDS
@@ -150,7 +151,7 @@ def held_out_windows(run: Run, nid: NeuronId, record: NeuronRecord | None = None
     """
     results, summary = run.read_results(nid), run.read_neuron(nid)
     if results is not None and results.scored_explanations and summary is not None:
-        return windows_of(results, summary.window_splits)
+        return scored_windows(results, summary.window_splits)
     if record is None:
         record = run.activations().neuron_record(nid.layer_index, nid.neuron_index)
     return held_out(record, "valid", None)
@@ -228,7 +229,7 @@ def unparsable_reason(proposals: dict[str, list[str]], config: ReviseConfig) -> 
     return None
 
 
-def write_revision(
+def ask_revision(
     explainer: Backend, explanation: str, mismatches: list[Mismatch], windows, config: ReviseConfig, round_index: int
 ) -> tuple[str | None, str]:
     """Ask for a revised explanation; returns (parsed text or None, raw answer)."""
@@ -286,7 +287,7 @@ def revise_round(
     if not rnd.mismatches:
         rnd.skipped_reason = "no mismatches: every proposal behaved as the explanation predicted"
         return rnd, None
-    rnd.revised, rnd.raw_revision = write_revision(
+    rnd.revised, rnd.raw_revision = ask_revision(
         explainer, explanation, rnd.mismatches, top_windows(record, config), config, round_index
     )
     if rnd.revised is None:

@@ -15,14 +15,12 @@ Files are written atomically, summary last, so a neuron is finished exactly when
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
 from .records import (
     NEGATIVE,
     POSITIVE,
@@ -40,8 +38,6 @@ from .records import (
 )
 
 FINISHED = ("done", "dead", "failed")
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once, at import: the permissions a plain write would give
 TABLE_COLUMNS = [
     "run", "layer", "neuron", "sign", "status", "reason", "explanation", "kept", "top_and_random", "random_only",
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
@@ -56,24 +52,6 @@ JOURNAL_ROWS = 2000
 """Rows appended to the table's journal before it is folded into the Parquet file."""
 _TABLE_LOCK = threading.RLock()
 """The table's journal and Parquet file are written by one thread at a time (revision runs in threads)."""
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write `data` to `path` through a uniquely named temporary file in the same folder, so a reader never sees
-    half a file and concurrent writers (threads, processes) never share a temporary file. The one writer of nxkit."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private; the kit's files are ordinary ones
-        with os.fdopen(fd, "wb") as f:
-            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _read_typed(path: Path, cls: type) -> Any:
@@ -432,26 +410,3 @@ def simulator_label(description: dict) -> str | None:
 def as_run(run: Run | str | Path) -> Run:
     """A `Run` from a run or its directory."""
     return run if isinstance(run, Run) else Run(run)
-
-
-def ensure_collection(
-    run_dir: str | Path,
-    layers: list[int],
-    max_tokens: int = 64 * 256,
-    source: str = "default",
-    model=None,
-    **config,
-) -> Run:
-    """The run at `run_dir`, collecting a small activation set first if it has none (notebooks use this)."""
-    from .collect import CollectConfig, collect
-    from .corpus import make_windows
-    from .subject import load_subject
-
-    run = Run(run_dir)
-    if run.has_collection():
-        return run
-    model = model or load_subject()
-    windows = make_windows(model.tokenizer, source, max_tokens=max_tokens)
-    config.setdefault("quantile_calibration_windows", 64)
-    collect(model, windows, run.activations_dir, CollectConfig(layers=layers, **config))
-    return run

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .heldout import random_splits, top_splits
 from .llm import Usage, count
 from .records import (
     SIMULATED_NORMALIZED_ACTIVATIONS,
@@ -33,8 +34,6 @@ from .records import (
     Failure,
     NeuronRecord,
     SequenceSimulation,
-    random_splits,
-    top_splits,
 )
 from .rules import After, Before, Concept, Inside, Punctuation, Rule, TokenIs, WordSet, mask, word_spans
 from .synthetic import CONTEXT, SURFACE
@@ -535,9 +534,11 @@ class SearchExplainer:
         return out, []
 
     def remember_run(self, run) -> None:
-        """Learn the formulas a run's candidates already hold (a resumed run), so their texts simulate exactly again."""
-        for text, terms in run.formulas().items():
-            self.book[text] = Formula.from_json(terms)
+        """Learn the formulas a run's candidates already hold on every side (a resumed run), so their texts simulate
+        exactly again."""
+        for side in run.sides():
+            for text, terms in side.formulas().items():
+                self.book[text] = Formula.from_json(terms)
 
 
 class FormulaSimulator:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .files import atomic_write
 from .records import normalize_activations
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def build_model(lora_r: int, lora_layers: int) -> SimModel:
     return SimModel(causal.model, tok, lora_r, lora_layers)
 
 
-def encode(tokenizer, explanation: str, tokens: Sequence[str], cache: dict[str, list[int]] | None = None):
+def encode_example(tokenizer, explanation: str, tokens: Sequence[str], cache: dict[str, list[int]] | None = None):
     """Input ids for one (explanation, window) pair and the index of each subject token's last piece."""
     ids = tokenizer(f"Neuron: {explanation.strip()}\nText:", add_special_tokens=False)["input_ids"]
     ends = []
@@ -155,15 +156,10 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torc
 
 def save_weights(model: SimModel, out_dir: Path, settings: dict) -> None:
     """The adapter and head in fp16 safetensors, and the settings, in `out_dir`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from .runs import atomic_write
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.trainable_state().items()}
-    tmp = out_dir / ".weights.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out_dir / "weights.safetensors")
+    atomic_write(out_dir / "weights.safetensors", save(state))
     atomic_write(out_dir / "config.json", json.dumps(settings, indent=1))
 
 
@@ -286,7 +282,7 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
     while step < config.steps:
         rng = random.Random(config.seed * 1_000_003 + step)  # the batch depends on the step only: resumable
         batch = [sample(rng) for _ in range(config.batch_size)]
-        encoded = [encode(model.tokenizer, ex.explanation, ex.tokens, pieces) for ex in batch]
+        encoded = [encode_example(model.tokenizer, ex.explanation, ex.tokens, pieces) for ex in batch]
         input_ids, mask = collate(encoded, pad)
         logits = model(input_ids, mask)
         rows = torch.tensor([i for i, (_, ends) in enumerate(encoded) for _ in ends])
@@ -302,12 +298,9 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{seen_tokens / (time.perf_counter() - t0):.0f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
-            torch.save(
-                {"config": asdict(config), "model": model.trainable_state(), "opt": opt.state_dict(),
-                 "sched": sched.state_dict(), "step": step},
-                ckpt.with_suffix(".tmp"),
-            )  # fmt: skip
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            state = {"config": asdict(config), "model": model.trainable_state(), "opt": opt.state_dict(),
+                     "sched": sched.state_dict(), "step": step}  # fmt: skip
+            atomic_write(ckpt, lambda f, state=state: torch.save(state, f))
     bar.close()
     settings = {**asdict(config), "n_training_neurons": len(records), "base": "SmolLM2-135M-Instruct"}
     save_weights(model, out, settings)
@@ -324,7 +317,9 @@ def predict(
     out = []
     with torch.inference_mode():
         for start in range(0, len(windows), batch_size):
-            encoded = [encode(model.tokenizer, explanation, w, pieces) for w in windows[start : start + batch_size]]
+            encoded = [
+                encode_example(model.tokenizer, explanation, w, pieces) for w in windows[start : start + batch_size]
+            ]
             input_ids, mask = collate(encoded, pad)
             probs = torch.softmax(model(input_ids, mask).float(), dim=-1)
             for i, (_, ends) in enumerate(encoded):

@@ -1,7 +1,7 @@
 """The neuron inspector: pick a neuron of a run (or of OpenAI's release), read its explanation and scores, see
 its windows as heatmaps of real and simulated activations, and type any text to probe it live.
 
-Pure functions (`neuron_options`, `load_neuron`, `explanation_html`, `windows_html`, `quantiles_html`,
+Pure functions (`neuron_options`, `neuron_data`, `explanation_html`, `windows_html`, `quantiles_html`,
 `probe_html`) compute everything; `NeuronInspector`'s callbacks only move their results into widgets.
 """
 
@@ -88,7 +88,7 @@ def _public_table(neurons) -> pd.DataFrame:
     return pd.DataFrame([table_row(_public_summary(n), label="release") for n in neurons], columns=TABLE_COLUMNS)
 
 
-def load_neuron(source: Run | dict, layer: int, neuron: int) -> NeuronData:
+def neuron_data(source: Run | dict, layer: int, neuron: int) -> NeuronData:
     """A neuron's data from a run (summary, record if collected, results, revision) or from a dict of public neurons."""
     nid = NeuronId(layer, neuron)
     if isinstance(source, dict):  # NeuronId -> PublicNeuron
@@ -315,7 +315,7 @@ class NeuronInspector:
 
     def show(self, layer: int, neuron: int) -> None:
         """Show one neuron (also what the dropdowns call)."""
-        self.data = load_neuron(self.source, layer, neuron)
+        self.data = neuron_data(self.source, layer, neuron)
         self.sides.value = sides_html(self.source, layer, neuron) if isinstance(self.source, Run) else ""
         self.explanation.value = explanation_html(self.data)
         self.quantiles.value = quantiles_html(self.data)

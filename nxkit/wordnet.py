@@ -11,6 +11,7 @@ import warnings
 from functools import cache, lru_cache
 from pathlib import Path
 
+from .files import atomic_directory
 from .offline import cache_dir
 
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -42,21 +43,17 @@ def _wordnet_root() -> Path:
             f"no WordNet database under {WORDNET_DIR}: install Debian's `wordnet-base` (`apt-get install wordnet-base`, "
             "which `make setup` does as root), or concept neurons cannot be made"
         )
-    tmp = root.with_name("wordnet.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in WORDNET_DIR.iterdir():  # nltk refuses files outside its root, so copy rather than link
-        if f.is_file() and (f.name.startswith(("data.", "index.")) or f.suffix == ".exc"):
-            shutil.copyfile(f, tmp / f.name)
     lines = []
     with gzip.open(LEXNAMES_MAN, "rt") as man:
         for line in man:
             if m := re.match(r"^(\d\d)\s+([a-z]+)\.(\S+)\s", line):
                 pos = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}[m.group(2)]
                 lines.append(f"{m.group(1)}\t{m.group(2)}.{m.group(3)}\t{pos}\n")
-    (tmp / "lexnames").write_text("".join(lines))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    with atomic_directory(root) as tmp:
+        for f in WORDNET_DIR.iterdir():  # nltk refuses files outside its root, so copy rather than link
+            if f.is_file() and (f.name.startswith(("data.", "index.")) or f.suffix == ".exc"):
+                shutil.copyfile(f, tmp / f.name)
+        (tmp / "lexnames").write_text("".join(lines))
     return root
 
 

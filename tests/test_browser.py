@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_viz import XSS, make_fake_run
+from conftest import XSS, make_fake_run
 
 CHROMIUM = os.environ.get("NXKIT_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [

@@ -4,10 +4,11 @@ loopback server; one real pass of each through llama.cpp's server is in test_ser
 from __future__ import annotations
 
 import pytest
+from conftest import ScriptedLLM
 
 from nxkit import prompts
 from nxkit.classify import classify, detection_items, fuzzing_items
-from nxkit.llm import Completion, Usage, run_sync
+from nxkit.llm import run_sync
 from nxkit.records import HeldOutWindow
 from nxkit.score import classification_scores
 
@@ -54,22 +55,11 @@ def test_items_carry_the_right_answers_and_are_seeded():
     assert all(t.count("<<") == 1 and "<<7>>" not in t and "<<3>>" not in t for t in wrong)
 
 
-class Scripted:
-    """Answers every classification prompt with a fixed text (a scripted fake LLM for parsing and arithmetic)."""
-
-    def __init__(self, text):
-        self.text, self.usage, self.seen = text, Usage(), []
-
-    async def chat(self, messages, **kwargs):
-        self.seen.append(messages)
-        return Completion(self.text)
-
-
 def test_a_partial_answer_is_recorded_never_scored_as_wrong():
     items = detection_items(WINDOWS, 2.0, seed=0)
     right = {i + 1: label for i, (_, label) in enumerate(items)}
     answer = "\n".join(f"{i}: {right[i]}" for i in (1, 2, 3))  # the fourth text is not answered
-    score, failures = run_sync(classify("detection", Scripted(answer), "numbers", WINDOWS, 2.0, seed=0))
+    score, failures = run_sync(classify("detection", ScriptedLLM(answer), "numbers", WINDOWS, 2.0, seed=0))
     assert score.n_items == 4 and score.n_failed == 1 and score.accuracy == 1.0
     assert failures and failures[0].stage == "detection" and failures[0].raw == answer
     none, why = run_sync(classify("fuzzing", None, "numbers", WINDOWS, 2.0, seed=0))

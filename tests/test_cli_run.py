@@ -128,7 +128,9 @@ def test_both_signs_end_to_end_on_the_offline_default(tmp_path, capsys):
                     for a in s.true_activations]  # fmt: skip
             assert max(true) <= neg_s.max_activation + 1e-6  # negated windows: nothing above the side's peak
     table = run.sides_table()
-    assert sorted(zip(table.sign, table.neuron)) == sorted((s, n) for s in ("negative", "positive") for n in (5, 77, 300))
+    assert sorted(zip(table.sign, table.neuron, strict=True)) == sorted(
+        (s, n) for s in ("negative", "positive") for n in (5, 77, 300)
+    )
     assert set(run.table().sign) == {"positive"} and set(neg.table().sign) == {"negative"}
     page = (run_dir / "report.html").read_text()
     assert "<h2>Both signs</h2>" in page and 'href="#n-3-5-negative"' in page

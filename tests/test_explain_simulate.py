@@ -5,37 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ScriptedLLM
 
 from nxkit import prompts
-from nxkit.explain import ExplainConfig, explain_and_score, held_out, process_neuron, shuffled_controls
-from nxkit.llm import Capabilities, Completion, PromptLogprobs, TokenLogprob, Usage, logprobs_at, run_sync
+from nxkit.explain import ExplainConfig, explain_and_score, process_neuron, shuffled_controls
+from nxkit.heldout import held_out
+from nxkit.llm import Capabilities, PromptLogprobs, TokenLogprob, run_sync
 from nxkit.records import ActivationRecord, NeuronId, NeuronRecord
 from nxkit.runs import Run
 from nxkit.score import split_correlation
 from nxkit.simulate import SimulateError, SimulationFailure, choose_mode, make_simulator
-
-
-class ScriptedLLM:
-    """Returns fixed answers: only for testing how answers are parsed, never for scores."""
-
-    def __init__(self, text: str, tokens: list[TokenLogprob] | None = None, prompt: PromptLogprobs | None = None):
-        self.text, self.tokens, self.prompt = text, tokens, prompt
-        self.capabilities = Capabilities(
-            chat=True, generated_logprobs=tokens is not None, prompt_logprobs=prompt is not None
-        )
-        self.usage = Usage()
-
-    async def chat(self, messages, **kw) -> Completion:
-        return Completion(self.text, self.tokens if kw.get("top_logprobs") else None)
-
-    async def placeholder_logprobs(self, prefix, text, offsets, candidates, top=20):
-        return logprobs_at(self.prompt, [len(prefix) + o for o in offsets], candidates)
-
-    async def check(self) -> None:
-        pass
-
-    def describe(self) -> dict:
-        return {"backend": "scripted"}
 
 
 def test_choose_mode():

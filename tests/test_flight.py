@@ -155,11 +155,13 @@ def test_nxkit_run_stops_at_its_budget_and_resumes(tiny_collection, tmp_path, mo
                 "--no-report"]  # fmt: skip
         assert main([*argv, "--max-requests", "12"]) == 0
         out = capsys.readouterr().out
-        assert "stopped: the request budget is spent" in out and "neurons left" in out
-        assert 0 < len(run.summaries()) < 4
+        assert "stopped: the request budget is spent" in out and "neuron sides left" in out
+        assert 0 < len(run.summaries()) < 4 and not run.side("negative").summaries()  # stopped before that side
         assert main(argv) == 0
-        assert "0 of 4 neurons to do" not in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "positive and negative sides: " in out and "0 of 8 neuron sides to do" not in out
     assert [s.status for s in run.summaries()] == ["done"] * 4 and run.manifest()["stopped"] is None
+    assert [s.status for s in run.side("negative").summaries()] == ["done"] * 4
     assert server.max_in_flight > 1
     # each control used the partner fixed in advance, even for neurons whose partner came only after the resume
     done = {s.neuron_id: s for s in run.summaries()}

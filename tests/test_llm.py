@@ -29,7 +29,7 @@ def _chat_body(text: str) -> dict:
     }
 
 
-class Scripted:
+class ScriptedServer:
     """A loopback server answering /v1/models and /v1/chat/completions with scripted status codes."""
 
     def __init__(self, statuses: list[int]):
@@ -76,7 +76,7 @@ def scripted():
     servers = []
 
     def make(statuses):
-        servers.append(Scripted(statuses))
+        servers.append(ScriptedServer(statuses))
         return servers[-1]
 
     yield make

@@ -5,17 +5,14 @@ import math
 
 import pytest
 
+from nxkit.heldout import interleaved_split, random_splits, split_records, top_splits
 from nxkit.records import (
     ActivationRecord,
     NeuronId,
     NeuronRecord,
     dump_neuron_record,
-    interleaved_split,
     load_neuron_record,
     normalize_activations,
-    random_splits,
-    split_records,
-    top_splits,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from test_viz import XSS, make_fake_run
+from conftest import XSS, make_fake_run
 
 from nxkit.report import render_report, write_report
 

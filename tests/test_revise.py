@@ -6,6 +6,9 @@ import shutil
 
 import pytest
 
+# --- prompts, pinned ------------------------------------------------------------------------------
+from conftest import ScriptedLLM
+
 from nxkit.prompts import parse_proposals, proposal_messages, revision_messages
 from nxkit.records import (
     ActivationRecord,
@@ -15,6 +18,7 @@ from nxkit.records import (
     NeuronRevision,
     ProbedText,
     RevisionRound,
+    normalize_activations,
 )
 from nxkit.revise import (
     ReviseConfig,
@@ -28,8 +32,6 @@ from nxkit.revise import (
     sample_live_neurons,
     summarize,
 )
-
-# --- prompts, pinned ------------------------------------------------------------------------------
 
 
 def test_proposal_messages_are_pinned():
@@ -130,19 +132,6 @@ def test_config_validation(kwargs, match):
         ReviseConfig(**kwargs)
 
 
-class ScriptedLLM:
-    """Answers chat requests from a list, counting them (for the parsing path only)."""
-
-    def __init__(self, answers: list[str]):
-        self.answers, self.calls = list(answers), 0
-
-    async def chat(self, messages, **kwargs):
-        from nxkit.llm import Completion
-
-        self.calls += 1
-        return Completion(self.answers.pop(0))
-
-
 def test_unparsable_proposals_skip_the_round_once():
     llm = ScriptedLLM(["I cannot think of any.", "1. The sea is calm."])
     record = NeuronRecord(NeuronId(0, 0))
@@ -189,11 +178,13 @@ EXPLANATION = "the end of a sentence"
 
 
 @pytest.fixture(scope="module")
-def revise_run_dir(subject, tiny_collection, local_backend, tmp_path_factory):
-    """A run over `tiny_collection` with one neuron explained by hand and scored by the real simulator."""
+def revise_template(subject, tiny_collection, local_backend, tmp_path_factory):
+    """A run over `tiny_collection` with one neuron explained by hand and scored by the real simulator (never
+    written to: each test gets its own copy from `revise_run_dir`)."""
     import numpy as np
 
-    from nxkit.explain import held_out, simulate_and_score
+    from nxkit.explain import simulate_and_score
+    from nxkit.heldout import held_out
     from nxkit.llm import run_sync
     from nxkit.records import NeuronSimulationResults, NeuronSummary, ScoredExplanation
     from nxkit.runs import Run
@@ -216,6 +207,15 @@ def revise_run_dir(subject, tiny_collection, local_backend, tmp_path_factory):
     run.write_neuron(summary, NeuronSimulationResults(nid, [ScoredExplanation(EXPLANATION, scored)]))
     run.update_manifest(explain={"simulator": simulator.describe()})
     return run, nid, windows, simulator
+
+
+@pytest.fixture
+def revise_run_dir(revise_template, tmp_path):
+    """A fresh copy of the template run for one test, so no test sees another's revisions."""
+    from nxkit.runs import Run
+
+    run, nid, windows, simulator = revise_template
+    return Run(shutil.copytree(run.path, tmp_path / "run", symlinks=True)), nid, windows, simulator
 
 
 TINY = ReviseConfig(rounds=1, n_fire=2, n_silent=2, proposal_max_tokens=64, revision_max_tokens=32)
@@ -264,7 +264,7 @@ def test_revise_neuron_with_the_real_model(subject, local_backend, revise_run_di
                 assert p.tokens == direct.tokens
                 assert p.activations == pytest.approx(direct.activations, abs=1e-4)
                 assert p.max_activation == pytest.approx(max(direct.activations), abs=1e-4)
-                assert all(0 <= v <= 10 for v in p.normalized)
+                assert p.normalized == normalize_activations(p.activations, record.max_activation)
         level = TINY.fire_threshold * record.max_activation
         for m in rnd.mismatches:
             assert (m.probe.max_activation >= level) == (m.kind == "silent")
@@ -286,9 +286,7 @@ def test_revise_neuron_with_the_real_model(subject, local_backend, revise_run_di
     assert again.calls == 0 and got == [out]
 
 
-def test_neurons_without_an_explanation_are_skipped(subject, local_backend, revise_run_dir, tmp_path):
-    from nxkit.runs import Run
-
+def test_neurons_without_an_explanation_are_skipped(subject, local_backend, revise_run_dir):
     run, nid, _, simulator = revise_run_dir
     explainer = Counting(local_backend)
     other = NeuronId(5, (nid.neuron_index + 1) % 1536)
@@ -296,9 +294,8 @@ def test_neurons_without_an_explanation_are_skipped(subject, local_backend, revi
     assert out.status == "skipped" and "explain and score this neuron first" in out.reason
     assert explainer.calls == 0
     assert run.read_revision(other) == out
-    copy = Run(shutil.copytree(run.path, tmp_path / "copy", symlinks=True))  # keep the other test's file
     high = ReviseConfig(only_below=-2.0)
-    out = revise_neuron(copy, subject, nid.layer_index, nid.neuron_index, explainer, simulator, high)
+    out = revise_neuron(run, subject, nid.layer_index, nid.neuron_index, explainer, simulator, high)
     assert out.status == "skipped" and "only_below" in out.reason
 
 
@@ -316,3 +313,16 @@ def test_sample_live_neurons_skips_dead_ones():
     assert len(got) == 3 and len(set(got)) == 3 and all(n.neuron_index % 2 for n in got)
     assert got == sample_live_neurons(FakeActs(), 3, seed=1)
     assert len(sample_live_neurons(FakeActs(), 10)) == 4  # only four live neurons exist
+
+
+def test_the_negative_side_probes_negated_activations(subject):
+    from nxkit.revise import probe_proposals
+
+    proposals = {"fire": ["The cat sat on the mat."], "silent": ["def f(x): return x"]}
+    pos = probe_proposals(subject, 2, 5, proposals, 1.0)
+    neg = probe_proposals(subject, 2, 5, proposals, 1.0, sign="negative")
+    for kind in ("fire", "silent"):
+        (a,), (b,) = pos[kind], neg[kind]
+        assert a.tokens == b.tokens and len(a.activations) > 3
+        assert b.activations == pytest.approx([-x for x in a.activations])
+        assert b.max_activation == pytest.approx(-min(a.activations), abs=1e-6)

@@ -15,9 +15,11 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
-from nxkit.explain import ExplainConfig, explain_and_score, explain_neuron, held_out
+from nxkit.explain import ExplainConfig, explain_and_score, explain_neuron
+from nxkit.heldout import held_out
 from nxkit.llm import LLMError, OpenAIBackend, run_sync
 from nxkit.records import NeuronId, SequenceSimulation
 from nxkit.runs import Run
@@ -90,7 +92,11 @@ def _check(sims, windows):
         else:
             assert isinstance(s, SequenceSimulation) and s.tokens == w.tokens
             assert len(s.expected_activations) == len(w.tokens)
-            assert all(0.0 <= v <= 9.0 for v in s.expected_activations)
+            for v, values, probs in zip(
+                s.expected_activations, s.distribution_values, s.distribution_probabilities, strict=True
+            ):  # each prediction is the expected value of the digits the server gave probabilities for
+                if probs:
+                    assert v == pytest.approx(sum(a * b for a, b in zip(values, probs, strict=True)) / sum(probs))
 
 
 def test_explain_simulate_score_through_the_openai_client(backend, tiny_collection):
@@ -109,7 +115,13 @@ def test_explain_simulate_score_through_the_openai_client(backend, tiny_collecti
         sims = run_sync(sim.simulate_many(explanation, [w.tokens for w in some]))
         _check(sims, some)
         scored = score_simulation(some, sims, record.max_activation)
-        assert scored.ev_correlation_score is None or -1.0 <= scored.ev_correlation_score <= 1.0
+        ok = [(s, w) for s, w in zip(sims, some, strict=True) if isinstance(s, SequenceSimulation)]
+        pred = np.concatenate([s.expected_activations for s, _ in ok]) if ok else np.zeros(0)
+        true = np.concatenate([w.activations for _, w in ok]) if ok else np.zeros(0)
+        if len(pred) > 1 and pred.std() > 0 and true.std() > 0:  # the correlation over every simulated token
+            assert scored.ev_correlation_score == pytest.approx(np.corrcoef(pred, true)[0, 1], abs=1e-6)
+        else:  # a constant prediction has no correlation: undefined, never 0
+            assert scored.ev_correlation_score is None
         modes[mode] = sims
     # echo=True prompt log-probabilities from llama.cpp put digits at every placeholder
     assert all(isinstance(s, SequenceSimulation) for s in modes["all_at_once"]), modes["all_at_once"]

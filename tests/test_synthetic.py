@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from nxkit import synthetic as syn
-from nxkit.records import NeuronId, top_splits
+from nxkit.heldout import top_splits
+from nxkit.records import NeuronId
 
 
 def fired(rule, tokens: list[str]) -> list[str]:

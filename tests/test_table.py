@@ -48,3 +48,37 @@ def test_the_report_draws_the_best_the_worst_and_a_sample():
     shown = heatmap_neurons(df, 10)
     assert len(shown) == 10 and list(shown.neuron[:4]) == [99, 98, 97, 96] and list(shown.neuron[-2:]) == [1, 0]
     assert shown.equals(heatmap_neurons(df, 10)) and len(heatmap_neurons(df.head(5), 10)) == 5
+
+
+def test_both_sides_of_a_neuron_side_by_side(tmp_path):
+    from nxkit.runs import side_by_side
+
+    run = Run(tmp_path / "signs")
+    neg = run.side("negative")
+    assert neg.path == run.path / "negative" and neg.activations_dir == run.activations_dir
+    assert [s.sign for s in run.sides()] == ["positive"]  # no negative side written yet
+    for n, (p, q) in enumerate([(0.6, 0.2), (0.1, None)]):
+        run.write_neuron(summary(1, n, p))
+        s = summary(1, n, q)
+        s.explanation, s.negative_tail_share, s.negative_mass_share = f"minus {n}", 0.25 * (n + 1), 0.5
+        neg.write_neuron(s)
+    run.write_neuron(summary(1, 2, 0.3))  # a neuron whose negative side is not explained (yet)
+    assert [s.sign for s in run.sides()] == [s.sign for s in neg.sides()] == ["positive", "negative"]
+    both = run.sides_table()
+    assert list(zip(both.sign, both.neuron, strict=True)) == [("positive", 0), ("positive", 1), ("positive", 2),
+                                                ("negative", 0), ("negative", 1)]  # fmt: skip
+    wide = side_by_side(both)
+    assert list(wide.neuron) == [0, 1, 2]
+    assert list(wide.top_and_random_positive) == [0.6, 0.1, 0.3]
+    assert wide.top_and_random_negative[0] == 0.2 and pd.isna(wide.top_and_random_negative[1])  # undefined stays NaN
+    assert pd.isna(wide.explanation_negative[2]) and wide.explanation_negative[1] == "minus 1"
+    assert list(wide.negative_tail_share[:2]) == [0.25, 0.5] and pd.isna(wide.negative_tail_share[2])
+
+
+def test_a_table_written_before_the_sign_column_reads_as_positive(tmp_path):
+    run = Run(tmp_path / "old")
+    run.write_neuron(summary(0, 7, 0.5))
+    old = run.table().drop(columns=["sign", "negative_mass_share", "negative_tail_share"])
+    old.to_parquet(run.table_path)
+    run.journal_path.write_text("")
+    assert list(run.table().sign) == ["positive"] and run.table().top_and_random.item() == 0.5

@@ -6,109 +6,20 @@ with a token whose text is `<script>…</script>`; the report and browser tests 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from conftest import XSS, make_fake_run
 
 from nxkit import viz
 from nxkit.records import (
-    Candidate,
     NeuronId,
-    NeuronRevision,
-    NeuronSimulationResults,
-    NeuronSummary,
-    ScoredExplanation,
     Scores,
     SequenceSimulation,
 )
 from nxkit.runs import Run
-from nxkit.score import score_simulation
-
-XSS = "<script>window.__nxkit_xss=1</script>"
-"""A token text that must show as text and run nothing."""
-WORDS = [" the", " cat", " sat", " on", " mat", "\n", " Monday", " Friday", XSS, " dog", ".", " and"]
-
-
-def _per_neuron(acts: np.ndarray, window_ids: np.ndarray) -> np.ndarray:
-    """[d_mlp, k, window]: each neuron's activations on its own chosen windows."""
-    return np.stack([acts[window_ids[n], :, n] for n in range(acts.shape[-1])])
-
-
-def make_fake_run(
-    root: Path, layers=(0, 1), d_mlp: int = 4, n_windows: int = 48, window: int = 16, revise: bool = True
-) -> Run:
-    """A finished run with a collection and every neuron explained and scored, built from random numbers."""
-    rng = np.random.default_rng(0)
-    acts_dir = root / "activations"
-    acts_dir.mkdir(parents=True)
-    ids = rng.integers(0, len(WORDS), size=(n_windows, window)).astype(np.int32)
-    ids[0, 3] = WORDS.index(XSS)  # window 0 holds the script token, and is neuron 0's top window
-    np.save(acts_dir / "windows.npy", ids)
-    (acts_dir / "token_strings.json").write_text(json.dumps(WORDS))
-    k, n_random, levels = 8, 6, [0.5, 0.9]
-    manifest = {
-        "status": "complete", "model": "smollm2-135m", "layers": list(layers), "d_mlp": d_mlp, "n_layers": 30,
-        "config": {"quantile_levels": levels, "top_k": k, "n_random": n_random},
-        "corpus": {"source": "fake", "n_windows": n_windows, "window": window, "n_tokens": n_windows * window},
-    }  # fmt: skip
-    (acts_dir / "manifest.json").write_text(json.dumps(manifest))
-    run = Run(root)
-    run.update_manifest(
-        explain={"explainer": {"backend": "fake"}, "simulator": {"kind": "fake", "mode": "all_at_once"}}
-    )
-    for li, layer in enumerate(layers):
-        acts = np.abs(rng.normal(size=(n_windows, window, d_mlp))).astype(np.float32) * (1 + li)
-        acts[0, 3, 0] = 20.0  # neuron 0 fires hardest on the script token
-        maxima = acts.max(1)  # [n_windows, d_mlp]
-        top_w = np.argsort(-maxima, axis=0)[:k].T  # [d_mlp, k]
-        rand_w = rng.integers(0, n_windows, size=(d_mlp, n_random))
-        d = acts_dir / f"layer_{layer:02d}"
-        d.mkdir()
-        np.save(d / "top_acts.npy", _per_neuron(acts, top_w))
-        np.save(d / "top_windows.npy", top_w)
-        np.save(d / "random_acts.npy", _per_neuron(acts, rand_w))
-        np.save(d / "random_windows.npy", rand_w)
-        np.save(d / "band_acts.npy", np.zeros((d_mlp, 3, 1, window), np.float32))
-        np.save(d / "band_windows.npy", -np.ones((d_mlp, 3, 1), np.int64))
-        np.save(d / "moments.npy", np.tile([0.8, 0.5, 1.0, 3.0], (d_mlp, 1)).astype(np.float32))
-        np.save(d / "quantile_boundaries.npy", np.tile([1.0, 2.0], (d_mlp, 1)).astype(np.float32))
-        for n in range(d_mlp):
-            nid = NeuronId(layer, n)
-            record = run.activations().neuron_record(layer, n)
-            valid = record.most_positive_activation_records[2:4] + record.random_sample[1:3]
-            sims = [
-                SequenceSimulation(
-                    r.tokens,
-                    list(np.clip(np.array(r.activations) * 3 + rng.normal(0, 1.5 * n + 0.2, window), 0, 9)),
-                    "simulated_normalized_activations",
-                    [],
-                    [],
-                )
-                for r in valid
-            ]
-            scored = score_simulation(valid, sims, record.max_activation)
-            splits = ["top", "top", "random", "random"]
-            expl = f"the word cat <b>{layer}.{n}</b>" if n != 1 else XSS
-            s = Scores(scored.ev_correlation_score, 0.1 * n, n_windows=4)
-            summary = NeuronSummary(
-                nid, "done", max_activation=record.max_activation, explanation=expl, scores=s,
-                candidates=[Candidate(expl, 0.5), Candidate("dogs & cats", 0.1)], original_explanation=expl,
-                original_scores=s, window_splits=splits, shuffled_control=0.05,
-            )  # fmt: skip
-            run.write_neuron(summary, NeuronSimulationResults(nid, [ScoredExplanation(expl, scored)]))
-            if revise and n < 2:  # a kept revision (scored on the same windows) for neurons 0 and 1
-                after = Scores(0.9, 0.2, n_windows=4)
-                rev = NeuronRevision(
-                    nid, "done", original_explanation=expl, final_explanation=f"revised {expl}",
-                    score_before=scored.ev_correlation_score, score_after=0.9, scores_after=after,
-                )  # fmt: skip
-                run.write_revision(rev, kept=scored)
-    # layer 0's last neuron turns out dead (its summary says why)
-    run.write_neuron(NeuronSummary(NeuronId(layers[0], d_mlp - 1), "dead", reason="never fires <i>x</i>"))
-    return run
 
 
 @pytest.fixture
@@ -125,7 +36,7 @@ def test_heatmap_escapes_tokens_and_shades_by_value():
 
 
 def test_heatmaps_shade_each_simulation_against_its_own_scale():
-    from nxkit.records import ScoredSequenceSimulation, SequenceSimulation
+    from nxkit.records import ScoredSequenceSimulation
 
     def scored(values, top):  # a prompted simulation (digits 0-9) and a 0-10 one (nxkit-sim, exact formulas)
         sim = SequenceSimulation(["a", "b"], values, "simulated_normalized_activations", [list(range(top + 1))] * 2, [])
@@ -161,7 +72,9 @@ def test_figures_are_figures_with_data(fake_run):
         assert isinstance(fig, go.Figure) and fig.data
     assert len(viz.scores_by_layer(df).data) == 2  # one box per layer
     share = viz.share_above(df, threshold=0.0)
-    assert share["n"] == 7 and 0 <= share["share"] <= 1
+    scores = df["top_and_random"].dropna()
+    assert share["n"] == len(scores) == 7 and share["above"] == int((scores > 0).sum())
+    assert share["share"] == pytest.approx(share["above"] / 7)
 
 
 def test_compare_runs_side_by_side(tmp_path):
@@ -189,12 +102,12 @@ def test_inspector_pure_functions(fake_run):
     best = widgets.neuron_options(table, 1, sort="score_desc")
     scores = table[table.layer == 1].set_index("neuron").top_and_random
     assert [v for _, v in best] == list(scores.sort_values(ascending=False).index)
-    data = widgets.load_neuron(fake_run, 0, 0)
-    html = widgets.windows_html(data) + widgets.explanation_html(widgets.load_neuron(fake_run, 0, 1))
+    data = widgets.neuron_data(fake_run, 0, 0)
+    html = widgets.windows_html(data) + widgets.explanation_html(widgets.neuron_data(fake_run, 0, 1))
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "simulated" in html and "top windows" in html and "random windows" in html
     assert "q0.9 of window max" in widgets.quantiles_html(data)
-    assert "never fires &lt;i&gt;" in widgets.explanation_html(widgets.load_neuron(fake_run, 0, 3))
+    assert "never fires &lt;i&gt;" in widgets.explanation_html(widgets.neuron_data(fake_run, 0, 3))
 
 
 def test_inspector_widget_switches_neurons(fake_run):
@@ -212,6 +125,31 @@ def test_inspector_widget_switches_neurons(fake_run):
 
 
 @pytest.mark.slow
+def test_inspector_shows_both_sides(fake_run):
+    from nxkit.widgets import NeuronInspector
+
+    assert NeuronInspector(fake_run).sign.layout.display == "none"  # one side: no side switch
+    neg = fake_run.side("negative")
+    s = fake_run.read_neuron(NeuronId(1, 2))
+    s.explanation, s.negative_tail_share, s.scores = "falls on <i>dogs</i>", 0.4, Scores(0.33)
+    neg.write_neuron(s)
+    ins = NeuronInspector(fake_run)
+    assert ins.sign.options == ("positive", "negative") and ins.sign.layout.display is None
+    ins.select(1, 2)
+    assert (
+        "negative side</b> · score 0.330" in ins.sides.value and "falls on &lt;i&gt;dogs&lt;/i&gt;" in ins.sides.value
+    )
+    assert "40% of its |activation|" in ins.sides.value
+    positive_max = ins.data.record.max_activation
+    ins.sign.value = "negative"
+    assert ins.source.sign == "negative" and list(zip(ins.table.layer, ins.table.neuron, strict=True)) == [(1, 2)]
+    assert ins.data.neuron_id == NeuronId(1, 2) and "falls on" in ins.explanation.value
+    bottom = np.load(fake_run.activations_dir / "layer_01" / "bottom_acts.npy")[2]
+    assert ins.data.record.max_activation == pytest.approx(-bottom.min()) != positive_max  # the negated windows
+    ins.sign.value = "positive"
+    assert ins.source.sign == "positive" and len(ins.table) == len(fake_run.table())
+
+
 def test_inspector_probe_with_real_model(fake_run, subject, local_backend):
     from nxkit.simulate import make_simulator
     from nxkit.widgets import NeuronInspector
