@@ -31,7 +31,15 @@ from tqdm.auto import tqdm
 
 from .corpus import Windows
 from .files import atomic_write
-from .records import NEGATIVE, POSITIVE, ActivationRecord, NeuronId, NeuronRecord, check_sign
+from .records import (
+    NEGATIVE,
+    POSITIVE,
+    ActivationRecord,
+    CollectionManifest,
+    NeuronId,
+    NeuronRecord,
+    check_sign,
+)
 from .seeds import mix_seed
 from .subject import SubjectError, check_layers, info, run_capture
 
@@ -559,11 +567,11 @@ class Activations:
         manifest = self.path / "manifest.json"
         if not manifest.exists():
             raise CollectError(f"{self.path} holds no collection (no manifest.json); run collection first")
-        self.manifest = json.loads(manifest.read_text())
-        if self.manifest.get("status") != "complete":
+        self.manifest = CollectionManifest.from_json_obj(json.loads(manifest.read_text()))
+        if self.manifest.status != "complete":
             raise CollectError(
-                f"the collection in {self.path} is not finished ({self.manifest.get('done_windows')} of "
-                f"{self.manifest['corpus']['n_windows']} windows); run it again to resume"
+                f"the collection in {self.path} is not finished ({self.manifest.done_windows} of "
+                f"{self.manifest.corpus.get('n_windows')} windows); run it again to resume"
             )
         self.windows = np.load(self.path / "windows.npy", mmap_mode="r")
         self._strings: list[str] | None = None
@@ -571,11 +579,11 @@ class Activations:
 
     @property
     def layers(self) -> list[int]:
-        return list(self.manifest["layers"])
+        return list(self.manifest.layers)
 
     @property
     def d_mlp(self) -> int:
-        return int(self.manifest["d_mlp"])
+        return int(self.manifest.d_mlp)
 
     @property
     def token_strings(self) -> list[str]:

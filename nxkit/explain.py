@@ -26,6 +26,7 @@ from .llm import NEURON_USAGE, Backend, Usage, run_sync
 from .records import (
     POSITIVE,
     Candidate,
+    Component,
     Failure,
     HeldOutWindow,
     NeuronId,
@@ -36,6 +37,7 @@ from .records import (
     ScoredSimulation,
     Scores,
     SimulationFailure,
+    StageRecord,
     normalize_activations,
 )
 from .runs import Run, as_run
@@ -129,8 +131,8 @@ class Explainer(Protocol):
         """Usable candidates (at most `config.best_of`) and failures with the raw text that caused them."""
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """What the run manifest records of this explainer."""
+    def describe(self) -> Component | dict[str, Any]:
+        """What the run manifest records of this explainer (a plain dict is read as a `Component`)."""
         ...
 
     @property
@@ -229,7 +231,7 @@ async def process_neuron(
     explainer = as_explainer(explainer)
     nid = record.neuron_id
     t0 = time.perf_counter()
-    base = {"neuron_id": nid, "max_activation": record.max_activation, "simulator": simulator.describe()}
+    base = {"neuron_id": nid, "max_activation": record.max_activation, "simulator": Component.of(simulator.describe())}
     if record.max_activation <= 0:
         reason = f"max activation {record.max_activation:g} <= 0: the neuron never fires on the corpus"
         return NeuronSummary(status="dead", reason=reason, **base), None
@@ -419,7 +421,7 @@ async def _one_neuron(flight, nid, acts, explainer, simulator, config, control, 
                 shares.negative_mass_share,
                 shares.negative_tail_share,
             )
-            summary.usage = usage.as_dict()
+            summary.usage = Usage(**usage.as_dict())
             flight.run.write_neuron(summary, results)
             if on_done is not None:
                 on_done(summary)
@@ -430,7 +432,7 @@ async def _one_neuron(flight, nid, acts, explainer, simulator, config, control, 
         flight.publish(nid, summary)
     if control and summary.status == "done":
         summary = await _control(flight, simulator, summary)
-        summary.usage = usage.as_dict()
+        summary.usage = Usage(**usage.as_dict())
         flight.run.write_neuron(summary)
     bar.update(1)
     return summary
@@ -439,10 +441,10 @@ async def _one_neuron(flight, nid, acts, explainer, simulator, config, control, 
 async def _control_only(flight, nid, simulator) -> None:
     """The control of a neuron finished in an earlier call (its explanation is already published)."""
     summary = flight.run.read_neuron(nid)
-    usage = Usage(**{k: v for k, v in summary.usage.items() if k in Usage.__dataclass_fields__})
+    usage = Usage(**summary.usage.as_dict())
     NEURON_USAGE.set(usage)  # the control's traffic adds to the neuron's
     summary = await _control(flight, simulator, summary)
-    summary.usage = usage.as_dict()
+    summary.usage = Usage(**usage.as_dict())
     flight.run.write_neuron(summary)
 
 
@@ -511,13 +513,13 @@ def explain_and_score(
     summaries written now.
 
     Finished neurons are skipped, so a stopped run resumes where it was. With a `budget`, no neuron starts once it
-    is spent; the run stops cleanly and says so (`Run.manifest()["stopped"]`), and a later call resumes.
+    is spent; the run stops cleanly and says so (`Run.manifest().stopped`), and a later call resumes.
     """
     run = as_run(run)
     config = config or ExplainConfig()
     explainer = as_explainer(explainer)
     run.update_manifest(
-        explain={"config": asdict(config), "explainer": explainer.describe(), "simulator": simulator.describe()}
+        explain=StageRecord(asdict(config), Component.of(explainer.describe()), Component.of(simulator.describe()))
     )
     done, stopped = run_sync(
         explain_many(
@@ -525,7 +527,7 @@ def explain_and_score(
         )
     )
     run.compact_table()
-    run.update_manifest(usage=_sum_usage(explainer.usage, simulator.usage).as_dict(), stopped=stopped)
+    run.update_manifest(usage=_sum_usage(explainer.usage, simulator.usage), stopped=stopped)
     if stopped:
         left = len(run.todo(neurons, retry_failed))
         log.warning("stopped: %s; %d neurons left (run again with a larger budget to resume)", stopped, left)

@@ -19,13 +19,14 @@ import threading
 import time
 import zlib
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from .offline import cache_dir
+from .records import Component, Usage
 
 log = logging.getLogger(__name__)
 
@@ -46,40 +47,6 @@ class Capabilities:
     """Log-probabilities at every prompt position (all-at-once simulation)."""
     concurrent: bool = True
     """Many requests in flight help (a server); False for a model in this process, where requests run in turn."""
-
-
-@dataclass
-class Usage:
-    """Counters of one backend's traffic (a run sums them into its manifest)."""
-
-    requests: int = 0
-    """Requests actually computed (sent to a server, or forward passes run locally)."""
-    prompt_tokens: int = 0
-    """Prompt tokens processed."""
-    completion_tokens: int = 0
-    """Tokens generated."""
-    cache_hits: int = 0
-    """Responses served from the on-disk cache (nothing sent)."""
-    reused_prompt_tokens: int = 0
-    """Prompt tokens whose keys and values were reused from a shared prefix (local backend)."""
-    retries: int = 0
-    """Requests sent again after a rate limit, a server error or a timeout."""
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def reset(self) -> None:
-        for k in asdict(self):
-            setattr(self, k, 0)
-
-    def minus(self, before: Usage) -> Usage:
-        """The traffic since `before` (an earlier snapshot of the same counters)."""
-        return Usage(**{k: v - getattr(before, k) for k, v in asdict(self).items()})
-
-    @property
-    def tokens(self) -> int:
-        """Prompt and completion tokens together (what a budget counts)."""
-        return self.prompt_tokens + self.completion_tokens
 
 
 NEURON_USAGE: ContextVar[Usage | None] = ContextVar("nxkit_neuron_usage", default=None)
@@ -559,9 +526,9 @@ class OpenAIBackend:
         lp = await self.prompt_logprobs(prefix + text, top=top)
         return logprobs_at(lp, [len(prefix) + o for o in offsets], candidates)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Component:
         """What the manifest records of this backend (never the key)."""
-        return {"backend": self.name, "model": self.config.model, "base_url": self.url, "smoke_level": False}
+        return Component("llm", model=self.config.model, backend=self.name, base_url=self.url)
 
 
 def logprobs_at(lp: PromptLogprobs, offsets: list[int], candidates: list[str]) -> list[dict[str, float] | None]:
@@ -652,10 +619,10 @@ class LocalBackend:
     async def check(self) -> None:
         """Nothing to reach: the model is in this process."""
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Component:
         """What the manifest records of this backend."""
         model = "SmolLM2-135M-Instruct (offline default)" if self.default_model else type(self.model).__name__
-        return {"backend": self.name, "model": model, "smoke_level": self.default_model}
+        return Component("llm", model=model, backend=self.name, smoke_level=self.default_model)
 
     async def placeholder_logprobs(
         self, prefix: str, text: str, offsets: list[int], candidates: list[str], top: int = 20
@@ -767,7 +734,7 @@ class Backend(Protocol):
 
     async def check(self) -> None: ...
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> Component: ...
 
 
 def make_backend(spec: str = "local", base_url: str | None = None, api_key: str | None = None, **kwargs) -> Backend:

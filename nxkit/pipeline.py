@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .collect import CollectConfig
 from .explain import ExplainConfig
-from .records import NEGATIVE, POSITIVE, NeuronId, max_activation_of
+from .records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, max_activation_of
 from .revise import ReviseConfig
 from .runs import Run
 from .search import SearchConfig
@@ -304,7 +304,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         report = write_report(run)
         stages.stop()
     run.update_manifest(pipeline_seconds={k: round(v, 1) for k, v in stages.seconds.items()})
-    smoke = any(d.get("smoke_level") for d in (explainer.describe(), simulator.describe()))
+    smoke = any(Component.of(c.describe()).smoke_level for c in (explainer, simulator))
     return PipelineResult(run, neurons, stages.seconds, report, smoke)
 
 
@@ -341,7 +341,7 @@ def choose_sides(config: PipelineConfig, run: Run) -> list[str]:
                 "--sign positive, or collect again under another run name (--collect.bottom-k 40)"
             )
         return SIDES[config.sign]
-    if not run.collection_manifest().get("gated_mlp"):
+    if not run.collection_manifest().gated_mlp:
         return [POSITIVE]
     if not has_negative:
         if config.progress:
@@ -373,7 +373,7 @@ def explain_sides(
                 side, neurons, explainer, simulator, config.explain, retry_failed=config.retry_failed,
                 progress=config.progress, budget=left,
             )  # fmt: skip
-            stopped = side.manifest().get("stopped")
+            stopped = side.manifest().stopped
         if stopped:
             if config.progress:
                 left_n = sum(len(s.todo(neurons, config.retry_failed)) for s in sides)
@@ -420,13 +420,13 @@ def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, 
     return model
 
 
-def _check_same_collection(manifest: dict, config: PipelineConfig, run: Run) -> None:
+def _check_same_collection(manifest: CollectionManifest, config: PipelineConfig, run: Run) -> None:
     """A resumed run must describe the same subject model and corpus as its collection."""
     from .offline import OFFLINE_ALIASES, OFFLINE_DEFAULT
 
     src = config.source
     want = OFFLINE_DEFAULT if src.model in OFFLINE_ALIASES else src.model
-    have = (manifest.get("model"), manifest.get("corpus", {}).get("source"))
+    have = (manifest.model, manifest.corpus_source)
     if have != (want, src.corpus):
         raise PipelineError(
             f"{run.path} was collected with model {have[0]!r} on corpus {have[1]!r}, not {want!r} on {src.corpus!r}; "

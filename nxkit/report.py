@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import viz
 from .files import atomic_write
-from .records import NEGATIVE, POSITIVE, NeuronId, max_activation_of
+from .records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
 from .runs import Run, as_run, side_by_side
 from .score import OFFLINE_NOTE, mean_scores
 from .viz import esc
@@ -181,13 +181,13 @@ def _figures(df: pd.DataFrame) -> list:
     return figs
 
 
-def _describe(d) -> str:
-    """A backend or simulator description from the manifest, as one line."""
-    if not isinstance(d, dict):
-        return str(d or "?")
-    return " ".join(
-        f"{k}={v}" for k, v in d.items() if k != "smoke_level" and v is not None and not isinstance(v, dict)
-    )
+def _describe(c: Component | None) -> str:
+    """An explainer or simulator description from the manifest, as one line (its settings left out)."""
+    if c is None:
+        return "?"
+    shown = {"kind": c.kind, "mode": c.mode, "model": c.model, "backend": c.backend, "base_url": c.base_url,
+             "path": c.path}  # fmt: skip
+    return " ".join(f"{k}={v}" for k, v in shown.items() if v is not None)
 
 
 def heatmap_neurons(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
@@ -208,14 +208,13 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
     df = run.table()
     means = mean_scores(df[df["status"] == "done"].to_dict("records"))
     share = viz.share_above(df)
-    explain = run.manifest().get("explain", {})
-    collection = run.collection_manifest()
-    corpus = collection.get("corpus", {})
+    explain = run.manifest().explain or StageRecord()
+    collection = run.collection_manifest() or CollectionManifest()
     meta = [
-        f"subject model: {esc(collection.get('model', '?'))}",
-        f"corpus: {esc(corpus.get('source', '?'))} ({corpus.get('n_tokens', 0):,} tokens)",
-        f"explainer: {esc(_describe(explain.get('explainer')))}",
-        f"simulator: {esc(_describe(explain.get('simulator')))}",
+        f"subject model: {esc(collection.model)}",
+        f"corpus: {esc(collection.corpus_source or '?')} ({collection.n_tokens:,} tokens)",
+        f"explainer: {esc(_describe(explain.explainer))}",
+        f"simulator: {esc(_describe(explain.simulator))}",
     ]
     counts = df["status"].value_counts().to_dict()
     summary = ("positive side: " if len(run.sides()) > 1 else "") + (
@@ -224,12 +223,7 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
         f"shuffled control {viz.num(means['shuffled_control'])} · gap {viz.num(means['shuffled_gap'])} · "
         f"above {viz.PAPER_THRESHOLD}: {share['above']} of {share['n']}"
     )
-    simulator = explain.get("simulator")
-    note = (
-        f'<p class="nx-note">{esc(OFFLINE_NOTE)}</p>'
-        if isinstance(simulator, dict) and simulator.get("smoke_level")
-        else ""
-    )
+    note = f'<p class="nx-note">{esc(OFFLINE_NOTE)}</p>' if explain.simulator and explain.simulator.smoke_level else ""
     sides, side_figs = sides_html(run, max_neurons, max_windows)
     figs = []
     for i, fig in enumerate(_figures(df) + side_figs):

@@ -33,6 +33,7 @@ from .records import (
     NEGATIVE,
     POSITIVE,
     ActivationRecord,
+    Component,
     HeldOutWindow,
     Mismatch,
     NeuronId,
@@ -42,6 +43,7 @@ from .records import (
     RevisionRound,
     ScoredSimulation,
     Scores,
+    StageRecord,
     check_sign,
     normalize_activations,
 )
@@ -307,8 +309,8 @@ def revise_round(
 
 
 def _simulator_changed(run: Run, simulator: Simulator) -> bool:
-    explain = run.manifest().get("explain") or {}
-    return explain.get("simulator") != simulator.describe()
+    stage = run.manifest().explain
+    return stage is None or stage.simulator != Component.of(simulator.describe())
 
 
 def revise_neuron(
@@ -405,7 +407,7 @@ def revise_run(
         if not neurons:
             raise ReviseError(f"{run.path} has no explained and scored neurons; run explain_and_score first")
     run.update_manifest(
-        revise={"config": asdict(config), "explainer": explainer.describe(), "simulator": simulator.describe()}
+        revise=StageRecord(asdict(config), Component.of(explainer.describe()), Component.of(simulator.describe()))
     )
     todo = set(pending(run, neurons, retry_failed))
     workers = config.max_neurons_in_flight if concurrent(explainer) and concurrent(simulator) else 1

@@ -24,17 +24,21 @@ from .files import atomic_write
 from .records import (
     NEGATIVE,
     POSITIVE,
+    CollectionManifest,
     NeuronId,
     NeuronRevision,
     NeuronSimulationResults,
     NeuronSummary,
+    RunManifest,
     ScoredExplanation,
     ScoredSimulation,
     check_sign,
     dump_simulation_results,
     dumps,
+    from_json_obj,
     load_simulation_results,
     loads,
+    to_json_obj,
 )
 
 FINISHED = ("done", "dead", "failed")
@@ -122,24 +126,35 @@ class Run:
 
     # --- manifest and collection ---
 
-    def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+    def manifest(self) -> RunManifest:
+        """The run's manifest (an empty one before anything was recorded); older plain-dict manifests read too."""
+        if not self.manifest_path.exists():
+            return RunManifest()
+        obj = from_json_obj(json.loads(self.manifest_path.read_text()))
+        return obj if isinstance(obj, RunManifest) else RunManifest.from_json_obj(obj)
 
-    def update_manifest(self, **sections: Any) -> dict[str, Any]:
-        """Merge top-level sections into manifest.json (other sections are kept)."""
-        manifest = {**self.manifest(), **sections}
-        atomic_write(self.manifest_path, json.dumps(manifest, indent=1, default=str))
+    def update_manifest(self, **sections: Any) -> RunManifest:
+        """Set sections of manifest.json (the others are kept); each is a field of `RunManifest`."""
+        manifest = self.manifest()
+        for name, value in sections.items():
+            if name not in RunManifest.__dataclass_fields__:
+                raise ValueError(
+                    f"{name!r} is not a section of a run manifest; sections: {list(RunManifest.__dataclass_fields__)}"
+                )
+            setattr(manifest, name, value)
+        manifest.__post_init__()  # plain dicts given for typed sections become records
+        atomic_write(self.manifest_path, json.dumps(to_json_obj(manifest), indent=1, default=str))
         return manifest
 
     def has_collection(self) -> bool:
         """True when a finished collection is in `activations/`."""
-        path = self.activations_dir / "manifest.json"
-        return path.exists() and json.loads(path.read_text()).get("status") == "complete"
+        manifest = self.collection_manifest()
+        return manifest is not None and manifest.status == "complete"
 
-    def collection_manifest(self) -> dict[str, Any]:
-        """The collection's manifest (model, corpus, settings), empty when there is none."""
+    def collection_manifest(self) -> CollectionManifest | None:
+        """The collection's manifest (model, corpus, settings), None when there is none."""
         path = self.activations_dir / "manifest.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return CollectionManifest.from_json_obj(json.loads(path.read_text())) if path.exists() else None
 
     def activations(self):
         from .collect import Activations
@@ -380,8 +395,10 @@ def table_row(
         "score_after": revision.score_after if revision else None,
         "n_windows": s.scores.n_windows,
         "n_failed": s.scores.n_failed,
-        **{k: s.usage.get(k) for k in ("requests", "prompt_tokens", "completion_tokens")},
-        "simulator": simulator_label(s.simulator),
+        "requests": s.usage.requests,
+        "prompt_tokens": s.usage.prompt_tokens,
+        "completion_tokens": s.usage.completion_tokens,
+        "simulator": s.simulator.label if s.simulator else None,
         **{
             f"{kind}_{k}": getattr(getattr(s, kind), k) if getattr(s, kind, None) is not None else None
             for kind in ("detection", "fuzzing")
@@ -396,15 +413,6 @@ def table_row(
 def formula_text(terms: list) -> str:
     """A stored formula (`[[op, kind, arg], ...]`) as one line: `concept:fruit.n.01 OR after:of`."""
     return " ".join(f"{op.upper().replace('_', ' ')} {kind}:{arg}".strip() for op, kind, arg in terms)
-
-
-def simulator_label(description: dict) -> str | None:
-    """Which simulator scored a neuron, in a word or two: `exact`, `trained nxkit-sim`, `prompted all_at_once`."""
-    if not description:
-        return None
-    kind = description.get("kind")
-    detail = description.get("model") if kind == "trained" else description.get("mode")
-    return " ".join(str(x) for x in (kind, detail if detail != kind else None) if x)
 
 
 def as_run(run: Run | str | Path) -> Run:

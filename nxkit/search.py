@@ -31,6 +31,7 @@ from .records import (
     SIMULATED_NORMALIZED_ACTIVATIONS,
     ActivationRecord,
     Candidate,
+    Component,
     Failure,
     NeuronRecord,
     SequenceSimulation,
@@ -513,7 +514,7 @@ class SearchExplainer:
         return f"SearchExplainer(beam={self.config.beam}, max_terms={self.config.max_terms})"
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "search", "model": "compositional search", "config": asdict(self.config), "smoke_level": False}
+        return Component("search", model="compositional search", settings=asdict(self.config))
 
     async def explain(self, record: NeuronRecord, config: ExplainConfig) -> tuple[list[Candidate], list[Failure]]:
         """Up to `config.best_of` candidates, best first; a failure (never a made-up explanation) when no formula correlates
@@ -555,7 +556,7 @@ class FormulaSimulator:
         return f"FormulaSimulator({len(self.book)} formulas)"
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "exact", "mode": "exact", "model": "formula of the search explainer", "smoke_level": False}
+        return Component("exact", mode="exact", model="formula of the search explainer")
 
     def formula_of(self, explanation: str) -> Formula:
         try:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import prompts
 from .llm import Backend, Capabilities, Usage, count, run_sync
-from .records import SIMULATED_NORMALIZED_ACTIVATIONS, SequenceSimulation, SimulationFailure
+from .records import SIMULATED_NORMALIZED_ACTIVATIONS, Component, SequenceSimulation, SimulationFailure
 
 MODES = ("all_at_once", "chat_logprobs", "chat_text")
 DIGITS = [str(d) for d in range(prompts.SIM_MAX + 1)]
@@ -105,8 +106,9 @@ class Simulator(Protocol):
         """One prediction (or a recorded failure) per window of token strings."""
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """What the run manifest records of this simulator (kind, mode, model; `smoke_level` when it is one)."""
+    def describe(self) -> Component | dict[str, Any]:
+        """What the run manifest records of this simulator (kind, mode, model; `smoke_level` when it is one). A plain
+        dict is read as a `Component` (its unknown keys go to `settings`)."""
         ...
 
     @property
@@ -133,7 +135,7 @@ class _Prompted:
         return f"{type(self).__name__}({self.backend!r}, mode={self.mode!r})"
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "prompted", "mode": self.mode, **self.backend.describe()}
+        return replace(Component.of(self.backend.describe()), kind="prompted", mode=self.mode)
 
     @property
     def usage(self) -> Usage:
@@ -227,17 +229,21 @@ class TrainedSimulator:
     mode = "trained"
 
     def __init__(self, path: str | None = None, batch_size: int = 16):
-        from .train import load_model
+        import hashlib
+
+        from .train import DATA_DIR, load_model
 
         self.path, self.batch_size = path, batch_size
         self.model = load_model(path)
+        weights = Path(path or DATA_DIR / "nxkit-sim") / "weights.safetensors"
+        self.weights_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
         self.usage = Usage()
 
     def __repr__(self) -> str:
         return f"TrainedSimulator({self.path or 'nxkit-sim'})"
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "trained", "model": "nxkit-sim", "path": self.path, "smoke_level": False}
+    def describe(self) -> Component:
+        return Component("trained", model="nxkit-sim", path=self.path, weights_hash=self.weights_hash)
 
     async def simulate_many(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
         from .train import N_BINS, predict

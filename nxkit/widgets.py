@@ -99,7 +99,7 @@ def neuron_data(source: Run | dict, layer: int, neuron: int) -> NeuronData:
         acts = source.activations()
         if layer in acts.layers:
             record = acts.neuron_record(layer, neuron)
-            levels = acts.manifest.get("config", {}).get("quantile_levels")
+            levels = acts.manifest.quantile_levels
     return NeuronData(nid, source.read_neuron(nid), record, source.read_results(nid), source.read_revision(nid), levels)
 
 
@@ -341,7 +341,7 @@ class NeuronInspector:
 
             name = OFFLINE_DEFAULT
             if isinstance(self.source, Run):
-                name = self.source.collection_manifest().get("model", name)
+                name = getattr(self.source.collection_manifest(), "model", name)
             self.status.value = f"<i>loading the subject model {esc(name)} (once)…</i>"
             self.model = load_subject(name)
         if self.simulator is None:

@@ -59,7 +59,7 @@ def test_top_windows_match_brute_force(collected, small_windows):
 def test_bottom_windows_match_brute_force(collected):
     """SmolLM2's MLPs are gated, so the pass keeps each neuron's most negative windows too (bottom_k = top_k)."""
     acts, full = collected
-    assert acts.manifest["gated_mlp"] is True and acts.manifest["config"]["bottom_k"] == 8 and acts.has_negative
+    assert acts.manifest.gated_mlp is True and acts.manifest.config["bottom_k"] == 8 and acts.has_negative
     for layer in LAYERS:
         window_min = full[layer].min(axis=1)  # [n_windows, d_mlp]
         bottom_windows = np.asarray(acts._array(layer, "bottom_windows"))
@@ -217,7 +217,7 @@ def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
     collect(subject, windows, run / "activations", cfg, progress=False)
     collect(subject, windows, tmp_path / "straight" / "activations", cfg, progress=False)
     resumed, straight = Activations(run / "activations"), Activations(tmp_path / "straight" / "activations")
-    assert resumed.manifest["status"] == "complete"
+    assert resumed.manifest.status == "complete"
     assert not (run / "activations" / "checkpoint.pt").exists()
     for layer in (0, 3):
         for name in ("top_windows", "random_windows", "band_windows", "top_acts", "moments", "bottom_acts", "mass"):

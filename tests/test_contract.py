@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nxkit.llm import Capabilities, Completion, Usage
-from nxkit.records import SIMULATED_NORMALIZED_ACTIVATIONS, NeuronId, SequenceSimulation
+from nxkit.records import SIMULATED_NORMALIZED_ACTIVATIONS, Component, NeuronId, SequenceSimulation
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nxkit"
 
@@ -86,9 +86,9 @@ def test_a_simulator_defined_here_runs_every_stage(tiny_collection, subject, tmp
     done = explain_and_score(run, neurons, explainer, simulator, config, progress=False, control=False)
     assert [s.status for s in done] == ["done"] * 3 and all(s.shuffled_control_from is None for s in done)
     for s in done:
-        assert s.explanation.startswith("the word") and s.simulator["kind"] == "keyword rule (test)"
+        assert s.explanation.startswith("the word") and s.simulator.kind == "keyword rule (test)"
         assert s.window_splits == ["top"] * 3 + ["random"] * 3 and s.scores.n_windows == 6
-    assert run.manifest()["explain"]["simulator"] == simulator.describe()
+    assert run.manifest().explain.simulator == Component.of(simulator.describe())
 
     controls = shuffled_controls(run, simulator, progress=False)  # catches up on the controls not run yet
     assert [c.neuron_id for c in controls] == neurons

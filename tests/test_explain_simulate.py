@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from conftest import ScriptedLLM
 
@@ -120,7 +118,7 @@ def test_pipeline_resumes_after_a_crash_and_skips_finished(tiny_collection, loca
     assert [d.neuron_id for d in done] == [NeuronId(5, 1)]
     again = run.read_neuron(neurons[0])  # not recomputed: only its shuffled control was added, now that 5:1 has one
     assert (again.candidates, again.scores, again.seconds) == (first.candidates, first.scores, first.seconds)
-    assert again.shuffled_control_from == NeuronId(5, 1) and again.usage["requests"] > first.usage["requests"]
+    assert again.shuffled_control_from == NeuronId(5, 1) and again.usage.requests > first.usage.requests
     assert local_backend.usage.requests > before
     assert explain_and_score(run, neurons, local_backend, sim, SMALL, progress=False) == []
 
@@ -144,6 +142,6 @@ def test_pipeline_resumes_after_a_crash_and_skips_finished(tiny_collection, loca
         assert s.shuffled_control_from is not None and s.shuffled_control_from != nid
         if s.top_and_random is not None and s.shuffled_control is not None:
             assert s.shuffled_gap == pytest.approx(s.top_and_random - s.shuffled_control)
-        assert s.usage["requests"] > 0
-    manifest = json.loads(run.manifest_path.read_text())
-    assert manifest["explain"]["simulator"]["mode"] == "all_at_once" and manifest["usage"]["requests"] > 0
+        assert s.usage.requests > 0
+    manifest = run.manifest()
+    assert manifest.explain.simulator.mode == "all_at_once" and manifest.usage.requests > 0

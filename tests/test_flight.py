@@ -77,8 +77,8 @@ def test_many_neurons_in_flight_give_the_same_results(reference, tiny_collection
         assert server.max_in_flight >= 16  # many requests really were in flight at once
     assert outcome(run) == reference and len(done) == len(NEURONS)
     for s in done:  # usage is counted per neuron even with many neurons sharing one backend
-        assert s.usage["requests"] > 0
-    assert sum(s.usage["requests"] for s in run.summaries()) == backend.usage.requests
+        assert s.usage.requests > 0
+    assert sum(s.usage.requests for s in run.summaries()) == backend.usage.requests
 
 
 class Stop(Exception):
@@ -129,7 +129,7 @@ def test_a_budget_stops_cleanly_and_the_run_resumes(reference, tiny_collection, 
     with LoopbackServer(latency=0.0) as server:
         backend, sim = llms(server, 8)
         explain_and_score(run, NEURONS, backend, sim, config, budget=Budget(max_requests=60), progress=False)
-        stopped = run.manifest()["stopped"]
+        stopped = run.manifest().stopped
         assert "request budget is spent" in stopped
         assert 0 < len(run.summaries()) < len(NEURONS) and backend.usage.requests < 60 + 4 * 20
         explain_and_score(run, NEURONS, backend, sim, config, progress=False)
@@ -137,7 +137,7 @@ def test_a_budget_stops_cleanly_and_the_run_resumes(reference, tiny_collection, 
         other = make_run(tmp_path, tiny_collection, "budget-again")
         explain_and_score(other, NEURONS[:2], backend, sim, config, budget=Budget(max_requests=60), progress=False)
         assert len(other.summaries()) == 2
-    assert run.manifest()["stopped"] is None
+    assert run.manifest().stopped is None
     assert outcome(run) == reference  # the same controls too: a control whose partner was not explained waited
 
 
@@ -160,7 +160,7 @@ def test_nxkit_run_stops_at_its_budget_and_resumes(tiny_collection, tmp_path, mo
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert "positive and negative sides: " in out and "0 of 8 neuron sides to do" not in out
-    assert [s.status for s in run.summaries()] == ["done"] * 4 and run.manifest()["stopped"] is None
+    assert [s.status for s in run.summaries()] == ["done"] * 4 and run.manifest().stopped is None
     assert [s.status for s in run.side("negative").summaries()] == ["done"] * 4
     assert server.max_in_flight > 1
     # each control used the partner fixed in advance, even for neurons whose partner came only after the resume

@@ -203,7 +203,7 @@ def test_search_run_scores_exactly_with_a_shuffled_control_and_resumes(tmp_path,
     for s in done:
         chosen = next(c for c in s.candidates if c.text == s.explanation)
         formula = Formula.from_json(chosen.formula)  # stored in its structured form beside the text
-        assert s.simulator["kind"] == "exact" and chosen.search_score > 0
+        assert s.simulator.kind == "exact" and chosen.search_score > 0
         windows = run.read_results(s.neuron_id).scored_explanations[0].scored_simulation.scored_sequence_simulations
         for w in windows:  # the stored simulation is the formula's mask, token for token
             assert [v > 0 for v in w.simulation.expected_activations] == formula.mask(w.simulation.tokens).tolist()

@@ -153,7 +153,7 @@ def test_pipeline_writes_results_with_chat_simulator(backend, tiny_collection, t
     summary = run.read_neuron(NeuronId(5, 1))
     assert summary.status in ("done", "failed"), summary
     if summary.status == "done":
-        assert summary.simulator["mode"] == "chat_logprobs" and summary.simulator["backend"] == "openai"
+        assert summary.simulator.mode == "chat_logprobs" and summary.simulator.backend == "openai"
         scored = run.read_results(NeuronId(5, 1)).scored_explanations[0].scored_simulation
         assert len(scored.scored_sequence_simulations) == 2 and summary.window_splits == ["top", "random"]
         n_failed = sum(f.stage == "simulate" for f in summary.failures)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from nxkit import runs
 from nxkit.records import NeuronId, NeuronSummary, Scores
@@ -82,3 +83,53 @@ def test_a_table_written_before_the_sign_column_reads_as_positive(tmp_path):
     old.to_parquet(run.table_path)
     run.journal_path.write_text("")
     assert list(run.table().sign) == ["positive"] and run.table().top_and_random.item() == 0.5
+
+
+def test_a_run_directory_written_before_manifests_were_typed_still_opens(tmp_path):
+    """The previous version wrote manifests and summaries' simulator and usage as plain dicts: they read as records."""
+    import json
+
+    from nxkit.records import Component, RunManifest, Usage
+    from nxkit.report import render_report
+    from nxkit.revise import _simulator_changed
+
+    root = tmp_path / "old"
+    (root / "neurons" / "0").mkdir(parents=True)
+    simulator = {"kind": "prompted", "mode": "all_at_once", "backend": "local", "model": "SmolLM2", "smoke_level": True}
+    (root / "manifest.json").write_text(json.dumps({
+        "pipeline": {"sample": 2}, "neurons": [[0, 1]], "stopped": None,
+        "explain": {"config": {"best_of": 1}, "explainer": {"backend": "local", "model": "SmolLM2"}, "simulator": simulator},
+        "usage": {"requests": 3, "prompt_tokens": 30, "completion_tokens": 4, "cache_hits": 0},
+    }))  # fmt: skip
+    (root / "neurons" / "0" / "1.json").write_text(json.dumps({
+        "dataclass_name": "NeuronSummary", "neuron_id": {"dataclass_name": "NeuronId", "layer_index": 0, "neuron_index": 1},
+        "status": "done", "explanation": "cats", "simulator": simulator,
+        "usage": {"requests": 2, "prompt_tokens": 20, "completion_tokens": 3},
+        "scores": {"dataclass_name": "Scores", "top_and_random": 0.4},
+    }))  # fmt: skip
+    run = Run(root)
+    manifest = run.manifest()
+    assert isinstance(manifest, RunManifest) and manifest.usage == Usage(3, 30, 4)
+    assert manifest.explain.simulator == Component("prompted", mode="all_at_once", model="SmolLM2", backend="local",
+                                                   smoke_level=True)  # fmt: skip
+    assert manifest.explain.explainer.kind == "llm" and manifest.neurons == [[0, 1]]
+    summary = run.read_neuron(NeuronId(0, 1))
+    assert summary.usage.requests == 2 and summary.simulator.label == "prompted all_at_once"
+    row = run.table().iloc[0]
+    assert row.requests == 2 and row.simulator == "prompted all_at_once"
+
+    class Same:  # "has the simulator changed" is a field comparison, whoever describes it
+        def describe(self):
+            return dict(simulator)
+
+    class Other:
+        def describe(self):
+            return {**simulator, "mode": "chat_text"}
+
+    assert not _simulator_changed(run, Same()) and _simulator_changed(run, Other())
+    assert "simulator: kind=prompted mode=all_at_once" in render_report(run)
+    # a section written now keeps the others, and the file stays readable
+    run.update_manifest(stopped="the request budget is spent")
+    assert run.manifest().usage == Usage(3, 30, 4) and run.manifest().stopped == "the request budget is spent"
+    with pytest.raises(ValueError, match="not a section of a run manifest"):
+        run.update_manifest(nonsense=1)

@@ -38,7 +38,7 @@ def test_a_tiny_training_run_saves_weights_that_load_by_name(tmp_path):
     out = train_simulator(config, progress=False)
     assert (out / "weights.safetensors").stat().st_size < 200_000 and not (out / "checkpoint.pt").exists()
     sim = make_simulator("nxkit-sim", path=str(out))
-    assert sim.describe()["model"] == "nxkit-sim"
+    assert sim.describe().model == "nxkit-sim"
     (one,) = sim.simulate_sync("numbers", [[" I", " have", " 42", " cats"]])
     assert len(one.expected_activations) == 4 and one.distribution_values[0] == [float(v) for v in range(11)]
     for v, values, probs in zip(
