@@ -75,23 +75,28 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
     for kind in ("detection", "fuzzing"):  # the cheaper scorers, when the run asked for them
         if df[f"{kind}_auc"].notna().any():
             cols[-2:-2] = [(f"{kind}_balanced_accuracy", f"{kind} bal. acc."), (f"{kind}_auc", f"{kind} AUC")]
+
+    def cell(key, v, r) -> str:
+        if key == "neuron":
+            return f'<a href="#n-{r.layer}-{r.neuron}">{v}</a>'
+        if key in viz.SCORE_COLUMNS or key.startswith(("detection_", "fuzzing_")):
+            return viz.num(v)
+        if key == "explanation":
+            return esc(v if isinstance(v, str) else (r.reason if isinstance(r.reason, str) else ""))
+        return esc(v)
+
+    return sortable_table(df, cols, cell)
+
+
+def sortable_table(df: pd.DataFrame, cols: list[tuple[str, str]], cell) -> str:
+    """A table whose columns sort on a click: `cols` are (column, header) pairs, `cell(column, value, row)` the HTML
+    of one cell (escaped by it); each cell sorts by its raw value."""
     head = "".join(f"<th>{esc(label)}</th>" for _, label in cols)
-    body = []
-    for r in df.itertuples():
-        cells = []
-        for key, _ in cols:
-            v = getattr(r, key)
-            if key == "neuron":
-                shown = f'<a href="#n-{r.layer}-{r.neuron}">{v}</a>'
-            elif key in viz.SCORE_COLUMNS or key.startswith(("detection_", "fuzzing_")):
-                shown = viz.num(v)
-            elif key == "explanation":
-                text = v if isinstance(v, str) else (r.reason if isinstance(r.reason, str) else "")
-                shown = esc(text)
-            else:
-                shown = esc(v)
-            cells.append(f'<td data-v="{_sort_value(v)}">{shown}</td>')
-        body.append(f"<tr>{''.join(cells)}</tr>")
+    body = [
+        "<tr>" + "".join(f'<td data-v="{_sort_value(getattr(r, k))}">{cell(k, getattr(r, k), r)}</td>' for k, _ in cols)
+        + "</tr>"
+        for r in df.itertuples()
+    ]  # fmt: skip
     return f'<table class="nx-sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -140,25 +145,16 @@ def sides_html(run: Run, max_neurons: int, max_windows: int) -> tuple[str, list]
         ("explanation_negative", "negative side"), ("negative_tail_share", "negative share (tail)"),
         ("negative_mass_share", "negative share (all)"),
     ]  # fmt: skip
-    head = "".join(f"<th>{esc(label)}</th>" for _, label in cols)
-    body = []
-    for r in sides.itertuples():
-        cells = []
-        for key, _ in cols:
-            v = getattr(r, key)
-            if key == "neuron":
-                shown = (
-                    f'<a href="#{_anchor(r.layer, r.neuron)}">{v}+</a> <a href="#{_anchor(r.layer, r.neuron, NEGATIVE)}">'
-                    f"{v}−</a>"
-                )
-            elif key.startswith("top_and_random"):
-                shown = viz.num(v)
-            elif key.startswith("negative_"):
-                shown = "—" if pd.isna(v) else f"{v:.0%}"
-            else:
-                shown = esc("" if pd.isna(v) else v)
-            cells.append(f'<td data-v="{_sort_value(v)}">{shown}</td>')
-        body.append(f"<tr>{''.join(cells)}</tr>")
+
+    def cell(key, v, r) -> str:
+        if key == "neuron":
+            return f'<a href="#{_anchor(r.layer, v)}">{v}+</a> <a href="#{_anchor(r.layer, v, NEGATIVE)}">{v}−</a>'
+        if key.startswith("top_and_random"):
+            return viz.num(v)
+        if key.startswith("negative_"):
+            return "—" if pd.isna(v) else f"{v:.0%}"
+        return esc("" if pd.isna(v) else v)
+
     shown = heatmap_neurons(neg, max_neurons)
     sections = "".join(
         neuron_section(neg_run, NeuronId(int(r.layer), int(r.neuron)), max_windows) for r in shown.itertuples()
@@ -168,8 +164,7 @@ def sides_html(run: Run, max_neurons: int, max_windows: int) -> tuple[str, list]
         f"negative) is explained and scored as its own unit. Negative side: {len(neg)} neurons · mean score "
         f"{viz.num(means['top_and_random'])} · random only {viz.num(means['random_only'])} · shuffled control "
         f"{viz.num(means['shuffled_control'])} · gap {viz.num(means['shuffled_gap'])}.</p><p>{shares}</p>"
-        f'<table class="nx-sortable"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table><h3>Windows of the negative side</h3>{sections}"
+        f"{sortable_table(sides, cols, cell)}<h3>Windows of the negative side</h3>{sections}"
     )
     return html, [viz.sides_scatter(sides)]
 
