@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .collect import CollectConfig
 from .records import ActivationRecord, NeuronId, NeuronRecord
 from .rules import (  # noqa: F401  (re-exported: the rules synthetic neurons are made of)
     NEGATIONS,
@@ -70,14 +71,15 @@ class SyntheticNeuron:
         self,
         windows: Sequence[Sequence[str]],
         neuron_id: NeuronId | None = None,
-        top_k: int = 40,
-        n_random: int = 30,
+        collection: CollectConfig | None = None,
         noise: float = 0.03,
         seed: int = 0,
     ) -> NeuronRecord:
-        """The neuron's record over `windows` (token strings), as collection keeps it: top windows strongest
-        first, a uniform random sample, quantile samples and moments. `noise` (a fraction of the maximum) is
-        added to every activation, seeded by `seed`, then clipped at 0 like a ReLU."""
+        """The neuron's record over `windows` (token strings), as a collection with the settings `collection` (default
+        `CollectConfig()`) keeps it: top windows strongest first, a uniform random sample, quantile samples and
+        moments. `noise` (a fraction of the maximum) is added to every activation, seeded by `seed`, then clipped at 0
+        like a ReLU."""
+        cfg = collection or CollectConfig()
         rng = np.random.default_rng(seed)
         acts = [self.rule(w) for w in windows]
         peak = max((float(a.max()) for a in acts if a.size), default=0.0) or 1.0
@@ -87,12 +89,12 @@ class SyntheticNeuron:
         def rec(i: int) -> ActivationRecord:  # only the windows kept become records
             return ActivationRecord(list(windows[i]), [round(float(v), 4) for v in acts[i]])
 
-        top = [rec(i) for i in np.argsort(-maxima, kind="stable")[:top_k]]
-        rand = [rec(i) for i in rng.choice(len(windows), size=min(n_random, len(windows)), replace=False)]
-        levels = [0.5, 0.9, 0.99]
+        top = [rec(i) for i in np.argsort(-maxima, kind="stable")[: cfg.top_k]]
+        rand = [rec(i) for i in rng.choice(len(windows), size=min(cfg.n_random, len(windows)), replace=False)]
+        levels = list(cfg.quantile_levels)
         bounds = [float(b) for b in np.quantile(maxima, levels)]
         bands = np.searchsorted(bounds, maxima, side="right")
-        by_quantile = [[rec(i) for i in np.flatnonzero(bands == k)[:5]] for k in range(len(levels) + 1)]
+        by_quantile = [[rec(i) for i in np.flatnonzero(bands == k)[: cfg.per_quantile]] for k in range(len(levels) + 1)]
         flat = np.concatenate(acts) if acts else np.zeros(1)
         mean, var = float(flat.mean()), float(flat.var())
         sd = var**0.5 or 1.0

@@ -4,6 +4,7 @@ scripted fake LLM (for parsing and arithmetic only); and `make_fake_run`, a run 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,14 @@ from nxkit.records import (
 )
 from nxkit.runs import Run
 from nxkit.score import score_simulation
+
+
+def pytest_collection_modifyitems(config, items):
+    """`NXKIT_TEST_ORDER=reverse` runs the tests last to first (notebooks stay in order), to show that no test leans on
+    what an earlier one left behind."""
+    if os.environ.get("NXKIT_TEST_ORDER") == "reverse":
+        tests = [item for item in items if item.path.suffix == ".py"]
+        items[:] = tests[::-1] + [item for item in items if item.path.suffix != ".py"]
 
 
 class ScriptedLLM:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nxkit import synthetic as syn
+from nxkit.collect import CollectConfig
 from nxkit.heldout import top_splits
 from nxkit.records import NeuronId
 
@@ -59,7 +60,7 @@ def test_record_is_built_as_collection_builds_one():
     words = [" apple", " stone", " river", " pear", " cloud", ",", " sky"]
     windows = [[words[i] for i in rng.integers(0, len(words), 16)] for _ in range(300)]
     neuron = syn.SyntheticNeuron("test", "concept", syn.WordSet(frozenset({"apple", "pear"})), ("fruit",))
-    rec = neuron.record(windows, NeuronId(3, 7), top_k=40, n_random=30, noise=0.0, seed=2)
+    rec = neuron.record(windows, NeuronId(3, 7), CollectConfig(top_k=40, n_random=30), noise=0.0, seed=2)
     assert rec.neuron_id == NeuronId(3, 7)
     maxima = [r.max_activation for r in rec.most_positive_activation_records]
     assert len(maxima) == 40 and maxima == sorted(maxima, reverse=True)
