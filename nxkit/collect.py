@@ -141,11 +141,19 @@ class KeepBest:
         if self.scores.shape[1] == 0:
             return
         threshold = self.scores.min(dim=1).values
-        hit = (scores > threshold).any(dim=0).nonzero().squeeze(1)
+        beats = scores > threshold  # [batch, n]
+        hit = beats.any(dim=0).nonzero().squeeze(1)
         if hit.numel() == 0:
             return
         k = self.scores.shape[1]
         new = scores[:, hit].T  # [m, batch]
+        # only windows above a row's threshold can enter it, and they are its best new ones: the c best new windows
+        # of every row (c the most any row has above its threshold) are all the candidates there are
+        c = int(beats[:, hit].sum(0).max())
+        if c < new.shape[1]:
+            new, order = new.topk(c, dim=1)
+        else:
+            order = torch.arange(new.shape[1], device=new.device).expand(new.shape[0], -1)
         cand = torch.cat([self.scores[hit], new], dim=1)
         chosen = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, cand.topk(k, dim=1).indices, True)
         # Slots stay unordered: each new window that made the cut overwrites one evicted slot, so
@@ -153,9 +161,9 @@ class KeepBest:
         # chose exactly k, so it evicts as many slots as it admits windows: the row-major lists of
         # evicted slots and of entering windows pair up one to one.
         local, slot = (~chosen[:, :k]).nonzero(as_tuple=True)
-        _, cand_idx = chosen[:, k:].nonzero(as_tuple=True)
-        rows = hit[local]
-        self.scores[rows, slot] = new[local, cand_idx]
+        _, pick = chosen[:, k:].nonzero(as_tuple=True)
+        rows, cand_idx = hit[local], order[local, pick]
+        self.scores[rows, slot] = new[local, pick]
         self.windows[rows, slot] = window_ids.to(self.windows.device)[cand_idx]
         self.acts[rows, slot] = acts[cand_idx, :, rows].to(self.acts.dtype)
 
