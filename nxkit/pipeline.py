@@ -491,6 +491,8 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
 
 def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
     """Both signs of every neuron side by side, with the negative side's means."""
+    import pandas as pd
+
     from .runs import side_by_side
     from .score import mean_scores
 
@@ -505,7 +507,7 @@ def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
         text = r.explanation_negative if isinstance(r.explanation_negative, str) else (r.status_negative or "")
         text = str(text).replace("\n", " ")
         text = text if len(text) <= width else text[: width - 1] + "…"
-        share = "    —" if pd_isna(r.negative_tail_share) else f"{r.negative_tail_share:>5.0%}"
+        share = "    —" if pd.isna(r.negative_tail_share) else f"{r.negative_tail_share:>5.0%}"
         lines.append(
             f"{r.layer:>5} {r.neuron:>6} {_fmt(r.top_and_random_positive):>6} {_fmt(r.top_and_random_negative):>6} "
             f"{share}  {text}"
@@ -518,10 +520,6 @@ def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
         f"{_fmt(m['random_only'])}, shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}"
     )
     return "\n".join(lines)
-
-
-def pd_isna(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def small_run_config(

@@ -50,6 +50,10 @@ class ActivationRecord:
     def max_activation(self) -> float:
         return max(self.activations) if self.activations else 0.0
 
+    def negated(self) -> ActivationRecord:
+        """The same window on the neuron's negative side (every activation negated; -0.0 shown as 0.0)."""
+        return ActivationRecord(list(self.tokens), [-a + 0.0 for a in self.activations])
+
 
 @register
 @dataclass

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
@@ -216,7 +216,7 @@ def probe_proposals(
     texts = [(kind, t) for kind in KINDS for t in proposals.get(kind, [])]
     records = probe_many(model, [t for _, t in texts], layer, neuron) if texts else []
     if check_sign(sign) == NEGATIVE:
-        records = [replace(r, activations=[-a + 0.0 for a in r.activations]) for r in records]
+        records = [r.negated() for r in records]
     out: dict[str, list[ProbedText]] = {kind: [] for kind in KINDS}
     for (kind, text), rec in zip(texts, records, strict=True):
         out[kind].append(describe_probe(text, rec, max_activation))

@@ -357,7 +357,7 @@ class NeuronInspector:
         nid = self.data.neuron_id
         rec = probe(self.model, text, nid.layer_index, nid.neuron_index)
         if isinstance(self.source, Run) and self.source.sign == NEGATIVE:  # the side's activations are negated
-            rec = ActivationRecord(rec.tokens, [-a + 0.0 for a in rec.activations])
+            rec = rec.negated()
         simulated, scale = None, None
         if self.data.explanation and rec.tokens:
             sim = simulate_sync(self.simulator, self.data.explanation, [rec.tokens])[0]
