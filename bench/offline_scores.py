@@ -16,7 +16,7 @@ import time
 
 from nxkit.explain import ExplainConfig, explain_and_score, shuffled_controls
 from nxkit.llm import LocalBackend
-from nxkit.pipeline import ensure_collection
+from nxkit.notebook import ensure_collection
 from nxkit.records import NeuronId
 from nxkit.score import OFFLINE_NOTE, mean_scores
 from nxkit.simulate import make_simulator

@@ -17,7 +17,7 @@ import time
 
 from nxkit.explain import ExplainConfig, explain_and_score
 from nxkit.llm import LocalBackend
-from nxkit.pipeline import ensure_collection
+from nxkit.notebook import ensure_collection
 from nxkit.records import NeuronId
 from nxkit.revise import ReviseConfig, revise_run, score_on_split, summarize
 from nxkit.score import OFFLINE_NOTE

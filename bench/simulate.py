@@ -16,7 +16,7 @@ import numpy as np
 from nxkit.explain import simulate_and_score
 from nxkit.heldout import held_out
 from nxkit.llm import LocalBackend, run_sync
-from nxkit.pipeline import ensure_collection
+from nxkit.notebook import ensure_collection
 from nxkit.score import OFFLINE_NOTE
 from nxkit.simulate import make_simulator
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from nxkit.explain import ExplainConfig, explain_and_score
 from nxkit.llm import OpenAIBackend
 from nxkit.loopback import MODEL, LoopbackServer
-from nxkit.pipeline import ensure_collection
+from nxkit.notebook import ensure_collection
 from nxkit.records import NeuronId
 from nxkit.runs import Run
 from nxkit.simulate import SimulateConfig, make_simulator

@@ -80,7 +80,8 @@ def cmd_train(command: Train) -> None:
 
 def cmd_run(config: PipelineConfig) -> None:
     """Run or resume the pipeline, then print the summary table and the report's path."""
-    from .pipeline import run_pipeline, summary_table
+    from .pipeline import run_pipeline
+    from .report import summary_table
     from .score import OFFLINE_NOTE
 
     t0 = time.perf_counter()

@@ -254,3 +254,83 @@ def write_report(run: Run | str | Path, path: str | Path | None = None, **kwargs
     """Write `runs/<name>/report.html` (or `path`) and return its path."""
     run = as_run(run)
     return atomic_write(Path(path) if path else run.report_path, render_report(run, **kwargs))
+
+
+# --- the run as plain text (`nxkit run` prints it; notebook 00 too) ----------------------------------------------------------------------------
+
+
+def _fmt(v) -> str:
+    return "    —" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+
+
+def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 60) -> str:
+    """A plain-text table of the run's neurons (the kept explanation, its scores, control, revision) with means."""
+    df = run.table(neurons=neurons)
+    head = f"{'layer':>5} {'neuron':>6} {'status':<7} {'score':>6} {'random':>6} {'shuffl':>6} {'gap':>6} {'revised':>7}  explanation"
+    lines = [head, "-" * len(head)]
+    for r in df.itertuples():
+        text = r.explanation if isinstance(r.explanation, str) else (r.reason or "")
+        text = text.replace("\n", " ")
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        lines.append(
+            f"{r.layer:>5} {r.neuron:>6} {r.status or '?':<7} {_fmt(r.top_and_random):>6} {_fmt(r.random_only):>6} "
+            f"{_fmt(r.shuffled_control):>6} {_fmt(r.shuffled_gap):>6} {_fmt(r.score_after):>7}  {text}"
+        )
+    m = mean_scores(df[df["status"] == "done"].to_dict("records"))
+    share = viz.share_above(df)
+    lines.append("-" * len(head))
+    lines.append(
+        f"mean over {m['n_neurons']} scored neurons: score {_fmt(m['top_and_random'])}, random only {_fmt(m['random_only'])}, "
+        f"shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}; "
+        f"above 0.8: {share['above']} of {share['n']}"
+    )
+    for kind in ("detection", "fuzzing"):
+        auc = df[f"{kind}_auc"].dropna()
+        if len(auc) or df[f"{kind}_flag"].notna().any():
+            bal = df[f"{kind}_balanced_accuracy"].dropna()
+            lines.append(
+                f"{kind}: mean balanced accuracy {_fmt(bal.mean() if len(bal) else None)}, "
+                f"AUC {_fmt(auc.mean() if len(auc) else None)} over {len(auc)} neurons"
+            )
+    sims = sorted(set(df["simulator"].dropna()))
+    if sims:
+        lines.append(f"scored by: {', '.join(sims)} simulator")
+    after = df["score_after"].dropna()
+    if len(after):
+        before = df.loc[after.index, "score_before"]
+        kept = int((df["kept"] == "revised").sum())
+        lines.append(
+            f"revision: {len(after)} neurons, mean {_fmt(before.mean())} -> {_fmt(after.mean())}; "
+            f"revised explanation kept for {kept}"
+        )
+    if len(run.sides()) > 1:
+        lines += ["", _sides_lines(run, neurons, width)]
+    return "\n".join(lines)
+
+
+def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
+    """Both signs of every neuron side by side, with the negative side's means."""
+    sides = side_by_side(run.sides_table(neurons=neurons))
+    head = f"{'layer':>5} {'neuron':>6} {'score+':>6} {'score-':>6} {'neg%':>5}  negative side's explanation"
+    lines = [
+        "both signs (neg%: share of |activation| above the top-k threshold that is negative)",
+        head,
+        "-" * len(head),
+    ]
+    for r in sides.itertuples():
+        text = r.explanation_negative if isinstance(r.explanation_negative, str) else (r.status_negative or "")
+        text = str(text).replace("\n", " ")
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        share = "    —" if pd.isna(r.negative_tail_share) else f"{r.negative_tail_share:>5.0%}"
+        lines.append(
+            f"{r.layer:>5} {r.neuron:>6} {_fmt(r.top_and_random_positive):>6} {_fmt(r.top_and_random_negative):>6} "
+            f"{share}  {text}"
+        )
+    neg = run.side(NEGATIVE).table(neurons=neurons)
+    m = mean_scores(neg[neg["status"] == "done"].to_dict("records"))
+    lines.append("-" * len(head))
+    lines.append(
+        f"negative side, mean over {m['n_neurons']} scored neurons: score {_fmt(m['top_and_random'])}, random only "
+        f"{_fmt(m['random_only'])}, shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}"
+    )
+    return "\n".join(lines)

@@ -70,9 +70,8 @@ def test_a_run_with_detection_and_fuzzing_against_the_loopback_server(tiny_colle
     from nxkit.explain import ExplainConfig, explain_and_score
     from nxkit.llm import OpenAIBackend
     from nxkit.loopback import MODEL, LoopbackServer
-    from nxkit.pipeline import summary_table
     from nxkit.records import NeuronId
-    from nxkit.report import render_report
+    from nxkit.report import render_report, summary_table
     from nxkit.runs import Run
     from nxkit.simulate import SimulateConfig, make_simulator
 

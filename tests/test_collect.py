@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -182,35 +181,42 @@ def test_bad_settings(subject, small_windows, tmp_path):
         CollectConfig(quantile_levels=[0.9, 0.5])
 
 
+# The child is the real `nxkit collect`; it stops itself (SIGSTOP) in the middle of its fifth batch, after
+# layer 0 has taken the batch in and before layer 3 has, and the test kills it there: a kill mid-pass at
+# a known point, with no polling or sleeping.
+_STOPPING_CHILD = """
+import os, signal, sys
+from nxkit import cli, collect
+update = collect._Pass.update
+def update_then_stop(self, layer, x):
+    update(self, layer, x)
+    if self.start == 64 and layer == 0:
+        os.kill(os.getpid(), signal.SIGSTOP)
+collect._Pass.update = update_then_stop
+sys.exit(cli.main(["collect", *sys.argv[1:]]))
+"""
+
+
 @pytest.mark.slow
 def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
-    """Kill a real `nxkit collect` process mid-pass, resume it, compare with an uninterrupted pass."""
+    """Kill a real `nxkit collect` process mid-batch, resume it, compare with an uninterrupted pass."""
     from nxkit.corpus import make_windows
 
     run = tmp_path / "killed"
     args = ["--run-dir", str(run), "--corpus", "pydoc", "--max-tokens", str(64 * 160), "--seed", "5",
             "--collect.layers", "0", "3", "--collect.top-k", "8", "--collect.n-random", "6", "--collect.batch-size", "16",
             "--collect.seed", "5", "--collect.checkpoint-seconds", "0", "--collect.no-compile"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nxkit.cli", "collect", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "child.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _STOPPING_CHILD, *args], stdout=subprocess.DEVNULL, stderr=err)
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns when the child stops itself (or exits)
+        if not os.WIFSTOPPED(status):
+            pytest.fail(f"the child exited before its fifth batch: {log.read_text()[-2000:]}")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     manifest = run / "activations" / "manifest.json"
-    deadline = time.monotonic() + 240
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists():
-            try:
-                done = json.loads(manifest.read_text()).get("done_windows", 0)
-            except json.JSONDecodeError:
-                done = 0
-            if done >= 48:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the pass finished before it could be interrupted"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     partial = json.loads(manifest.read_text())
-    assert partial["status"] == "partial" and 48 <= partial["done_windows"] < 160
+    assert partial["status"] == "partial" and partial["done_windows"] == 64  # the last checkpoint, 4 batches
 
     windows = make_windows(subject.tokenizer, "pydoc", window=64, max_tokens=64 * 160, seed=5)
     cfg = CollectConfig(layers=[0, 3], top_k=8, n_random=6, batch_size=16, seed=5, checkpoint_seconds=0, compile=False)

@@ -72,8 +72,7 @@ class TopTokenExplainer:
 @pytest.mark.slow
 def test_a_simulator_defined_here_runs_every_stage(tiny_collection, subject, tmp_path):
     from nxkit.explain import ExplainConfig, explain_and_score, shuffled_controls
-    from nxkit.pipeline import summary_table
-    from nxkit.report import write_report
+    from nxkit.report import summary_table, write_report
     from nxkit.revise import ReviseConfig, revise_run
     from nxkit.runs import Run
 
@@ -109,9 +108,8 @@ def test_a_simulator_defined_here_runs_every_stage(tiny_collection, subject, tmp
 def test_a_kept_revision_is_what_the_summary_table_export_and_report_show(tmp_path):
     from conftest import make_fake_run
 
-    from nxkit.pipeline import summary_table
     from nxkit.public import PublicDataset, export_run
-    from nxkit.report import render_report
+    from nxkit.report import render_report, summary_table
 
     run = make_fake_run(tmp_path / "fake")  # neurons 0 and 1 of each layer have a kept revision
     nid = NeuronId(0, 0)

@@ -452,8 +452,8 @@ def test_export_run_writes_a_real_collection_in_the_release_layout(tiny_collecti
 @pytest.mark.slow
 def test_rescore_released_scores_released_and_our_explanations_on_the_released_windows(local_backend):
     from nxkit.explain import ExplainConfig
-    from nxkit.pipeline import rescore_released
     from nxkit.public import released_windows
+    from nxkit.rescore import rescore_released
     from nxkit.simulate import make_simulator, simulate_sync
 
     ds = PublicDataset(FIXTURES)

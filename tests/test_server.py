@@ -151,15 +151,20 @@ def test_pipeline_writes_results_with_chat_simulator(backend, tiny_collection, t
     )
     explain_and_score(run, [NeuronId(5, 1)], backend, sim, config, progress=False)
     summary = run.read_neuron(NeuronId(5, 1))
-    assert summary.status in ("done", "failed"), summary
-    if summary.status == "done":
-        assert summary.simulator.mode == "chat_logprobs" and summary.simulator.backend == "openai"
-        scored = run.read_results(NeuronId(5, 1)).scored_explanations[0].scored_simulation
-        assert len(scored.scored_sequence_simulations) == 2 and summary.window_splits == ["top", "random"]
-        n_failed = sum(f.stage == "simulate" for f in summary.failures)
-        assert summary.scores.n_failed == n_failed
-    else:
-        assert summary.failures and all(f.raw is not None for f in summary.failures if f.stage == "explain")
+    # what the model answers is not ours to know; what is recorded of either outcome is checked unconditionally
+    # (a failed explanation, scripted, is tested in test_explain_simulate.py)
+    explain_failures = [f for f in summary.failures if f.stage == "explain"]
+    assert all(f.raw is not None for f in explain_failures)  # an unparsable answer keeps its raw text
+    assert summary.status == ("done" if summary.explanation else "failed"), summary
+    assert len(explain_failures) == config.best_of - len(summary.candidates)
+    results = run.read_results(NeuronId(5, 1))
+    assert (results is not None) == (summary.status == "done")
+    scored = results.scored_explanations[0].scored_simulation.scored_sequence_simulations if results else []
+    assert len(scored) == (2 if summary.explanation else 0)
+    assert summary.window_splits == (["top", "random"] if summary.explanation else [])
+    assert summary.simulator.mode == "chat_logprobs" and summary.simulator.backend == "openai"
+    n_failed = sum(f.stage == "simulate" for f in summary.failures)
+    assert summary.scores.n_failed == n_failed
 
 
 def test_detection_and_fuzzing_through_the_real_server(backend, tiny_collection):

@@ -1,0 +1,61 @@
+"""OpenAI's public GPT-2 XL release scored by our simulator: each released explanation on the very windows the
+release scored, beside the released score, and optionally our own explanation of the same records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .explain import ExplainConfig, process_neuron, simulate_and_score
+from .llm import run_sync
+from .public import PublicDataError, released_windows
+from .records import max_activation_of
+from .score import scores
+
+
+def rescore_released(
+    neurons, simulator, explainer=None, explain_config: ExplainConfig | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Score each released explanation with our simulator on the very windows the release scored, side by side.
+
+    Windows carry their split (found by matching the neuron's records), so random-only scores never mix
+    in top windows. With an `explainer`, also explain each neuron from its released records with our
+    pipeline and score that explanation on the same windows. Returns one plain row per neuron.
+    """
+    rows = []
+    for neuron in tqdm(list(neurons), desc="re-score", unit="neuron", disable=not progress):
+        windows = released_windows(neuron)
+        splits = [w.split for w in windows]
+        released = neuron.results.scored_explanations[0]
+        max_act = max_activation_of(record=neuron.record, seqs=released.scored_simulation.scored_sequence_simulations)
+        _, ours, _ = run_sync(simulate_and_score(simulator, released.explanation, windows, max_act))
+        row = {
+            "layer": neuron.neuron_id.layer_index,
+            "neuron": neuron.neuron_id.neuron_index,
+            "n_windows": len(windows),
+            "splits": splits,
+            "released_explanation": released.explanation,
+            "released_score": released.scored_simulation.ev_correlation_score,
+            "released_random_only": scores(released.scored_simulation, splits).random_only,
+            "rescored": ours.top_and_random,
+            "rescored_random_only": ours.random_only,
+            "rescored_flag": ours.top_and_random_flag,
+        }
+        if explainer is not None:
+            if neuron.record is None:
+                raise PublicDataError(f"neuron {neuron.neuron_id} needs its activation records to be explained by us")
+            summary, _ = run_sync(
+                process_neuron(neuron.record, explainer, simulator, explain_config or ExplainConfig())
+            )
+            own = None
+            if summary.explanation:
+                _, own, _ = run_sync(simulate_and_score(simulator, summary.explanation, windows, max_act))
+            row |= {
+                "our_explanation": summary.explanation,
+                "our_score": own.top_and_random if own else None,
+                "our_random_only": own.random_only if own else None,
+                "our_status": summary.status,
+            }
+        rows.append(row)
+    return rows
