@@ -15,6 +15,8 @@ On disk (`runs/<name>/activations/`):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
@@ -90,6 +92,29 @@ class CollectConfig:
             raise CollectError(f"quantile_levels must be increasing values in (0, 1), got {levels}")
 
 
+def _load_libc():
+    name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc on Linux; elsewhere nothing to do).
+
+    A pass frees tens of megabytes of scratch tensors per layer and batch; glibc keeps most of them in its
+    heap once its mmap threshold has risen, so without this the resident memory of a long pass, or of a
+    second pass in the same process, grows with the heap's garbage rather than with what is kept.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 # --- the per-batch reduction -----------------------------------------------------------------
 
 
@@ -141,28 +166,31 @@ class KeepBest:
         if self.scores.shape[1] == 0:
             return
         threshold = self.scores.min(dim=1).values
-        beats = scores > threshold  # [batch, n]
-        hit = beats.any(dim=0).nonzero().squeeze(1)
-        if hit.numel() == 0:
+        beats = (scores > threshold).sum(0)  # per row, the new windows above its threshold
+        c = int(beats.max())  # only these can enter, and they are each row's best new ones: c per row suffice
+        if c == 0:
             return
         k = self.scores.shape[1]
-        new = scores[:, hit].T  # [m, batch]
-        # only windows above a row's threshold can enter it, and they are its best new ones: the c best new windows
-        # of every row (c the most any row has above its threshold) are all the candidates there are
-        c = int(beats[:, hit].sum(0).max())
+        if bool((beats > 0).all()):  # the common case: every row takes something, no row subset to gather
+            rows_of, new, kept = None, scores.T, self.scores
+        else:
+            rows_of = beats.nonzero().squeeze(1)
+            new, kept = scores[:, rows_of].T, self.scores[rows_of]
         if c < new.shape[1]:
             new, order = new.topk(c, dim=1)
         else:
             order = torch.arange(new.shape[1], device=new.device).expand(new.shape[0], -1)
-        cand = torch.cat([self.scores[hit], new], dim=1)
-        chosen = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, cand.topk(k, dim=1).indices, True)
+        # each row keeps the best k of its k kept and c new scores: it drops its c smallest (cheaper than a top k)
+        cand = torch.cat([kept, new], dim=1)
+        drop = cand.topk(c, dim=1, largest=False).indices
+        chosen = torch.ones_like(cand, dtype=torch.bool).scatter_(1, drop, False)
         # Slots stay unordered: each new window that made the cut overwrites one evicted slot, so
         # the cost is proportional to the windows that enter, not to everything kept. Every row
         # chose exactly k, so it evicts as many slots as it admits windows: the row-major lists of
         # evicted slots and of entering windows pair up one to one.
         local, slot = (~chosen[:, :k]).nonzero(as_tuple=True)
         _, pick = chosen[:, k:].nonzero(as_tuple=True)
-        rows, cand_idx = hit[local], order[local, pick]
+        rows, cand_idx = (local if rows_of is None else rows_of[local]), order[local, pick]
         self.scores[rows, slot] = new[local, pick]
         self.windows[rows, slot] = window_ids.to(self.windows.device)[cand_idx]
         self.acts[rows, slot] = acts[cand_idx, :, rows].to(self.acts.dtype)
@@ -465,6 +493,16 @@ def collect(
         log.info("collection in %s is complete; nothing to do", out)
         return out
     _write_inputs(out, model, windows)
+    release_free_memory()  # what an earlier pass in this process freed goes back before this one allocates
+    try:
+        _pass(model, windows, out, settings, cfg, progress, max_batches)
+    finally:
+        release_free_memory()  # the pass's state and scratch, freed on return
+    return out
+
+
+def _pass(model, windows: Windows, out: Path, settings: dict, cfg: CollectConfig, progress, max_batches) -> None:
+    """The pass itself, from its checkpoint if there is one; writes the layers when every batch is done."""
     device = next(model.parameters()).device
     state = _Pass(settings, cfg, windows, device)
     ckpt_path, manifest_path = out / "checkpoint.pt", out / "manifest.json"
@@ -478,14 +516,12 @@ def collect(
         state.save(ckpt_path, done)
         _write_json(manifest_path, {**manifest, "done_windows": done})
 
-    finished = _run_batches(model, windows, state, done_windows, checkpoint, progress, max_batches)
-    if not finished:
-        return out
+    if not _run_batches(model, windows, state, done_windows, checkpoint, progress, max_batches):
+        return
     for layer in state.layers:
         _write_layer(out / f"layer_{layer:02d}", state.states[layer])
     _write_json(manifest_path, {**manifest, "status": "complete", "done_windows": windows.n_windows})
     ckpt_path.unlink(missing_ok=True)
-    return out
 
 
 def _run_batches(model, windows: Windows, state: _Pass, done_windows: int, checkpoint, progress, max_batches) -> bool:
