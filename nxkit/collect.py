@@ -22,7 +22,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -355,7 +355,7 @@ def _write_json(path: Path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2))
 
 
-def _settings(model, windows: Windows, cfg: CollectConfig) -> dict:
+def _manifest_of(model, windows: Windows, cfg: CollectConfig) -> CollectionManifest:
     """What identifies a pass: model, layers, settings and corpus (a resumed pass must match them)."""
     shape = info(model)
     try:
@@ -371,41 +371,42 @@ def _settings(model, windows: Windows, cfg: CollectConfig) -> dict:
         )
     n_calib = min(cfg.quantile_calibration_windows, windows.n_windows // 2) // cfg.batch_size * cfg.batch_size
     bottom_k = cfg.bottom_k if cfg.bottom_k is not None else (cfg.top_k if shape.gated_mlp else 0)
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": shape.name,
-        "n_layers": shape.n_layers,
-        "d_mlp": shape.d_mlp,
-        "gated_mlp": shape.gated_mlp,
-        "layers": layers,
-        "config": {**asdict(cfg), "layers": layers, "bottom_k": bottom_k},
-        "corpus": {
+    return CollectionManifest(
+        format_version=FORMAT_VERSION,
+        model=shape.name,
+        n_layers=shape.n_layers,
+        d_mlp=shape.d_mlp,
+        gated_mlp=shape.gated_mlp,
+        layers=layers,
+        config={**asdict(cfg), "layers": layers, "bottom_k": bottom_k},
+        corpus={
             "source": windows.source,
             "n_windows": windows.n_windows,
             "window": windows.window,
             "n_tokens": windows.n_tokens,
             "n_documents": windows.n_documents,
         },
-        "quantile_calibration_windows_used": n_calib,
-    }
+        quantile_calibration_windows_used=n_calib,
+        versions=_versions(),
+    )
 
 
-def _previous_status(out: Path, settings: dict) -> tuple[str | None, dict]:
-    """The status of a pass already in `out` ("partial", "complete"; None if none) and the settings to go on with;
+def _previous_status(out: Path, new: CollectionManifest) -> tuple[str | None, CollectionManifest]:
+    """The status of a pass already in `out` ("partial", "complete"; None if none) and the manifest to go on with;
     other settings are an error. A pass written before the negative side was kept goes on without it."""
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
-        return None, settings
-    old = json.loads(manifest_path.read_text())
-    if "bottom_k" not in old.get("config", {}):
-        settings = {**settings, "gated_mlp": old.get("gated_mlp"), "config": {**settings["config"], "bottom_k": 0}}
-        old = {**old, "gated_mlp": None, "config": {**old.get("config", {}), "bottom_k": 0}}
-    if {k: old.get(k) for k in settings} != settings:
+        return None, new
+    old = CollectionManifest.from_json_obj(json.loads(manifest_path.read_text()))
+    if "bottom_k" not in old.config:
+        new = replace(new, gated_mlp=old.gated_mlp, config={**new.config, "bottom_k": 0})
+        old = replace(old, config={**old.config, "bottom_k": 0})
+    if old.identity() != new.identity():
         raise CollectError(
-            f"{out} holds a collection with other settings ({old.get('model')}, {old.get('corpus')}); "
+            f"{out} holds a collection with other settings ({old.model}, corpus {old.corpus_source}); "
             "choose another run name, or delete that directory to start over"
         )
-    return old.get("status"), settings
+    return old.status, new
 
 
 def _write_inputs(out: Path, model, windows: Windows) -> None:
@@ -427,12 +428,12 @@ def _write_inputs(out: Path, model, windows: Windows) -> None:
 class _Pass:
     """The per-layer states of a pass and what one batch does to them."""
 
-    def __init__(self, settings: dict, cfg: CollectConfig, windows: Windows, device):
-        cfg = CollectConfig(**{**asdict(cfg), "bottom_k": settings["config"]["bottom_k"]})  # resolved
-        self.cfg, self.layers, self.d_mlp = cfg, settings["layers"], settings["d_mlp"]
-        self.n_calib = settings["quantile_calibration_windows_used"]
+    def __init__(self, manifest: CollectionManifest, cfg: CollectConfig, windows: Windows, device):
+        cfg = replace(cfg, bottom_k=manifest.config["bottom_k"])  # resolved
+        self.cfg, self.layers, self.d_mlp = cfg, manifest.layers, manifest.d_mlp
+        self.n_calib = manifest.quantile_calibration_windows_used
         self.states = {
-            layer: LayerState(settings["d_mlp"], cfg, windows.window, windows.n_windows, self.n_calib, layer, device)
+            layer: LayerState(manifest.d_mlp, cfg, windows.window, windows.n_windows, self.n_calib, layer, device)
             for layer in self.layers
         }
         self.reducer = _Reducer(cfg.compile)
@@ -487,40 +488,41 @@ def collect(
     """
     cfg = config or CollectConfig()
     out = Path(out_dir)
-    settings = _settings(model, windows, cfg)
-    status, settings = _previous_status(out, settings)
+    status, manifest = _previous_status(out, _manifest_of(model, windows, cfg))
     if status == "complete":
         log.info("collection in %s is complete; nothing to do", out)
         return out
     _write_inputs(out, model, windows)
     release_free_memory()  # what an earlier pass in this process freed goes back before this one allocates
     try:
-        _pass(model, windows, out, settings, cfg, progress, max_batches)
+        _pass(model, windows, out, manifest, cfg, progress, max_batches)
     finally:
         release_free_memory()  # the pass's state and scratch, freed on return
     return out
 
 
-def _pass(model, windows: Windows, out: Path, settings: dict, cfg: CollectConfig, progress, max_batches) -> None:
+def _pass(
+    model, windows: Windows, out: Path, manifest: CollectionManifest, cfg: CollectConfig, progress, max_batches
+) -> None:
     """The pass itself, from its checkpoint if there is one; writes the layers when every batch is done."""
     device = next(model.parameters()).device
-    state = _Pass(settings, cfg, windows, device)
+    state = _Pass(manifest, cfg, windows, device)
     ckpt_path, manifest_path = out / "checkpoint.pt", out / "manifest.json"
     done_windows = state.load(ckpt_path, device) if ckpt_path.exists() else 0
     if done_windows:
         log.info("resuming %s at window %d of %d", out, done_windows, windows.n_windows)
-    manifest = {**settings, "versions": _versions(), "status": "partial", "done_windows": done_windows}
-    _write_json(manifest_path, manifest)
+    manifest = replace(manifest, status="partial", done_windows=done_windows)
+    _write_json(manifest_path, asdict(manifest))
 
     def checkpoint(done: int) -> None:
         state.save(ckpt_path, done)
-        _write_json(manifest_path, {**manifest, "done_windows": done})
+        _write_json(manifest_path, asdict(replace(manifest, done_windows=done)))
 
     if not _run_batches(model, windows, state, done_windows, checkpoint, progress, max_batches):
         return
     for layer in state.layers:
         _write_layer(out / f"layer_{layer:02d}", state.states[layer])
-    _write_json(manifest_path, {**manifest, "status": "complete", "done_windows": windows.n_windows})
+    _write_json(manifest_path, asdict(replace(manifest, status="complete", done_windows=windows.n_windows)))
     ckpt_path.unlink(missing_ok=True)
 
 

@@ -261,6 +261,13 @@ class CollectionManifest:
     def from_json_obj(cls, obj: dict) -> CollectionManifest:
         return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
 
+    def identity(self) -> tuple:
+        """What a resumed pass must share with the pass it resumes (everything but versions and progress)."""
+        return (
+            self.format_version, self.model, self.n_layers, self.d_mlp, self.layers, self.config, self.corpus,
+            self.quantile_calibration_windows_used, self.gated_mlp,
+        )  # fmt: skip
+
     @property
     def corpus_source(self) -> str | None:
         return self.corpus.get("source")
