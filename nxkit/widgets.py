@@ -174,7 +174,11 @@ def windows_html(data: NeuronData, n: int = 4) -> str:
         note = "not simulated yet: real activations only"
     else:
         return "<p>no windows for this neuron</p>"
-    return f'<div class="nx-windows">{viz.legend_html()}<p style="color:#666">{note}</p>{body}</div>'
+    nid = data.neuron_id  # named on the element, so a page (or a test) can tell whose windows it shows
+    return (
+        f'<div class="nx-windows" data-neuron="{nid.layer_index}/{nid.neuron_index}">{viz.legend_html()}'
+        f'<p style="color:#666">{note}</p>{body}</div>'
+    )
 
 
 def quantiles_html(data: NeuronData) -> str:

@@ -183,18 +183,16 @@ def test_inspector_notebook_in_jupyterlab(browser, lab, tmp_path):
                 "() => document.querySelector('h3') && [...document.querySelectorAll('h3')].some(h => h.textContent.includes('layer 0 · neuron 1'))",
                 timeout=60_000,
             )
+            # the windows widget updates in its own message, after the title: wait for the element that names the
+            # neuron (comparing with what was on screen before would race that message)
+            page.locator('.nx-windows[data-neuron="0/1"]').first.wait_for(timeout=60_000)
             before = _windows_html(page)
             neuron.select_option(index=0)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('h3')].some(h => h.textContent.includes('layer 0 · neuron 0'))",
                 timeout=60_000,
             )
-            # the windows widget updates in its own message, after the title: wait for it rather than race it
-            page.wait_for_function(
-                "(b) => document.querySelector('.nx-windows') && document.querySelector('.nx-windows').innerHTML !== b",
-                arg=before,
-                timeout=60_000,
-            )
+            page.locator('.nx-windows[data-neuron="0/0"]').first.wait_for(timeout=60_000)
             after = _windows_html(page)
             assert after != before and page.locator(".nx-windows .nx-tok").count() > 20
 
