@@ -77,7 +77,7 @@ bench-scores: setup
 	$(BIN)/python bench/offline_scores.py --neurons 20
 	$(BIN)/python bench/revise.py --neurons 20
 
-# nxkit's own simulator, trained on synthetic neurons into data/nxkit-sim (about an hour on a 2-core CPU;
+# nxkit's own simulator, trained on synthetic neurons into data/nxkit-sim (about 10 minutes on a 2-core CPU;
 # resumable: run it again after an interruption). The demo and the tests use the committed weights.
 train: setup
 	$(BIN)/nxkit train simulator --out-dir data/nxkit-sim

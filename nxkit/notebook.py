@@ -42,15 +42,22 @@ def open_notebook_run(
     llm: str = "local",
     base_url: str | None = None,
     api_key: str | None = None,
+    simulator: str | None = None,
 ):
-    """The run a notebook works on (collecting a small one first if it has none), the LLM backend and its
-    simulator: the setup the explain, simulate and revise notebooks share."""
+    """The run a notebook works on (collecting a small one first if it has none), the LLM backend and the
+    simulator (`simulator`, else `default_simulator(llm)`: nxkit-sim for the offline model, else the same
+    model): the setup the explain, simulate and revise notebooks share."""
     from .llm import make_backend
-    from .simulate import make_simulator
+    from .simulate import TRAINED, default_simulator, make_simulator
 
     run = ensure_collection(run_dir, layers=layers, max_tokens=max_tokens)
     backend = make_backend(llm, base_url=base_url, api_key=api_key)
-    return run, backend, make_simulator(backend)
+    spec = simulator or default_simulator(llm)
+    if spec in TRAINED:
+        return run, backend, make_simulator(spec)
+    if spec == llm:
+        return run, backend, make_simulator(backend)
+    return run, backend, make_simulator(make_backend(spec, base_url=base_url, api_key=api_key))
 
 
 def ensure_collection(

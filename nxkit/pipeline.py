@@ -82,8 +82,9 @@ class PipelineConfig:
     """`search` (compositional search over words, WordNet concepts, surface and context: no LLM), `local` (the
     offline SmolLM2 prompted, smoke-level) or a model name on an OpenAI-compatible server."""
     simulator: str | None = None
-    """`nxkit-sim` (nxkit's trained simulator), `local`, or a model name on a server; None uses the explainer's model
-    (for `search`: its formulas, simulated exactly)."""
+    """`nxkit-sim` (nxkit's trained simulator), `local` (the prompted SmolLM2), or a model name on a server; None
+    uses the explainer's model, except that the offline `local` explainer's texts are scored by nxkit-sim (the
+    prompted SmolLM2 ignores explanations), and `search`'s formulas are simulated exactly."""
     base_url: str | None = None
     """OpenAI-compatible server of the explainer (None: $OPENAI_BASE_URL or OpenAI's API)."""
     simulator_base_url: str | None = None
@@ -191,7 +192,7 @@ def make_llms(config: PipelineConfig, run: Run | None = None):
     resumed `run` already wrote are learnt again so their texts still simulate exactly.
     """
     from .llm import run_sync
-    from .simulate import TRAINED, make_simulator
+    from .simulate import TRAINED, default_simulator, make_simulator
 
     def make_backend(spec: str, base_url: str | None):
         from .llm import make_backend as make
@@ -216,7 +217,7 @@ def make_llms(config: PipelineConfig, run: Run | None = None):
         run_sync(backend.check())
         return explainer, make_simulator(backend, config.simulate)
     explainer = make_backend(config.explainer, base_url=config.base_url)
-    sim_spec = config.simulator or config.explainer
+    sim_spec = config.simulator or default_simulator(config.explainer)
     sim_url = config.simulator_base_url or config.base_url
     if sim_spec in TRAINED:  # a trained simulator in this process: no backend to reach
         run_sync(explainer.check())

@@ -26,8 +26,9 @@ from .records import (
 )
 
 OFFLINE_NOTE = (
-    "Note: the offline default explainer and simulator (SmolLM2-135M) is a smoke-level model; its "
-    "simulations barely read the explanation, so scores near 0 and a shuffled-control gap near 0 are expected."
+    "Note: the offline SmolLM2-135M is a smoke-level model: as explainer its explanations are generic, and as "
+    "prompted simulator (--simulator local) it barely reads them, so scores near 0 and a shuffled-control gap near 0 "
+    "are expected from it. nxkit-sim, the offline simulator of free text, does read explanations (README: nxkit-sim)."
 )
 
 

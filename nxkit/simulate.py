@@ -223,19 +223,19 @@ class ChatSimulator(_Prompted):
 
 
 class TrainedSimulator:
-    """nxkit-sim: a small trained model that reads the explanation and predicts a distribution over the bins 0-10
-    at every token of a batch of windows in one forward pass (no LLM traffic)."""
+    """nxkit-sim: the frozen SmolLM2 reads the explanation once (three short forward passes) and a small trained
+    head predicts a distribution over the bins 0-10 at every token of the windows by look-ups (no LLM traffic)."""
 
     mode = "trained"
 
-    def __init__(self, path: str | None = None, batch_size: int = 16):
+    def __init__(self, path: str | None = None):
         import hashlib
 
-        from .train import DATA_DIR, load_model
+        from .train import load_model, shipped_dir
 
-        self.path, self.batch_size = path, batch_size
+        self.path = path
         self.model = load_model(path)
-        weights = Path(path or DATA_DIR / "nxkit-sim") / "weights.safetensors"
+        weights = Path(path or shipped_dir()) / "weights.safetensors"
         self.weights_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
         self.usage = Usage()
 
@@ -252,7 +252,7 @@ class TrainedSimulator:
             raise SimulateError("cannot simulate an empty window")
         values = [float(v) for v in range(N_BINS)]
         out = []
-        for w, probs in zip(windows, predict(self.model, explanation, windows, self.batch_size), strict=True):
+        for w, probs in zip(windows, predict(self.model, explanation, windows), strict=True):
             dists = probs.tolist()
             out.append(
                 SequenceSimulation(
@@ -272,6 +272,14 @@ class TrainedSimulator:
 
 TRAINED = {"nxkit-sim": TrainedSimulator}
 """Simulators by name that are trained models rather than prompted LLMs."""
+OFFLINE_SIMULATOR = "nxkit-sim"
+"""The simulator of free-text explanations when the explainer is the offline model."""
+
+
+def default_simulator(explainer: str) -> str:
+    """The simulator a free-text `explainer` is scored with when none is named: nxkit-sim for the offline `local`
+    model (the prompted SmolLM2 ignores explanations: shuffled-explanation gap about 0), else the same model."""
+    return OFFLINE_SIMULATOR if explainer == "local" else explainer
 
 
 def make_simulator(spec: str | Backend = "local", config: SimulateConfig | None = None, **backend_kwargs) -> Simulator:
@@ -280,7 +288,7 @@ def make_simulator(spec: str | Backend = "local", config: SimulateConfig | None 
     from .llm import make_backend
 
     if isinstance(spec, str) and spec in TRAINED:
-        return TRAINED[spec](**{k: v for k, v in backend_kwargs.items() if k in ("path", "batch_size")})
+        return TRAINED[spec](**{k: v for k, v in backend_kwargs.items() if k == "path"})
     backend = make_backend(spec, **backend_kwargs) if isinstance(spec, str) else spec
     config = config or SimulateConfig()
     mode = choose_mode(backend.capabilities, config.mode)

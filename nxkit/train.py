@@ -1,11 +1,12 @@
-"""Training nxkit-sim: SmolLM2-135M with LoRA adapters on its top layers and a per-token head over the activation
-bins 0-10, trained on synthetic neurons (`nxkit.synthetic`) to predict a neuron's activation on every token of a
-window from its explanation alone.
+"""Training nxkit-sim: the frozen SmolLM2 reads an explanation as "words for E" (`nxkit.reader`), and a small
+trained head turns each window token's reading features into a distribution over the activation bins 0-10.
 
-The input is the explanation, then the window's tokens, each subject token re-tokenised on its own; the
-prediction for a subject token is read at its last piece, so windows from any subject tokenizer work.
-Training is seeded and resumable (a checkpoint every `checkpoint_every` steps); the result is a few MB:
-the LoRA weights and the head in fp16, and the settings, in `out_dir` (`data/nxkit-sim` for the shipped model).
+The head sees numbers (how much the explanation raises the model's probability of the token's word, its own
+piece and its neighbours, a frequency prior, surface flags), never the words themselves, so what it learns on
+training concepts carries to subtrees of WordNet it never saw. Training uses counterfactual pairing: a neuron's
+explanation is shown with its own top and random windows and with other neurons' top windows, each labelled with
+this neuron's rule on it. Seeded and resumable (a checkpoint every `checkpoint_every` steps); the result is the
+head's weights (a few KB) and the settings in `out_dir` (`data/nxkit-sim` for the shipped model).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,16 +26,31 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .files import atomic_write
+from .reader import TEMPLATES, Reader, WindowIds, features, n_features
 from .records import normalize_activations
 
 log = logging.getLogger(__name__)
 
 N_BINS = 11
 """Activation bins 0-10, the release's normalised scale."""
-FAMILY_WEIGHTS = {"concept": 0.4, "surface": 0.25, "context": 0.2, "mixture": 0.15}
+FAMILY_WEIGHTS = {"concept": 0.4, "surface": 0.25, "context": 0.2, "mixture": 0.15, "real": 0.25}
 """How often each family of synthetic neuron is drawn for a training example."""
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 """The shipped models (a source checkout's `data/`)."""
+
+
+def shipped_dir() -> Path:
+    """Where the shipped nxkit-sim lives: a source checkout's `data/nxkit-sim`, else the copy a wheel installs under
+    `<data>/share/nxkit/nxkit-sim` (pip install of a wheel, a folder or a git URL, as on Colab; `<data>` is the
+    install scheme's data folder: the prefix, /usr/local on Debian's pip, or the user base)."""
+    import site
+    import sysconfig
+
+    roots = [sysconfig.get_path("data"), sys.prefix, site.USER_BASE]
+    for place in [DATA_DIR / "nxkit-sim", *(Path(r) / "share" / "nxkit" / "nxkit-sim" for r in roots if r)]:
+        if (place / "weights.safetensors").exists():
+            return place
+    return DATA_DIR / "nxkit-sim"
 
 
 class TrainError(ValueError):
@@ -45,135 +62,126 @@ class SimTrainConfig:
     """Settings of `nxkit train simulator` (saved beside the weights)."""
 
     out_dir: str = "data/nxkit-sim"
-    """Where the adapter, the head and the settings go (a checkpoint is kept there while training)."""
-    steps: int = 1800
-    """Optimiser steps (the shipped model's: about 35 minutes on a 2-core CPU)."""
-    batch_size: int = 8
-    """Windows per step."""
-    lr: float = 1e-3
-    """Learning rate of the adapters and the head (AdamW, linear warm-up then cosine decay)."""
-    lora_r: int = 8
-    """LoRA rank."""
-    lora_layers: int = 6
-    """LoRA on the attention and MLP projections of this many top layers (the rest stay frozen and fast)."""
+    """Where the head and the settings go (a checkpoint is kept there while training)."""
+    steps: int = 2000
+    """Optimiser steps (the shipped model's: about 4 minutes after 5 minutes reading the explanations, 2-core CPU)."""
+    batch_size: int = 32
+    """Explanations per step, each shown with `windows_per_side` own top, own random and other neurons' windows."""
+    windows_per_side: int = 2
+    """Windows of each kind (own top, own random, another neuron's top) per explanation in a step."""
+    lr: float = 3e-3
+    """Learning rate of the head (AdamW, linear warm-up then cosine decay)."""
+    hidden: int = 64
+    """Width of the head's two hidden layers."""
+    kind_dims: int = 8
+    """Dimensions of the trained projection of the explanation's mean embedding given to the head (0: none)."""
     window_tokens: int = 32
     """Subject tokens per training window, cropped around its peak."""
     corpus_windows: int = 1500
     """Corpus windows (64 tokens) the synthetic neurons' records are built from."""
     n_mixtures: int = 60
     """Two-rule (polysemantic) neurons added to the concept, surface and context ones."""
+    max_concepts: int | None = 500
+    """Train on at most this many concept neurons (None: all; reading each costs a forward per phrasing)."""
     max_neurons: int | None = None
-    """Train on at most this many synthetic neurons (None: all; tests use a few)."""
+    """Train on at most this many synthetic neurons in all (None: all; tests use a few)."""
+    from_public: str | None = None
+    """Also train on a copy of OpenAI's GPT-2 XL release in its layout (a directory or URL): each neuron's released
+    explanation with its own activation records (no counterfactual windows: other windows' activations are unknown)."""
+    from_run: str | None = None
+    """Also train on a run of ours made with a capable explainer: its explained neurons and their records."""
+    max_real: int | None = 2000
+    """Use at most this many real neurons from `from_public` and `from_run` together (None: all)."""
+    firing_weight: float = 5.0
+    """Weight of firing tokens (bin > 0) in the cross-entropy: they are about 1 token in 100."""
     seed: int = 0
     """Seed of the data, the initialisation and the order."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = 200
     """Steps between checkpoints."""
 
     def __post_init__(self):
-        if min(self.steps, self.batch_size, self.lora_r, self.lora_layers, self.window_tokens) < 1:
-            raise TrainError("steps, batch_size, lora_r, lora_layers and window_tokens must be >= 1")
+        if min(self.steps, self.batch_size, self.windows_per_side, self.hidden, self.window_tokens) < 1:
+            raise TrainError("steps, batch_size, windows_per_side, hidden and window_tokens must be >= 1")
 
 
 # --- the model ------------------------------------------------------------------------------------
 
 
 class SimModel(nn.Module):
-    """The SmolLM2 body with LoRA adapters, and a linear head from each position's hidden state to N_BINS logits."""
+    """The frozen reader and the trained head: reading features of a token -> N_BINS logits."""
 
-    def __init__(self, body, tokenizer, lora_r: int, lora_layers: int):
+    def __init__(self, reader: Reader, hidden: int, kind_dims: int = 0):
         super().__init__()
-        from peft import LoraConfig, get_peft_model
-
-        n_layers = body.config.num_hidden_layers
-        config = LoraConfig(
-            r=lora_r,
-            lora_alpha=2 * lora_r,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-            layers_to_transform=list(range(n_layers - lora_layers, n_layers)),
-            layers_pattern="layers",
-            lora_dropout=0.0,
+        self.reader = reader
+        self.kind = nn.Linear(reader.lm.config.hidden_size, kind_dims) if kind_dims else None
+        self.head = nn.Sequential(
+            nn.Linear(n_features(len(reader.templates)) + kind_dims, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, N_BINS),
         )
-        self.body = get_peft_model(body, config)
-        self.head = nn.Linear(body.config.hidden_size, N_BINS)
-        self.tokenizer = tokenizer
+        self._prior = reader.prior()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[batch, pos] ids -> [batch, pos, N_BINS] logits."""
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden)
+    @property
+    def tokenizer(self):
+        return self.reader.tok
+
+    def forward(self, feats: torch.Tensor, kinds: torch.Tensor | None = None) -> torch.Tensor:
+        """[tokens, n_features] reading features and [tokens, hidden] explanation vectors -> [tokens, N_BINS]
+        logits."""
+        if self.kind is not None:
+            feats = torch.cat([feats, torch.tanh(self.kind(kinds))], dim=-1)
+        return self.head(feats)
+
+    def features(self, table: torch.Tensor, window: WindowIds) -> torch.Tensor:
+        return features(table, self._prior, window)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The adapter and head weights (all that training changes)."""
-        from peft import get_peft_model_state_dict
-
-        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.body).items()}
-        state |= {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        """The head's weights (all that training changes)."""
+        state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        if self.kind is not None:
+            state |= {f"kind.{k}": v for k, v in self.kind.state_dict().items()}
         return state
 
     def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.body, {k[5:]: v.float() for k, v in state.items() if k.startswith("lora.")})
         self.head.load_state_dict({k[5:]: v.float() for k, v in state.items() if k.startswith("head.")})
+        if self.kind is not None:
+            self.kind.load_state_dict({k[5:]: v.float() for k, v in state.items() if k.startswith("kind.")})
 
 
-def build_model(lora_r: int, lora_layers: int) -> SimModel:
-    """The offline SmolLM2 body (no unembedding) with fresh adapters and head."""
+def build_model(hidden: int, kind_dims: int = 0, templates: Sequence[tuple[str, str]] = TEMPLATES) -> SimModel:
+    """The offline SmolLM2 (frozen) as reader, and a fresh head."""
     from .offline import load_offline_hf
 
-    causal, tok = load_offline_hf(attn_implementation="sdpa")
-    return SimModel(causal.model, tok, lora_r, lora_layers)
-
-
-def encode_example(tokenizer, explanation: str, tokens: Sequence[str], cache: dict[str, list[int]] | None = None):
-    """Input ids for one (explanation, window) pair and the index of each subject token's last piece."""
-    ids = tokenizer(f"Neuron: {explanation.strip()}\nText:", add_special_tokens=False)["input_ids"]
-    ends = []
-    for t in tokens:
-        pieces = cache.get(t) if cache is not None else None
-        if pieces is None:
-            pieces = (
-                tokenizer(t, add_special_tokens=False)["input_ids"]
-                or tokenizer(" ", add_special_tokens=False)["input_ids"]
-            )
-            if cache is not None:
-                cache[t] = pieces
-        ids.extend(pieces)
-        ends.append(len(ids) - 1)
-    return ids, ends
-
-
-def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask."""
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (ids, _) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1
-    return input_ids, mask
+    lm, tok = load_offline_hf(attn_implementation="sdpa")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return SimModel(Reader(lm, tok, templates), hidden, kind_dims)
 
 
 def save_weights(model: SimModel, out_dir: Path, settings: dict) -> None:
-    """The adapter and head in fp16 safetensors, and the settings, in `out_dir`."""
+    """The head in fp32 safetensors, and the settings (with the templates), in `out_dir`."""
     from safetensors.torch import save
 
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.trainable_state().items()}
+    state = {k: v.detach().float().contiguous() for k, v in model.trainable_state().items()}
     atomic_write(out_dir / "weights.safetensors", save(state))
-    atomic_write(out_dir / "config.json", json.dumps(settings, indent=1))
+    atomic_write(out_dir / "config.json", json.dumps({**settings, "templates": model.reader.templates}, indent=1))
 
 
 def load_model(path: str | Path | None = None) -> SimModel:
     """nxkit-sim from `path` (default: the shipped `data/nxkit-sim`), ready for inference."""
     from safetensors.torch import load_file
 
-    path = Path(path) if path else DATA_DIR / "nxkit-sim"
+    path = Path(path) if path else shipped_dir()
     if not (path / "weights.safetensors").exists():
         raise TrainError(
             f"no nxkit-sim weights in {path}; train them with `nxkit train simulator --out-dir {path}` (or `make train`)"
         )
     settings = json.loads((path / "config.json").read_text())
-    model = build_model(settings["lora_r"], settings["lora_layers"])
+    if "hidden" not in settings or "templates" not in settings:
+        raise TrainError(f"{path} holds weights of an older nxkit-sim; retrain with `nxkit train simulator`")
+    model = build_model(settings["hidden"], settings.get("kind_dims", 0), [tuple(t) for t in settings["templates"]])
     model.load_trainable(load_file(str(path / "weights.safetensors")))
     model.eval()
     return model
@@ -194,20 +202,13 @@ def corpus_token_windows(tokenizer, n_windows: int, seed: int = 0) -> list[list[
     return out
 
 
-@dataclass
-class Example:
-    """One training pair: an explanation, a window's tokens, and the neuron's binned activation on each."""
-
-    explanation: str
-    tokens: list[str]
-    bins: list[int]
-
-
-def synthetic_examples(windows: list[list[str]], config: SimTrainConfig, held_out: bool = False):
-    """Records of every synthetic neuron on one side of the held-out split, and a sampler of examples from them."""
-    from . import prompts, synthetic
+def synthetic_records(windows: list[list[str]], config: SimTrainConfig, held_out: bool = False) -> list[tuple]:
+    """(neuron, record) of the synthetic neurons on one side of the held-out split, over `windows`: every surface
+    and context kind, at most `config.max_concepts` concepts and `config.n_mixtures` mixtures (seeded)."""
+    from . import synthetic
     from .records import NeuronId
 
+    rng = random.Random(config.seed)
     rules = [n for n in synthetic.rule_neurons() if n.held_out == held_out]
     try:
         concepts = [
@@ -216,52 +217,151 @@ def synthetic_examples(windows: list[list[str]], config: SimTrainConfig, held_ou
     except synthetic.SyntheticError as exc:
         log.warning("%s; training without concept neurons", exc)
         concepts = []
+    if config.max_concepts is not None and len(concepts) > config.max_concepts:
+        concepts = rng.sample(concepts, config.max_concepts)
     mixes = synthetic.mixtures(rules + concepts, config.n_mixtures * 2, seed=config.seed)
     mixes = [m for m in mixes if m.held_out == held_out][: config.n_mixtures]
     neurons = rules + concepts + mixes
     if config.max_neurons is not None:
-        neurons = random.Random(config.seed).sample(neurons, min(config.max_neurons, len(neurons)))
+        neurons = rng.sample(neurons, min(config.max_neurons, len(neurons)))
     records = []
     for i, n in enumerate(tqdm(neurons, desc="synthetic records", unit="neuron", leave=False)):
         rec = n.record(windows, NeuronId(0, i), seed=config.seed + i)
         if rec.max_activation > 0:
             records.append((n, rec))
+    return records
 
-    by_family: dict[str, list] = {}
-    for n, rec in records:
-        by_family.setdefault(n.family, []).append((n, rec))
+
+class RealNeuron:
+    """A real model's neuron with an explanation a capable explainer wrote. Its activations are known on its own
+    windows only, so it trains without counterfactual windows."""
+
+    family = "real"
+    held_out = False
+
+    def __init__(self, name: str, explanation: str, record):
+        self.name, self.explanations = name, (explanation,)
+        self._known = {
+            tuple(r.tokens): np.asarray(r.activations, dtype=float)
+            for r in (*record.most_positive_activation_records, *record.random_sample)
+        }
+
+    def activations(self, tokens: Sequence[str]) -> np.ndarray:
+        got = self._known.get(tuple(tokens))
+        if got is None:
+            raise TrainError(f"{self.name}: activations are known on its own windows only")
+        return got
+
+
+def real_records(from_public: str | None = None, from_run: str | None = None, limit: int | None = None) -> list:
+    """(RealNeuron, record) of every neuron with an explanation and activation records in a copy of OpenAI's
+    release (`from_public`: its `explanations/` and `collated-activations/` folders) and in a run of ours
+    (`from_run`), at most `limit` (the first ones, public first)."""
+    out = []
+    if from_public:
+        from .public import PublicDataset
+
+        data = PublicDataset(from_public)
+        if data.local is None or not (data.local / "explanations").is_dir():
+            raise TrainError(f"--from-public {from_public}: no explanations/ folder there (the release's layout)")
+        files = sorted(data.local.glob("explanations/*/*.jsonl"), key=lambda f: (int(f.parent.name), int(f.stem)))
+        for f in files:
+            neuron = data.neuron(int(f.parent.name), int(f.stem))
+            if neuron.record is not None and neuron.explanation and neuron.record.max_activation > 0:
+                out.append(
+                    (RealNeuron(f"public:{f.parent.name}/{f.stem}", neuron.explanation, neuron.record), neuron.record)
+                )
+    if from_run:
+        from .runs import Run
+
+        run = Run(from_run)
+        if not run.has_collection():
+            raise TrainError(f"--from-run {from_run}: no collection there; run `nxkit run` first")
+        acts = run.activations()
+        for summary in run.summaries(("done",)):
+            nid = summary.neuron_id
+            record = acts.neuron_record(nid.layer_index, nid.neuron_index)
+            if summary.explanation and record.max_activation > 0:
+                out.append(
+                    (RealNeuron(f"run:{nid.layer_index}/{nid.neuron_index}", summary.explanation, record), record)
+                )
+    return out[:limit] if limit is not None else out
+
+
+def counterfactual_bins(neuron, record, tokens: Sequence[str]) -> list[int]:
+    """The bins 0-10 that `neuron` (whose record is `record`) gives `tokens`: its own rule on them, on its own
+    scale, whichever neuron's window they come from (counterfactual pairing)."""
+    return normalize_activations([float(a) for a in neuron.activations(list(tokens))], record.max_activation)
+
+
+@dataclass
+class Example:
+    """One explanation with windows: the tokens and this neuron's bins on each (its own and other neurons')."""
+
+    explanation: str
+    windows: list[list[str]]
+    bins: list[list[int]]
+
+
+def sample_example(records: list[tuple], rng: random.Random, per_side: int, crop: int) -> tuple[int, Example]:
+    """A neuron (family first, then a neuron of it), one of its phrasings, and `per_side` of each: its top windows,
+    its random windows, and (synthetic neurons only) another neuron's top windows, all labelled by this neuron."""
+    from .prompts import crop_window
+
+    by_family: dict[str, list[int]] = {}
+    for i, (n, _) in enumerate(records):
+        by_family.setdefault(n.family, []).append(i)
     families = [f for f in FAMILY_WEIGHTS if f in by_family]
-    weights = [FAMILY_WEIGHTS[f] for f in families]
-
-    def sample(rng: random.Random) -> Example:
-        # families first, then a neuron: there are thousands of concept neurons and a few dozen rules, and
-        # drawing neurons uniformly taught a first model to ignore the explanation
-        n, rec = rng.choice(by_family[rng.choices(families, weights)[0]])
-        pool = rec.most_positive_activation_records if rng.random() < 0.5 else rec.random_sample
-        w = rng.choice(pool)
-        tokens, acts = prompts.crop_window(w.tokens, w.activations, config.window_tokens)
-        return Example(rng.choice(n.explanations), list(tokens), normalize_activations(acts, rec.max_activation))
-
-    return records, sample
+    # families first: there are hundreds of concept neurons and a few dozen of each other kind
+    i = rng.choice(by_family[rng.choices(families, [FAMILY_WEIGHTS[f] for f in families])[0]])
+    neuron, rec = records[i]
+    pools = [rec.most_positive_activation_records] * per_side + [rec.random_sample] * per_side
+    if not isinstance(neuron, RealNeuron):  # a rule labels any window; a real neuron only its own
+        others = [j for j in range(len(records)) if j != i] or [i]
+        pools += [records[rng.choice(others)][1].most_positive_activation_records for _ in range(per_side)]
+    windows, bins = [], []
+    for pool in pools:
+        tokens = rng.choice(pool).tokens
+        acts = [float(a) for a in neuron.activations(tokens)]
+        tokens, acts = crop_window(list(tokens), acts, crop)
+        windows.append(list(tokens))
+        bins.append(normalize_activations(acts, rec.max_activation))
+    return i, Example(rng.choice(neuron.explanations), windows, bins)
 
 
 # --- training ---------------------------------------------------------------------------------------
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, groups: list[int], firing_weight: float) -> torch.Tensor:
+    """Weighted cross-entropy over the bins, plus 1 - correlation of the expected value with the target in each
+    group of tokens (one explanation's windows), the score the simulator is judged by."""
+    weight = 1.0 + (firing_weight - 1.0) * (target > 0).float()
+    ce = (nn.functional.cross_entropy(logits, target, reduction="none") * weight).sum() / weight.sum()
+    expected = (torch.softmax(logits, -1) * torch.arange(N_BINS, dtype=torch.float32)).sum(-1)
+    corr, n, start = logits.new_zeros(()), 0, 0
+    for size in groups:
+        p, t = expected[start : start + size], target[start : start + size].float()
+        start += size
+        if t.std() > 0:
+            p, t = p - p.mean(), t - t.mean()
+            corr = corr + (p * t).sum() / (p.norm() * t.norm() + 1e-6)
+            n += 1
+    return ce + (1.0 - corr / n if n else 0.0)
 
 
 def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
     """Train (or resume training) nxkit-sim; returns the folder with its weights."""
     out = Path(config.out_dir)
     torch.manual_seed(config.seed)
-    model = build_model(config.lora_r, config.lora_layers)
-    model.train()
+    model = build_model(config.hidden, config.kind_dims)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
     warmup = max(1, config.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / config.steps))),
     )
-    step, ckpt = 0, out / "checkpoint.pt"
+    step, ckpt, spent, start_time = 0, out / "checkpoint.pt", 0.0, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -270,58 +370,71 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
         model.load_trainable(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        step = state["step"]
+        step, spent = state["step"], state.get("seconds", 0.0)
         log.info("resuming training at step %d of %d", step, config.steps)
     windows = corpus_token_windows(model.tokenizer, config.corpus_windows, config.seed)
-    records, sample = synthetic_examples(windows, config)
-    log.info("%d synthetic training neurons", len(records))
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    pieces: dict[str, list[int]] = {}
+    records = synthetic_records(windows, config)
+    records += real_records(config.from_public, config.from_run, config.max_real)
+    if not records:
+        raise TrainError("no synthetic neuron fires on the training windows; use more corpus_windows")
+    log.info("%d training neurons (%d real)", len(records), sum(isinstance(n, RealNeuron) for n, _ in records))
+    # each phrasing is read once (a forward pass per template), and windows' ids once per distinct window
+    texts = sorted({e for n, _ in records for e in n.explanations})
+    index = {e: k for k, e in enumerate(texts)}
+    tables = torch.cat(
+        [
+            model.reader.tables(texts[a : a + 64]).to(torch.float16)
+            for a in tqdm(range(0, len(texts), 64), desc="read explanations", unit="batch", disable=not progress)
+        ]
+    )
+    kinds = torch.stack([model.reader.explanation_vector(t) for t in texts])
+    ids: dict[tuple[str, ...], WindowIds] = {}
     bar = tqdm(total=config.steps, initial=step, desc="train nxkit-sim", unit="step", disable=not progress)
-    t0, seen_tokens = time.perf_counter(), 0
+    t0 = time.perf_counter()
+    model.head.train()
     while step < config.steps:
         rng = random.Random(config.seed * 1_000_003 + step)  # the batch depends on the step only: resumable
-        batch = [sample(rng) for _ in range(config.batch_size)]
-        encoded = [encode_example(model.tokenizer, ex.explanation, ex.tokens, pieces) for ex in batch]
-        input_ids, mask = collate(encoded, pad)
-        logits = model(input_ids, mask)
-        rows = torch.tensor([i for i, (_, ends) in enumerate(encoded) for _ in ends])
-        cols = torch.tensor([e for _, ends in encoded for e in ends])
-        target = torch.tensor([b for ex in batch for b in ex.bins])
-        loss = nn.functional.cross_entropy(logits[rows, cols], target)
+        feats, kind, target, groups = [], [], [], []
+        for _ in range(config.batch_size):
+            _, ex = sample_example(records, rng, config.windows_per_side, config.window_tokens)
+            table = tables[index[ex.explanation]].float()
+            for w, b in zip(ex.windows, ex.bins, strict=True):
+                wid = ids.get(tuple(w))
+                if wid is None:
+                    wid = ids[tuple(w)] = model.reader.window_ids(w)
+                feats.append(model.features(table, wid))
+                kind.append(kinds[index[ex.explanation]].expand(len(w), -1))
+                target.extend(b)
+            groups.append(sum(len(w) for w in ex.windows))
+        logits = model(torch.cat(feats), torch.cat(kind))
+        loss = _loss(logits, torch.tensor(target), groups, config.firing_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         step += 1
-        seen_tokens += int(mask.sum())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{seen_tokens / (time.perf_counter() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", steps_s=f"{bar.n / max(1e-9, time.perf_counter() - t0):.1f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             state = {"config": asdict(config), "model": model.trainable_state(), "opt": opt.state_dict(),
-                     "sched": sched.state_dict(), "step": step}  # fmt: skip
+                     "sched": sched.state_dict(), "step": step,
+                     "seconds": spent + time.perf_counter() - start_time}  # fmt: skip
             atomic_write(ckpt, lambda f, state=state: torch.save(state, f))
     bar.close()
-    settings = {**asdict(config), "n_training_neurons": len(records), "base": "SmolLM2-135M-Instruct"}
+    settings = {**asdict(config), "n_training_neurons": len(records), "base": "SmolLM2-135M-Instruct (frozen)",
+                "train_seconds": round(spent + time.perf_counter() - start_time)}  # fmt: skip
     save_weights(model, out, settings)
     ckpt.unlink(missing_ok=True)
     return out
 
 
-def predict(
-    model: SimModel, explanation: str, windows: Sequence[Sequence[str]], batch_size: int = 16
-) -> list[np.ndarray]:
-    """Per window, a [tokens, N_BINS] array of bin probabilities."""
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    pieces: dict[str, list[int]] = {}
-    out = []
+def predict(model: SimModel, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    """Per window, a [tokens, N_BINS] array of bin probabilities: one read of the explanation, then look-ups."""
     with torch.inference_mode():
-        for start in range(0, len(windows), batch_size):
-            encoded = [
-                encode_example(model.tokenizer, explanation, w, pieces) for w in windows[start : start + batch_size]
-            ]
-            input_ids, mask = collate(encoded, pad)
-            probs = torch.softmax(model(input_ids, mask).float(), dim=-1)
-            for i, (_, ends) in enumerate(encoded):
-                out.append(probs[i, ends].numpy())
+        table = model.reader.tables([explanation])[0]
+        kind = model.reader.explanation_vector(explanation)
+        out = []
+        for w in windows:
+            feats = model.features(table, model.reader.window_ids(list(w)))
+            out.append(torch.softmax(model(feats, kind.expand(len(feats), -1)), dim=-1).numpy())
     return out

@@ -222,7 +222,7 @@ class NeuronInspector:
     """Browse a run's neurons (or released ones): `NeuronInspector(run)` in a notebook cell shows it.
 
     `source` is a `Run`, a run directory, or a list of `nxkit.public.PublicNeuron`. `model` (the subject)
-    and `simulator` serve the text box; both load lazily on the first probe when not given.
+    and `simulator` (default nxkit-sim) serve the text box; both load lazily on the first probe when not given.
     """
 
     def __init__(self, source, model=None, simulator=None, n_windows: int = 4):
@@ -349,10 +349,10 @@ class NeuronInspector:
             self.status.value = f"<i>loading the subject model {esc(name)} (once)…</i>"
             self.model = load_subject(name)
         if self.simulator is None:
-            from .simulate import make_simulator
+            from .simulate import OFFLINE_SIMULATOR, make_simulator
 
-            self.status.value = "<i>loading the local simulator (once)…</i>"
-            self.simulator = make_simulator("local")
+            self.status.value = f"<i>loading the simulator {OFFLINE_SIMULATOR} (once)…</i>"
+            self.simulator = make_simulator(OFFLINE_SIMULATOR)
 
     def probe(self, text: str) -> tuple[ActivationRecord, list[float] | None, float | None]:
         """Real activations of the shown neuron on `text`, the simulator's prediction from its explanation, and the

@@ -78,7 +78,9 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     assert "plotly" in page and 'id="n-0-11"' in page
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["pipeline"]["explain"]["best_of"] == 1 and manifest["neurons"] == [[0, 11], [0, 42]]
-    assert manifest["pipeline"]["simulate"]["mode"] == "auto" and manifest["explain"]["simulator"]["smoke_level"]
+    assert manifest["pipeline"]["simulate"]["mode"] == "auto"
+    simulator = manifest["explain"]["simulator"]  # the offline explainer's texts are scored by nxkit-sim
+    assert simulator["model"] == "nxkit-sim" and simulator["kind"] == "trained" and not simulator["smoke_level"]
     table = run.table()
     for n in done:  # the table shows the kept explanation and the revision's outcome
         row = table[table.neuron == n].iloc[0]
