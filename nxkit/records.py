@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -262,11 +262,10 @@ class CollectionManifest:
         return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
 
     def identity(self) -> tuple:
-        """What a resumed pass must share with the pass it resumes (everything but versions and progress)."""
-        return (
-            self.format_version, self.model, self.n_layers, self.d_mlp, self.layers, self.config, self.corpus,
-            self.quantile_calibration_windows_used, self.gated_mlp,
-        )  # fmt: skip
+        """What a resumed pass must share with the pass it resumes: every field but versions and progress (a field
+        added later counts unless it is named here)."""
+        progress = {"versions", "status", "done_windows"}
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name not in progress)
 
     @property
     def corpus_source(self) -> str | None:
