@@ -6,6 +6,8 @@ compared with the same template without E: the difference (pointwise mutual info
 the explanation makes likely, whatever E is about (a concept, a suffix, punctuation). A window token is looked up
 in that table through its whole word (first piece of " word", as written and lower-cased), its own first piece,
 and its neighbours' words; these numbers, a frequency prior and a few surface flags are the token's features.
+The explanation is also read literally (`Terms`): which of the window's words (and neighbours) it uses or quotes,
+which suffixes and prefixes it names, and how close each word's input embedding is to its words'.
 Nothing here is trained: `train.py` fits a small head on these features.
 
 One forward pass per template reads an explanation; windows are then table look-ups, so simulating many windows,
@@ -14,8 +16,9 @@ or many candidate explanations on fixed windows, costs almost nothing beyond tha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,11 +40,77 @@ N_NEIGHBOURS = 2
 """Words read on each side besides the token's own (the previous and next word)."""
 
 
-def n_features(n_templates: int = len(TEMPLATES)) -> int:
+READING = 2
+"""Version of the reading features (1: PMI tables only; 2: also the explanation's own words and embedding
+similarity). Weights record the version they were trained on, and load with the features of that version."""
+
+STOPWORDS = frozenset(
+    "a an the and or of for to in on at by with from as such like that this these those is are be it its "
+    "word words any some other than into".split()
+)
+"""Function words left out of an explanation's terms (they match almost any text)."""
+
+
+def n_features(n_templates: int = len(TEMPLATES), reading: int = READING) -> int:
     """Features per token: per template, the word, its own piece and each neighbour word; then their means, the
-    prior and the flags."""
+    prior and the flags; from version 2 also the embedding similarity (same columns) and the word matches
+    (`N_LEXICAL`)."""
     per = 2 + 2 * N_NEIGHBOURS
-    return n_templates * per + per + 1 + len(FLAGS)
+    base = n_templates * per + per + 1 + len(FLAGS)
+    return base + (per + N_LEXICAL if reading >= 2 else 0)
+
+
+N_LEXICAL = 2 * (1 + 2 * N_NEIGHBOURS) + 2
+"""Word-match features: the token's word and each neighbour's matching a word of the explanation, and matching a
+quoted one; the word ending in a suffix (-ful) or starting with a prefix (un-) the explanation names."""
+
+
+def stem(word: str) -> str:
+    """A crude stem for matching an explanation's words to a window's: lower-cased, one inflection ending off and
+    a final e (follows, followed, following -> follow; cities -> city; hoped, hope -> hop)."""
+    w = word.lower()
+    for end, put in (("ing", ""), ("ies", "y"), ("ied", "y"), ("es", ""), ("ed", ""), ("s", "")):
+        if w.endswith(end) and len(w) - len(end) >= 3:
+            w = w[: -len(end)] + put
+            break
+    return w[:-1] if w.endswith("e") and len(w) > 3 else w
+
+
+@dataclass
+class Terms:
+    """What an explanation names literally: its words, the ones it quotes, and the word pieces it names."""
+
+    words: frozenset[str] = field(default_factory=frozenset)
+    """Stems of its words (function words left out)."""
+    quoted: frozenset[str] = field(default_factory=frozenset)
+    """Stems of the words and marks in quotes ('of', "the"), function words included: 'the word after "of"'."""
+    suffixes: tuple[str, ...] = ()
+    """Endings it names as "-ful"."""
+    prefixes: tuple[str, ...] = ()
+    """Beginnings it names as "un-"."""
+
+
+def terms(explanation: str) -> Terms:
+    """The literal terms of an explanation."""
+    words = {stem(w) for w in re.findall(r"[A-Za-z]+", explanation) if w.lower() not in STOPWORDS}
+    quoted = {stem(q.strip()) for q in re.findall(r"""['"‘“]([^'"’”]{1,30})['"’”]""", explanation) if q.strip()}
+    suffixes = tuple(m.lower() for m in re.findall(r"(?<![A-Za-z])-([A-Za-z]{2,6})\b", explanation))
+    prefixes = tuple(m.lower() for m in re.findall(r"\b([A-Za-z]{2,6})-(?![A-Za-z])", explanation))
+    return Terms(frozenset(words), frozenset(quoted), suffixes, prefixes)
+
+
+@dataclass
+class Reading:
+    """What the reader takes from one explanation, before any window is seen."""
+
+    table: torch.Tensor
+    """[templates, vocabulary] PMI of each next token given the explanation."""
+    similarity: torch.Tensor
+    """[vocabulary] the highest cosine similarity of each token's input embedding to the explanation's words'."""
+    terms: Terms
+    """Its literal words, quoted words and named word pieces."""
+    kind: torch.Tensor
+    """[hidden] its mean input embedding (what kind of explanation it is)."""
 
 
 @dataclass
@@ -53,6 +122,10 @@ class WindowIds:
     """[tokens, 3 + 2 * N_NEIGHBOURS] ids: word, lower-cased word, own piece, previous words..., next words (-1: none)."""
     flags: np.ndarray
     """[tokens, len(FLAGS)] 0/1."""
+    words: list[str] = field(default_factory=list)
+    """The window's words as written (one per word span)."""
+    cols: np.ndarray | None = None
+    """[tokens, 1 + 2 * N_NEIGHBOURS] the word span of each token, then of its neighbour words (-1: none)."""
 
 
 class Reader:
@@ -82,6 +155,31 @@ class Reader:
         k = len(self.templates)
         prompts = [a.format(e.strip()) for e in explanations for a, _ in self.templates]
         return (self._logprobs(prompts).view(len(explanations), k, -1) - self._baseline).float()
+
+    @torch.inference_mode()
+    def similarity(self, explanations: Sequence[str]) -> torch.Tensor:
+        """[explanations, vocabulary] each token's highest cosine similarity (input embeddings) to a piece of the
+        explanation's content words (0 where it has none)."""
+        emb = self.lm.model.embed_tokens.weight
+        if getattr(self, "_unit", None) is None:
+            self._unit = torch.nn.functional.normalize(emb.float(), dim=-1)
+        out = torch.zeros(len(explanations), emb.shape[0])
+        for i, e in enumerate(explanations):
+            words = [w for w in re.findall(r"[A-Za-z]+", e) if w.lower() not in STOPWORDS]
+            pieces = sorted(
+                {self.first_piece(" " + w) for w in words} | {self.first_piece(" " + w.lower()) for w in words}
+            )
+            if pieces:
+                out[i] = (self._unit @ self._unit[pieces].T).amax(-1)
+        return out
+
+    def read(self, explanations: Sequence[str]) -> list[Reading]:
+        """Everything the reader takes from each explanation (three forward passes each, batched)."""
+        tables, sims = self.tables(explanations), self.similarity(explanations)
+        return [
+            Reading(t, s, terms(e), self.explanation_vector(e))
+            for t, s, e in zip(tables, sims, explanations, strict=True)
+        ]
 
     @torch.inference_mode()
     def explanation_vector(self, explanation: str) -> torch.Tensor:
@@ -125,21 +223,54 @@ class Reader:
             flags[a:b, 5] = float(not text)
             flags[a:b, 6] = float(len(text) > 1 and text.isupper())
         span_ids = np.array(span_ids or [0], dtype=np.int64)
-        neighbours = []
+        neighbours, cols = [], [span_of]
         for d in (*range(-N_NEIGHBOURS, 0), *range(1, N_NEIGHBOURS + 1)):
             j = span_of + d
             ok = (j >= 0) & (j < len(spans))
             neighbours.append(np.where(ok, span_ids[np.clip(j, 0, len(span_ids) - 1)], -1))
+            cols.append(np.where(ok, j, -1))
         ids = np.stack([word_id, lower_id, own_id, *neighbours], axis=1) if n else np.zeros((0, 3 + 2 * N_NEIGHBOURS))
-        return WindowIds(ids.astype(np.int64), flags)
+        cols_a = np.stack(cols, axis=1) if n else np.zeros((0, 1 + 2 * N_NEIGHBOURS))
+        words = [text or tokens[a].strip() for a, _, text in spans]
+        return WindowIds(ids.astype(np.int64), flags, words, cols_a.astype(np.int64))
 
 
-def features(table: torch.Tensor, prior: torch.Tensor, window: WindowIds) -> torch.Tensor:
-    """[tokens, n_features] reading features of one window under one explanation's PMI `table` [K, V]."""
+def _lexical(t: Terms, window: WindowIds) -> np.ndarray:
+    """[tokens, N_LEXICAL] word matches between an explanation's terms and a window's words."""
+    stems = [stem(w) for w in window.words]
+    lowers = [w.lower() for w in window.words]
+    span = np.array(
+        [
+            [
+                s in t.words,
+                s in t.quoted or w in t.quoted,
+                any(w.endswith(x) and len(w) > len(x) + 1 for x in t.suffixes),
+                any(w.startswith(x) and len(w) > len(x) + 1 for x in t.prefixes),
+            ]
+            for s, w in zip(stems, lowers, strict=True)
+        ]
+        or np.zeros((0, 4)),
+        dtype=np.float32,
+    ).reshape(-1, 4)
+    cols = window.cols
+    if span.shape[0] == 0:
+        return np.zeros((len(cols), N_LEXICAL), dtype=np.float32)
+    missing = cols < 0
+    got = span[np.clip(cols, 0, None)]  # [T, 1 + 2N, 4]
+    got[missing] = 0.0
+    return np.concatenate([got[:, :, 0], got[:, :, 1], got[:, 0, 2:]], axis=1)
+
+
+def features(
+    reading: Reading | torch.Tensor, prior: torch.Tensor, window: WindowIds, version: int = READING
+) -> torch.Tensor:
+    """[tokens, n_features] reading features of one window under one explanation: its `Reading` (version 2), or its
+    PMI table [K, V] alone (version 1)."""
+    table = reading.table if isinstance(reading, Reading) else reading
     ids = torch.from_numpy(window.ids)
     missing = ids < 0
     safe = ids.clamp(min=0)
-    per = table[:, safe]  # [K, T, 2 + 2N]
+    per = table[:, safe].float()  # [K, T, 2 + 2N]
     word = torch.maximum(per[:, :, 0], per[:, :, 1])  # as written or lower-cased, whichever reads higher
     cols = torch.cat([word[..., None], per[:, :, 2:]], dim=-1).masked_fill(missing[None, :, 1:], 0.0)  # [K,T,1+1+2N]
     k, t, c = cols.shape
@@ -147,4 +278,11 @@ def features(table: torch.Tensor, prior: torch.Tensor, window: WindowIds) -> tor
     mean = scaled.mean(0)  # [T, c]
     flat = scaled.permute(1, 0, 2).reshape(t, k * c)
     p = (prior[safe[:, 1]] / 10.0)[:, None]
-    return torch.cat([flat, mean, p, torch.from_numpy(window.flags)], dim=1)
+    out = [flat, mean, p, torch.from_numpy(window.flags)]
+    if version >= 2:
+        if not isinstance(reading, Reading):
+            raise TypeError("reading features of version 2 need the explanation's Reading (Reader.read)")
+        sim = reading.similarity[safe].float()  # [T, 2 + 2N]
+        sim = torch.cat([torch.maximum(sim[:, :1], sim[:, 1:2]), sim[:, 2:]], dim=1).masked_fill(missing[:, 1:], 0.0)
+        out += [sim, torch.from_numpy(_lexical(reading.terms, window))]
+    return torch.cat(out, dim=1)

@@ -5,7 +5,8 @@ The head sees numbers (how much the explanation raises the model's probability o
 piece and its neighbours, a frequency prior, surface flags), never the words themselves, so what it learns on
 training concepts carries to subtrees of WordNet it never saw. Training uses counterfactual pairing: a neuron's
 explanation is shown with its own top and random windows and with other neurons' top windows, each labelled with
-this neuron's rule on it. Seeded and resumable (a checkpoint every `checkpoint_every` steps); the result is the
+this neuron's rule on it; half of those other neurons are near ones (hard negatives: a concept near in WordNet, a
+rule of the same family), which only reading the explanation tells apart. Seeded and resumable (a checkpoint every `checkpoint_every` steps); the result is the
 head's weights (a few KB) and the settings in `out_dir` (`data/nxkit-sim` for the shipped model).
 """
 
@@ -26,8 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .files import atomic_write
-from .reader import TEMPLATES, Reader, WindowIds, features, n_features
+from .reader import READING, TEMPLATES, Reader, Reading, WindowIds, features, n_features
 from .records import normalize_activations
+from .rules import Concept
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,14 @@ class SimTrainConfig:
     """Also train on a run of ours made with a capable explainer: its explained neurons and their records."""
     max_real: int | None = 2000
     """Use at most this many real neurons from `from_public` and `from_run` together (None: all)."""
+    hard_negatives: float = 0.5
+    """How often another neuron's window is a near neuron's (a concept near in WordNet, a rule of the same family)
+    rather than any neuron's: near concepts share words and topics, so only reading the explanation tells them
+    apart."""
     firing_weight: float = 5.0
     """Weight of firing tokens (bin > 0) in the cross-entropy: they are about 1 token in 100."""
+    reading: int = READING
+    """Version of the reading features (`nxkit.reader.READING`; older ones for comparison)."""
     seed: int = 0
     """Seed of the data, the initialisation and the order."""
     checkpoint_every: int = 200
@@ -102,6 +110,8 @@ class SimTrainConfig:
     def __post_init__(self):
         if min(self.steps, self.batch_size, self.windows_per_side, self.hidden, self.window_tokens) < 1:
             raise TrainError("steps, batch_size, windows_per_side, hidden and window_tokens must be >= 1")
+        if not 1 <= self.reading <= READING:
+            raise TrainError(f"reading must be a version of the reading features, 1 to {READING}")
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -110,18 +120,19 @@ class SimTrainConfig:
 class SimModel(nn.Module):
     """The frozen reader and the trained head: reading features of a token -> N_BINS logits."""
 
-    def __init__(self, reader: Reader, hidden: int, kind_dims: int = 0):
+    def __init__(self, reader: Reader, hidden: int, kind_dims: int = 0, reading: int = READING):
         super().__init__()
-        self.reader = reader
+        self.reader, self.reading = reader, reading
         self.kind = nn.Linear(reader.lm.config.hidden_size, kind_dims) if kind_dims else None
         self.head = nn.Sequential(
-            nn.Linear(n_features(len(reader.templates)) + kind_dims, hidden),
+            nn.Linear(n_features(len(reader.templates), reading) + kind_dims, hidden),
             nn.GELU(),
             nn.Linear(hidden, hidden),
             nn.GELU(),
             nn.Linear(hidden, N_BINS),
         )
         self._prior = reader.prior()
+        self._ids: dict[tuple[str, ...], WindowIds] = {}
 
     @property
     def tokenizer(self):
@@ -134,8 +145,19 @@ class SimModel(nn.Module):
             feats = torch.cat([feats, torch.tanh(self.kind(kinds))], dim=-1)
         return self.head(feats)
 
-    def features(self, table: torch.Tensor, window: WindowIds) -> torch.Tensor:
-        return features(table, self._prior, window)
+    def features(self, reading: Reading, window: WindowIds) -> torch.Tensor:
+        return features(reading if self.reading >= 2 else reading.table, self._prior, window, self.reading)
+
+    def window_ids(self, tokens: Sequence[str]) -> WindowIds:
+        """The reader's ids of a window, kept for the windows seen last (best-of-k simulates the same windows under
+        many explanations; training sees each corpus window many times)."""
+        key = tuple(tokens)
+        got = self._ids.get(key)
+        if got is None:
+            if len(self._ids) >= 50_000:
+                self._ids.clear()
+            got = self._ids[key] = self.reader.window_ids(key)
+        return got
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The head's weights (all that training changes)."""
@@ -150,14 +172,16 @@ class SimModel(nn.Module):
             self.kind.load_state_dict({k[5:]: v.float() for k, v in state.items() if k.startswith("kind.")})
 
 
-def build_model(hidden: int, kind_dims: int = 0, templates: Sequence[tuple[str, str]] = TEMPLATES) -> SimModel:
-    """The offline SmolLM2 (frozen) as reader, and a fresh head."""
+def build_model(
+    hidden: int, kind_dims: int = 0, templates: Sequence[tuple[str, str]] = TEMPLATES, reading: int = READING
+) -> SimModel:
+    """The offline SmolLM2 (frozen) as reader, and a fresh head reading features of version `reading`."""
     from .offline import load_offline_hf
 
     lm, tok = load_offline_hf(attn_implementation="sdpa")
     for p in lm.parameters():
         p.requires_grad_(False)
-    return SimModel(Reader(lm, tok, templates), hidden, kind_dims)
+    return SimModel(Reader(lm, tok, templates), hidden, kind_dims, reading)
 
 
 def save_weights(model: SimModel, out_dir: Path, settings: dict) -> None:
@@ -166,7 +190,8 @@ def save_weights(model: SimModel, out_dir: Path, settings: dict) -> None:
 
     state = {k: v.detach().float().contiguous() for k, v in model.trainable_state().items()}
     atomic_write(out_dir / "weights.safetensors", save(state))
-    atomic_write(out_dir / "config.json", json.dumps({**settings, "templates": model.reader.templates}, indent=1))
+    settings = {**settings, "templates": model.reader.templates, "reading": model.reading}
+    atomic_write(out_dir / "config.json", json.dumps(settings, indent=1))
 
 
 def load_model(path: str | Path | None = None) -> SimModel:
@@ -181,7 +206,11 @@ def load_model(path: str | Path | None = None) -> SimModel:
     settings = json.loads((path / "config.json").read_text())
     if "hidden" not in settings or "templates" not in settings:
         raise TrainError(f"{path} holds weights of an older nxkit-sim; retrain with `nxkit train simulator`")
-    model = build_model(settings["hidden"], settings.get("kind_dims", 0), [tuple(t) for t in settings["templates"]])
+    reading = settings.get("reading", 1)
+    if reading > READING:
+        raise TrainError(f"{path} holds nxkit-sim weights of a newer reading (version {reading}); upgrade nxkit")
+    templates = [tuple(t) for t in settings["templates"]]
+    model = build_model(settings["hidden"], settings.get("kind_dims", 0), templates, reading)
     model.load_trainable(load_file(str(path / "weights.safetensors")))
     model.eval()
     return model
@@ -303,24 +332,77 @@ class Example:
     bins: list[list[int]]
 
 
-def sample_example(records: list[tuple], rng: random.Random, per_side: int, crop: int) -> tuple[int, Example]:
-    """A neuron (family first, then a neuron of it), one of its phrasings, and `per_side` of each: its top windows,
-    its random windows, and (synthetic neurons only) another neuron's top windows, all labelled by this neuron."""
-    from .prompts import crop_window
+def _near_synsets(name: str, up: int = 2) -> frozenset[str]:
+    """A synset and its hypernyms up to `up` steps above it."""
+    from .wordnet import wordnet
 
+    level = {wordnet().synset(name)}
+    out = set(level)
+    for _ in range(up):
+        level = {h for s in level for h in s.hypernyms()}
+        out |= level
+    return frozenset(s.name() for s in out)
+
+
+@dataclass
+class Pools:
+    """Which neurons a training example's counterfactual windows come from, worked out once per run."""
+
+    by_family: dict[str, list[int]]
+    """Record indices per family."""
+    near: list[list[int]]
+    """Per record, its hard negatives: the concepts near it in WordNet (siblings, cousins, parent and grandparent:
+    a hypernym in common within two steps of each), and for the other synthetic families the neurons of the same
+    family; empty for real neurons."""
+
+
+def negative_pools(records: list[tuple]) -> Pools:
+    """The families and hard negatives of `records` ((neuron, record) pairs)."""
     by_family: dict[str, list[int]] = {}
     for i, (n, _) in enumerate(records):
         by_family.setdefault(n.family, []).append(i)
-    families = [f for f in FAMILY_WEIGHTS if f in by_family]
+    concepts = [i for i in by_family.get("concept", []) if isinstance(getattr(records[i][0], "rule", None), Concept)]
+    up = {i: _near_synsets(records[i][0].rule.synset) for i in concepts}
+    near: list[list[int]] = [[] for _ in records]
+    for i in concepts:
+        near[i] = [j for j in concepts if j != i and up[i] & up[j]]
+    for family in ("surface", "context", "mixture"):
+        members = by_family.get(family, [])
+        for i in members:
+            near[i] = [j for j in members if j != i]
+    return Pools(by_family, near)
+
+
+def sample_example(
+    records: list[tuple],
+    rng: random.Random,
+    per_side: int,
+    crop: int,
+    hard_negatives: float = 0.0,
+    pools: Pools | None = None,
+) -> tuple[int, Example]:
+    """A neuron (family first, then a neuron of it), one of its phrasings, and `per_side` of each: its top windows,
+    its random windows, and (synthetic neurons only) another neuron's top windows, all labelled by this neuron.
+    With probability `hard_negatives` each other neuron is a near one (`Pools.near`), else any neuron; `pools`
+    (from `negative_pools(records)`) saves working them out on every call."""
+    from .prompts import crop_window
+
+    pools = pools or negative_pools(records)
+    families = [f for f in FAMILY_WEIGHTS if f in pools.by_family]
     # families first: there are hundreds of concept neurons and a few dozen of each other kind
-    i = rng.choice(by_family[rng.choices(families, [FAMILY_WEIGHTS[f] for f in families])[0]])
+    i = rng.choice(pools.by_family[rng.choices(families, [FAMILY_WEIGHTS[f] for f in families])[0]])
     neuron, rec = records[i]
-    pools = [rec.most_positive_activation_records] * per_side + [rec.random_sample] * per_side
+    pools_w = [rec.most_positive_activation_records] * per_side + [rec.random_sample] * per_side
     if not isinstance(neuron, RealNeuron):  # a rule labels any window; a real neuron only its own
-        others = [j for j in range(len(records)) if j != i] or [i]
-        pools += [records[rng.choice(others)][1].most_positive_activation_records for _ in range(per_side)]
+        for _ in range(per_side):
+            if pools.near[i] and rng.random() < hard_negatives:
+                j = rng.choice(pools.near[i])
+            else:
+                j = rng.randrange(len(records) - 1) if len(records) > 1 else i
+                j += j >= i and len(records) > 1  # any neuron but this one
+            pools_w.append(records[j][1].most_positive_activation_records)
     windows, bins = [], []
-    for pool in pools:
+    for pool in pools_w:
         tokens = rng.choice(pool).tokens
         acts = [float(a) for a in neuron.activations(tokens)]
         tokens, acts = crop_window(list(tokens), acts, crop)
@@ -353,7 +435,7 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
     """Train (or resume training) nxkit-sim; returns the folder with its weights."""
     out = Path(config.out_dir)
     torch.manual_seed(config.seed)
-    model = build_model(config.hidden, config.kind_dims)
+    model = build_model(config.hidden, config.kind_dims, reading=config.reading)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
     warmup = max(1, config.steps // 20)
@@ -381,14 +463,12 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
     # each phrasing is read once (a forward pass per template), and windows' ids once per distinct window
     texts = sorted({e for n, _ in records for e in n.explanations})
     index = {e: k for k, e in enumerate(texts)}
-    tables = torch.cat(
-        [
-            model.reader.tables(texts[a : a + 64]).to(torch.float16)
-            for a in tqdm(range(0, len(texts), 64), desc="read explanations", unit="batch", disable=not progress)
-        ]
-    )
-    kinds = torch.stack([model.reader.explanation_vector(t) for t in texts])
-    ids: dict[tuple[str, ...], WindowIds] = {}
+    readings: list[Reading] = []
+    for a in tqdm(range(0, len(texts), 64), desc="read explanations", unit="batch", disable=not progress):
+        for r in model.reader.read(texts[a : a + 64]):
+            r.table, r.similarity = r.table.to(torch.float16), r.similarity.to(torch.float16)  # 2.7k x 4 x 49k
+            readings.append(r)
+    pools = negative_pools(records)
     bar = tqdm(total=config.steps, initial=step, desc="train nxkit-sim", unit="step", disable=not progress)
     t0 = time.perf_counter()
     model.head.train()
@@ -396,14 +476,13 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
         rng = random.Random(config.seed * 1_000_003 + step)  # the batch depends on the step only: resumable
         feats, kind, target, groups = [], [], [], []
         for _ in range(config.batch_size):
-            _, ex = sample_example(records, rng, config.windows_per_side, config.window_tokens)
-            table = tables[index[ex.explanation]].float()
+            _, ex = sample_example(
+                records, rng, config.windows_per_side, config.window_tokens, config.hard_negatives, pools
+            )
+            reading = readings[index[ex.explanation]]
             for w, b in zip(ex.windows, ex.bins, strict=True):
-                wid = ids.get(tuple(w))
-                if wid is None:
-                    wid = ids[tuple(w)] = model.reader.window_ids(w)
-                feats.append(model.features(table, wid))
-                kind.append(kinds[index[ex.explanation]].expand(len(w), -1))
+                feats.append(model.features(reading, model.window_ids(w)))
+                kind.append(reading.kind.expand(len(w), -1))
                 target.extend(b)
             groups.append(sum(len(w) for w in ex.windows))
         logits = model(torch.cat(feats), torch.cat(kind))
@@ -431,10 +510,9 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
 def predict(model: SimModel, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """Per window, a [tokens, N_BINS] array of bin probabilities: one read of the explanation, then look-ups."""
     with torch.inference_mode():
-        table = model.reader.tables([explanation])[0]
-        kind = model.reader.explanation_vector(explanation)
+        reading = model.reader.read([explanation])[0]
         out = []
         for w in windows:
-            feats = model.features(table, model.reader.window_ids(list(w)))
-            out.append(torch.softmax(model(feats, kind.expand(len(feats), -1)), dim=-1).numpy())
+            feats = model.features(reading, model.window_ids(w))
+            out.append(torch.softmax(model(feats, reading.kind.expand(len(feats), -1)), dim=-1).numpy())
     return out

@@ -49,6 +49,38 @@ def test_each_subject_token_is_read_through_its_whole_word(reader):
     assert empty.ids.shape == (2, 7) and reader.window_ids([]).ids.shape == (0, 7)
 
 
+def test_an_explanations_literal_terms():
+    from nxkit.reader import stem, terms
+
+    assert {stem(w) for w in ("follow", "follows", "followed", "following")} == {"follow"}
+    t = terms("the word after 'with', or words ending in -ful like careful, and un- words")
+    assert "with" in t.quoted and "with" not in t.words and "careful" in t.words  # function words count quoted only
+    assert t.suffixes == ("ful",) and t.prefixes == ("un",)
+
+
+@pytest.mark.slow
+def test_word_matches_read_the_token_and_its_neighbours(reader):
+    from nxkit.reader import N_LEXICAL, N_NEIGHBOURS, READING, features, n_features
+
+    window = reader.window_ids([" I", " went", " with", " a", " careful", " friend", " unhappy"])
+    (r,) = reader.read(["the word after 'with', also words ending in -ful and the friends"])
+    feats = features(r, reader.prior(), window)
+    assert feats.shape == (7, n_features()) and READING == 2
+    per = 2 + 2 * N_NEIGHBOURS  # the word, its own piece, the neighbour words
+    base = n_features(reading=1)
+    sim, lex = feats[:, base], feats[:, base + per :].numpy()
+    assert lex.shape[1] == N_LEXICAL
+    cols = 1 + 2 * N_NEIGHBOURS  # own word, then the words 2 and 1 before, 1 and 2 after
+    own, before = 0, N_NEIGHBOURS  # the column of the word right before
+    assert lex[:, own].tolist() == [0, 0, 0, 0, 0, 1, 0]  # "friend" is one of its words ("friends")
+    assert lex[:, cols + own].tolist() == [0, 0, 1, 0, 0, 0, 0]  # 'with' is quoted
+    assert lex[:, cols + before].tolist() == [0, 0, 0, 1, 0, 0, 0]  # the word after 'with'
+    assert lex[:, -2].tolist() == [0, 0, 0, 0, 1, 0, 0] and lex[:, -1].sum() == 0  # -ful; no prefix named
+    assert sim[5] == pytest.approx(sim.max().item()) and sim[5] > sim[0]  # " friend" is nearest the explanation
+    (v1,) = [features(r.table, reader.prior(), window, version=1)]  # older weights read the PMI part alone
+    assert v1.shape == (7, base) and (v1 == feats[:, :base]).all()
+
+
 @pytest.mark.slow
 def test_an_explanation_raises_its_own_words(reader):
     fruit, colour = reader.tables(["kinds of fruit", "colours"]).mean(1)  # PMI averaged over the templates
@@ -72,6 +104,32 @@ def test_counterfactual_targets_are_the_neurons_own_rule_on_any_window():
         assert ex.explanation in neuron.explanations and len(ex.windows) == 6
         for tokens, bins in zip(ex.windows, ex.bins, strict=True):  # own and other neurons' windows alike
             assert len(tokens) == 8 and bins == counterfactual_bins(neuron, rec, tokens)
+
+
+@needs_wordnet
+def test_hard_negatives_are_near_concepts_and_rules_of_the_same_family():
+    from nxkit.train import negative_pools
+
+    wn = syn.wordnet()
+    names = ("edible_fruit.n.01", "vegetable.n.01", "dog.n.01", "cat.n.01", "hammer.n.02")
+    concepts = [syn.SyntheticNeuron(n, "concept", syn.Concept(n), (n,)) for n in names]
+    rules = [syn.SyntheticNeuron(k, "surface", syn.SURFACE[k][0], syn.SURFACE[k][1]) for k in ("comma", "number")]
+    rules.append(syn.SyntheticNeuron("after:of", "context", *syn.CONTEXT["after:of"]))
+    words = [" apple", " carrot", " dog", " cat", " hammer", ",", " 42", " of", " the"]
+    rng = np.random.default_rng(0)
+    windows = [[words[i] for i in rng.integers(0, len(words), 16)] for _ in range(60)]
+    records = [(n, n.record(windows, noise=0.0)) for n in concepts + rules]
+    pools = negative_pools(records)
+    near = [[records[j][0].name for j in js] for js in pools.near]
+    # fruit and vegetable are both produce; dog and cat are both carnivores; a hammer is near neither
+    assert near[:5] == [["vegetable.n.01"], ["edible_fruit.n.01"], ["cat.n.01"], ["dog.n.01"], []]
+    assert wn.synset("produce.n.01") in wn.synset("vegetable.n.01").hypernyms()
+    assert near[5:] == [["number"], ["comma"], []]  # rules: the others of the same family
+    for step in range(30):  # with hard_negatives=1 another neuron's window is a near one's whenever there is one
+        i, ex = sample_example(records, random.Random(step), per_side=2, crop=None, hard_negatives=1.0, pools=pools)
+        if pools.near[i]:
+            tops = {tuple(r.tokens) for j in pools.near[i] for r in records[j][1].most_positive_activation_records}
+            assert all(tuple(w) in tops for w in ex.windows[4:])
 
 
 @pytest.mark.slow
