@@ -137,6 +137,7 @@ class Reader:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "right"
         self._first: dict[str, int] = {}
+        self._unit: torch.Tensor | None = None  # unit-length input embeddings, made on first use
         self._baseline = self._logprobs([b for _, b in self.templates])  # [K, V]
 
     @torch.inference_mode()
@@ -161,7 +162,7 @@ class Reader:
         """[explanations, vocabulary] each token's highest cosine similarity (input embeddings) to a piece of the
         explanation's content words (0 where it has none)."""
         emb = self.lm.model.embed_tokens.weight
-        if getattr(self, "_unit", None) is None:
+        if self._unit is None:
             self._unit = torch.nn.functional.normalize(emb.float(), dim=-1)
         out = torch.zeros(len(explanations), emb.shape[0])
         for i, e in enumerate(explanations):
