@@ -123,7 +123,9 @@ class WindowIds:
     flags: np.ndarray
     """[tokens, len(FLAGS)] 0/1."""
     words: list[str] = field(default_factory=list)
-    """The window's words as written (one per word span)."""
+    """The window's words, lower-cased (one per word span)."""
+    stems: list[str] = field(default_factory=list)
+    """Their stems (`stem`), for matching an explanation's words."""
     cols: np.ndarray | None = None
     """[tokens, 1 + 2 * N_NEIGHBOURS] the word span of each token, then of its neighbour words (-1: none)."""
 
@@ -232,14 +234,12 @@ class Reader:
             cols.append(np.where(ok, j, -1))
         ids = np.stack([word_id, lower_id, own_id, *neighbours], axis=1) if n else np.zeros((0, 3 + 2 * N_NEIGHBOURS))
         cols_a = np.stack(cols, axis=1) if n else np.zeros((0, 1 + 2 * N_NEIGHBOURS))
-        words = [text or tokens[a].strip() for a, _, text in spans]
-        return WindowIds(ids.astype(np.int64), flags, words, cols_a.astype(np.int64))
+        words = [(text or tokens[a].strip()).lower() for a, _, text in spans]
+        return WindowIds(ids.astype(np.int64), flags, words, [stem(w) for w in words], cols_a.astype(np.int64))
 
 
 def _lexical(t: Terms, window: WindowIds) -> np.ndarray:
     """[tokens, N_LEXICAL] word matches between an explanation's terms and a window's words."""
-    stems = [stem(w) for w in window.words]
-    lowers = [w.lower() for w in window.words]
     span = np.array(
         [
             [
@@ -248,7 +248,7 @@ def _lexical(t: Terms, window: WindowIds) -> np.ndarray:
                 any(w.endswith(x) and len(w) > len(x) + 1 for x in t.suffixes),
                 any(w.startswith(x) and len(w) > len(x) + 1 for x in t.prefixes),
             ]
-            for s, w in zip(stems, lowers, strict=True)
+            for s, w in zip(window.stems, window.words, strict=True)
         ]
         or np.zeros((0, 4)),
         dtype=np.float32,
@@ -262,12 +262,10 @@ def _lexical(t: Terms, window: WindowIds) -> np.ndarray:
     return np.concatenate([got[:, :, 0], got[:, :, 1], got[:, 0, 2:]], axis=1)
 
 
-def features(
-    reading: Reading | torch.Tensor, prior: torch.Tensor, window: WindowIds, version: int = READING
-) -> torch.Tensor:
-    """[tokens, n_features] reading features of one window under one explanation: its `Reading` (version 2), or its
-    PMI table [K, V] alone (version 1)."""
-    table = reading.table if isinstance(reading, Reading) else reading
+def features(reading: Reading, prior: torch.Tensor, window: WindowIds, version: int = READING) -> torch.Tensor:
+    """[tokens, n_features] reading features of one window under one explanation's `Reading`: its PMI table alone
+    (version 1), then the embedding similarity and the word matches (version 2)."""
+    table = reading.table
     ids = torch.from_numpy(window.ids)
     missing = ids < 0
     safe = ids.clamp(min=0)
@@ -281,8 +279,6 @@ def features(
     p = (prior[safe[:, 1]] / 10.0)[:, None]
     out = [flat, mean, p, torch.from_numpy(window.flags)]
     if version >= 2:
-        if not isinstance(reading, Reading):
-            raise TypeError("reading features of version 2 need the explanation's Reading (Reader.read)")
         sim = reading.similarity[safe].float()  # [T, 2 + 2N]
         sim = torch.cat([torch.maximum(sim[:, :1], sim[:, 1:2]), sim[:, 2:]], dim=1).masked_fill(missing[:, 1:], 0.0)
         out += [sim, torch.from_numpy(_lexical(reading.terms, window))]

@@ -146,7 +146,7 @@ class SimModel(nn.Module):
         return self.head(feats)
 
     def features(self, reading: Reading, window: WindowIds) -> torch.Tensor:
-        return features(reading if self.reading >= 2 else reading.table, self._prior, window, self.reading)
+        return features(reading, self._prior, window, self.reading)
 
     def window_ids(self, tokens: Sequence[str]) -> WindowIds:
         """The reader's ids of a window, kept for the windows seen last (best-of-k simulates the same windows under

@@ -77,7 +77,7 @@ def test_word_matches_read_the_token_and_its_neighbours(reader):
     assert lex[:, cols + before].tolist() == [0, 0, 0, 1, 0, 0, 0]  # the word after 'with'
     assert lex[:, -2].tolist() == [0, 0, 0, 0, 1, 0, 0] and lex[:, -1].sum() == 0  # -ful; no prefix named
     assert sim[5] == pytest.approx(sim.max().item()) and sim[5] > sim[0]  # " friend" is nearest the explanation
-    (v1,) = [features(r.table, reader.prior(), window, version=1)]  # older weights read the PMI part alone
+    (v1,) = [features(r, reader.prior(), window, version=1)]  # older weights read the PMI part alone
     assert v1.shape == (7, base) and (v1 == feats[:, :base]).all()
 
 
