@@ -47,7 +47,7 @@ class _Stop(Exception):
 
 def bridge_tokens_per_s(model, tokens, batch_size: int, last_layer: int) -> float:
     """The same TransformerLens bridge with no reduction: one hook on the last layer that only stops."""
-    from nxkit.subject import hook_name
+    from nxkit.collection.subject import hook_name
 
     def stop(x, hook):
         raise _Stop
@@ -68,15 +68,15 @@ def bridge_tokens_per_s(model, tokens, batch_size: int, last_layer: int) -> floa
 
 
 def child(args) -> dict:
-    from nxkit.collect import CollectConfig, collect
-    from nxkit.corpus import make_windows
-    from nxkit.subject import info, load_subject
+    from nxkit.collection.collect import CollectConfig, collect
+    from nxkit.collection.corpus import make_windows
+    from nxkit.collection.subject import info, load_subject
 
     if args.gpt2xl_shape:
         model = gpt2xl_shaped(args.device)
         n = args.tokens // 64
         windows_tokens = torch.randint(0, model.cfg.d_vocab, (n, 64), generator=torch.Generator().manual_seed(0))
-        from nxkit.corpus import Windows
+        from nxkit.collection.corpus import Windows
 
         windows = Windows(tokens=windows_tokens, source="random tokens", n_documents=n, n_tokens=n * 64)
     else:
@@ -116,7 +116,7 @@ def gpt2xl_shaped(device):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from nxkit.subject import load_offline_hf
+    from nxkit.offline import load_offline_hf
 
     cfg = GPT2Config(n_layer=48, n_embd=1600, n_head=25, n_positions=1024, vocab_size=50257)
     hf = GPT2LMHeadModel(cfg).to(torch.float16).eval()

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nxkit.explain import simulate_and_score
+from nxkit.explain_score import simulate_and_score
 from nxkit.heldout import held_out
-from nxkit.llm import run_sync
-from nxkit.simulate import make_simulator
-from nxkit.train import SimTrainConfig, corpus_token_windows, shipped_dir, synthetic_records
+from nxkit.llm.base import run_sync
+from nxkit.simulators import make_simulator
+from nxkit.simulators.trained import shipped_dir
+from nxkit.training.train import SimTrainConfig, corpus_token_windows, synthetic_records
 
 FAMILIES = ("concept", "surface", "context", "mixture")
 

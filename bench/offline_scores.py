@@ -14,12 +14,13 @@ import json
 import random
 import time
 
-from nxkit.explain import ExplainConfig, explain_and_score, shuffled_controls
-from nxkit.llm import LocalBackend
+from nxkit.explain_score import explain_and_score, shuffled_controls
+from nxkit.explainers.base import ExplainConfig
+from nxkit.llm.local import LocalBackend
 from nxkit.notebook import ensure_collection
 from nxkit.records import NeuronId
-from nxkit.score import OFFLINE_NOTE, mean_scores
-from nxkit.simulate import make_simulator
+from nxkit.scorers.correlation import OFFLINE_NOTE, mean_scores
+from nxkit.simulators import make_simulator
 
 
 def main() -> None:

@@ -15,14 +15,15 @@ import json
 import random
 import time
 
-from nxkit.explain import ExplainConfig, explain_and_score
-from nxkit.llm import LocalBackend
+from nxkit.collection.subject import load_subject
+from nxkit.explain_score import explain_and_score
+from nxkit.explainers.base import ExplainConfig
+from nxkit.llm.local import LocalBackend
 from nxkit.notebook import ensure_collection
 from nxkit.records import NeuronId
 from nxkit.revise import ReviseConfig, revise_run, score_on_split, summarize
-from nxkit.score import OFFLINE_NOTE
-from nxkit.simulate import make_simulator
-from nxkit.subject import load_subject
+from nxkit.scorers.correlation import OFFLINE_NOTE
+from nxkit.simulators import make_simulator
 
 
 def main() -> None:

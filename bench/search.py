@@ -3,7 +3,7 @@ the shuffled control on real SmolLM2 neurons across all 30 layers, beside the pr
 
     .venv/bin/python bench/search.py [--synthetic 240] [--per-layer 7] [--llm-neurons 8] [--run runs/demo]
 
-Synthetic part: neurons of the held-out side of `nxkit.synthetic` (WordNet subtrees noun.food, noun.animal,
+Synthetic part: neurons of the held-out side of `nxkit.training.synthetic` (WordNet subtrees noun.food, noun.animal,
 noun.body, verb.motion; the held-out rule kinds; mixtures) plus every other surface and context kind, built over
 1,000 windows of the default corpus. A rule is recovered when a (not negated) term of the best formula is the
 same concept, its parent or its child, or the same surface or context rule; a mixture when both of its parts are.
@@ -25,11 +25,15 @@ from collections import defaultdict
 
 import numpy as np
 
-from nxkit.explain import ExplainConfig, LLMExplainer, process_neuron, simulate_and_score
+from nxkit.explain_score import process_neuron, simulate_and_score
+from nxkit.explainers.base import ExplainConfig
+from nxkit.explainers.llm import LLMExplainer
+from nxkit.explainers.search import SearchConfig, SearchExplainer
+from nxkit.formulas import Formula, Primitive
 from nxkit.heldout import held_out
-from nxkit.llm import run_sync
+from nxkit.llm.base import run_sync
 from nxkit.records import NeuronId
-from nxkit.search import FormulaSimulator, Primitive, SearchConfig, SearchExplainer
+from nxkit.simulators.exact import FormulaSimulator
 from nxkit.wordnet import is_related
 
 SURFACE_NAMES = {"comma": "punct:,", "question": "punct:?", "period": "punct:.", "colon": "punct::"}
@@ -61,9 +65,9 @@ def recovered(name: str, formula) -> bool:
 
 
 def synthetic_part(n: int, seed: int) -> None:
-    from nxkit import synthetic as syn
     from nxkit.offline import load_offline_hf
-    from nxkit.train import corpus_token_windows
+    from nxkit.training import synthetic as syn
+    from nxkit.training.train import corpus_token_windows
 
     _, tok = load_offline_hf()
     windows = corpus_token_windows(tok, 1000, seed=seed)
@@ -79,7 +83,7 @@ def synthetic_part(n: int, seed: int) -> None:
         picked + rules + syn.mixtures([r for r in rules if r.held_out] + picked[:40], n_mix * 3, seed=seed)[:n_mix]
     )
     explainer, config = SearchExplainer(), ExplainConfig(best_of=1)
-    simulator = FormulaSimulator(explainer.book)
+    simulator = FormulaSimulator()
     by_family: dict[str, list] = defaultdict(list)
     scores, seconds, misses = defaultdict(list), [], []
     t0 = time.perf_counter()
@@ -90,7 +94,7 @@ def synthetic_part(n: int, seed: int) -> None:
         seconds.append(time.perf_counter() - t)
         ok = False
         if summary.status == "done":
-            formula = explainer.book[summary.explanation]
+            formula = Formula.from_json(summary.original_candidate.formula)
             ok = recovered(neuron.name, formula)
             if summary.top_and_random is not None:
                 scores[neuron.family].append(summary.top_and_random)
@@ -122,7 +126,7 @@ def _control(sim, summaries, records, config, seed):
     for k, i in enumerate(order if len(order) > 1 else []):
         j = order[(k + 1) % len(order)]
         windows = held_out(records[i], "valid", config.valid_windows, config.sim_window_tokens)
-        _, s, _ = run_sync(simulate_and_score(sim, summaries[j].explanation, windows, records[i].max_activation))
+        _, s, _ = run_sync(simulate_and_score(sim, summaries[j].original_candidate, windows, records[i].max_activation))
         out[i] = s.top_and_random
     return out
 
@@ -148,7 +152,7 @@ def real_part(run_dir: str, per_layer: int, n_llm: int, seed: int) -> None:
     records = [acts.neuron_record(n.layer_index, n.neuron_index) for n in neurons]
     config = ExplainConfig(best_of=3)
     explainer = SearchExplainer(SearchConfig())
-    sim = FormulaSimulator(explainer.book)
+    sim = FormulaSimulator()
     t0 = time.perf_counter()
     summaries = [run_sync(process_neuron(r, explainer, sim, config))[0] for r in records]
     per_neuron = (time.perf_counter() - t0) / len(records)
@@ -198,8 +202,8 @@ def real_part(run_dir: str, per_layer: int, n_llm: int, seed: int) -> None:
         print(f"             top: {_top_in_context(records[i])}")
 
     if n_llm:
-        from nxkit.llm import LocalBackend
-        from nxkit.simulate import make_simulator
+        from nxkit.llm.local import LocalBackend
+        from nxkit.simulators import make_simulator
 
         backend = LocalBackend()
         llm_sim = make_simulator(backend)
@@ -213,7 +217,9 @@ def real_part(run_dir: str, per_layer: int, n_llm: int, seed: int) -> None:
         same = []
         for i in pick:
             windows = held_out(records[i], "valid", llm_config.valid_windows)
-            _, s, _ = run_sync(simulate_and_score(sim, summaries[i].explanation, windows, records[i].max_activation))
+            _, s, _ = run_sync(
+                simulate_and_score(sim, summaries[i].original_candidate, windows, records[i].max_activation)
+            )
             same.append(s.top_and_random)
         ls = [s.top_and_random for s in llm if s.top_and_random is not None]
         lg = [

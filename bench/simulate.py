@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 
-from nxkit.explain import simulate_and_score
+from nxkit.explain_score import simulate_and_score
 from nxkit.heldout import held_out
-from nxkit.llm import LocalBackend, run_sync
+from nxkit.llm.base import run_sync
+from nxkit.llm.local import LocalBackend
 from nxkit.notebook import ensure_collection
-from nxkit.score import OFFLINE_NOTE
-from nxkit.simulate import make_simulator
+from nxkit.scorers.correlation import OFFLINE_NOTE
+from nxkit.simulators import make_simulator
 
 EXPLANATIONS = ["words about money", "the end of a sentence", "names of people", "verbs in the past tense"]
 

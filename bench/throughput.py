@@ -1,5 +1,5 @@
 """How busy the pipeline keeps a large server: explain, calibrate, score and control >= 64 neurons against a loopback
-OpenAI-compatible server that answers every request after a fixed latency whatever the load (`nxkit.loopback`).
+OpenAI-compatible server that answers every request after a fixed latency whatever the load (`nxkit.llm.loopback`).
 
     .venv/bin/python bench/throughput.py [--neurons 64] [--latency 0.2] [--best-of 3]
 
@@ -18,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from nxkit.explain import ExplainConfig, explain_and_score
-from nxkit.llm import OpenAIBackend
-from nxkit.loopback import MODEL, LoopbackServer
+from nxkit.explain_score import explain_and_score
+from nxkit.explainers.base import ExplainConfig
+from nxkit.llm.loopback import MODEL, LoopbackServer
+from nxkit.llm.server import OpenAIBackend
 from nxkit.notebook import ensure_collection
 from nxkit.records import NeuronId
 from nxkit.runs import Run
-from nxkit.simulate import SimulateConfig, make_simulator
+from nxkit.simulators import make_simulator
+from nxkit.simulators.prompted import SimulateConfig
 
 PAPER_NEURONS = 307_200
 
@@ -86,7 +88,7 @@ def main() -> None:
     n = len(summaries)
     req = backend.usage.requests / n
     prompt, completion = backend.usage.prompt_tokens / n, backend.usage.completion_tokens / n
-    from nxkit.llm import ResponseCache
+    from nxkit.llm.cache import ResponseCache
 
     store = ResponseCache(cache) if cache else None
     cache_bytes = store.size_bytes() if store else 0

@@ -13,15 +13,17 @@ from typing import Annotated, Literal
 
 import tyro
 
-from .collect import CollectConfig, CollectError
-from .corpus import CorpusError
-from .explain import ExplainError
-from .llm import LLMError
+from .collection.activations import CollectError
+from .collection.collect import CollectConfig
+from .collection.corpus import CorpusError
+from .explainers.base import ExplainError
+from .llm.base import LLMError
+from .offline import SubjectError
 from .pipeline import PipelineConfig, PipelineError, SourceConfig
 from .revise import ReviseError
-from .simulate import SimulateError
-from .subject import SubjectError
-from .train import SimTrainConfig, TrainError
+from .simulators.base import SimulateError
+from .simulators.trained import TrainError
+from .training.train import SimTrainConfig
 
 ERRORS = (
     SubjectError, CorpusError, CollectError, PipelineError, LLMError, ExplainError, SimulateError, ReviseError, TrainError
@@ -73,7 +75,7 @@ class Train:
 
 
 def cmd_train(command: Train) -> None:
-    from .train import train_simulator
+    from .training.train import train_simulator
 
     print(f"nxkit-sim: {train_simulator(command.config)}")
 
@@ -81,8 +83,8 @@ def cmd_train(command: Train) -> None:
 def cmd_run(config: PipelineConfig) -> None:
     """Run or resume the pipeline, then print the summary table and the report's path."""
     from .pipeline import run_pipeline
-    from .report import summary_table
-    from .score import OFFLINE_NOTE
+    from .scorers.correlation import OFFLINE_NOTE
+    from .views.report import summary_table
 
     t0 = time.perf_counter()
     result = run_pipeline(config)
@@ -107,9 +109,9 @@ def cmd_collect(command: Collect) -> None:
 
 
 def cmd_top(command: Top) -> None:
-    from .collect import Activations
+    from .collection.activations import Activations
     from .pipeline import SourceConfig
-    from .viz import describe_top
+    from .views.viz import describe_top
 
     path = SourceConfig(name=command.name, run_dir=command.run_dir).path
     print(describe_top(Activations(path / "activations"), command.layers, command.per_layer))

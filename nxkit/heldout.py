@@ -13,14 +13,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from . import prompts
-from .records import (
-    RANDOM,
-    TOP,
-    ActivationRecord,
-    HeldOutWindow,
-    NeuronRecord,
-    NeuronSimulationResults,
-)
+from .records import RANDOM, TOP, ActivationRecord, HeldOutWindow, NeuronRecord, NeuronSimulationResults
 
 T = TypeVar("T")
 

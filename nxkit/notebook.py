@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .collect import CollectConfig
-from .explain import ExplainConfig
+from .collection.collect import CollectConfig
+from .explainers.base import ExplainConfig
 from .pipeline import SEARCH, PipelineConfig, SourceConfig, run_pipeline
 from .revise import ReviseConfig
 from .runs import Run
@@ -48,16 +48,12 @@ def open_notebook_run(
     simulator (`simulator`, else `default_simulator(llm)`: nxkit-sim for the offline model, else the same
     model): the setup the explain, simulate and revise notebooks share."""
     from .llm import make_backend
-    from .simulate import TRAINED, default_simulator, make_simulator
+    from .simulators import simulator_for
 
     run = ensure_collection(run_dir, layers=layers, max_tokens=max_tokens)
     backend = make_backend(llm, base_url=base_url, api_key=api_key)
-    spec = simulator or default_simulator(llm)
-    if spec in TRAINED:
-        return run, backend, make_simulator(spec)
-    if spec == llm:
-        return run, backend, make_simulator(backend)
-    return run, backend, make_simulator(make_backend(spec, base_url=base_url, api_key=api_key))
+    sim = simulator_for(llm, backend, simulator, base_url=base_url, explainer_base_url=base_url, api_key=api_key)
+    return run, backend, sim
 
 
 def ensure_collection(
@@ -69,9 +65,9 @@ def ensure_collection(
     **config,
 ) -> Run:
     """The run at `run_dir`, collecting a small activation set first if it has none (notebooks and benchmarks)."""
-    from .collect import collect
-    from .corpus import make_windows
-    from .subject import load_subject
+    from .collection.collect import collect
+    from .collection.corpus import make_windows
+    from .collection.subject import load_subject
 
     run = Run(run_dir)
     if run.has_collection():

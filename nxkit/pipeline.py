@@ -15,17 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .collect import CollectConfig
-from .explain import ExplainConfig
+from .collection.collect import CollectConfig
+from .explainers import SEARCH
+from .explainers.base import ExplainConfig
+from .explainers.search import SearchConfig
 from .records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId
 from .revise import ReviseConfig
 from .runs import Run
-from .search import SearchConfig
 from .seeds import mix_seed
-from .simulate import SimulateConfig
+from .simulators.prompted import SimulateConfig
 
-SEARCH = "search"
-"""The explainer name of the compositional search (no LLM; its formulas are simulated exactly by default)."""
 BOTH = "both"
 SIDES = {POSITIVE: [POSITIVE], NEGATIVE: [NEGATIVE], BOTH: [POSITIVE, NEGATIVE]}
 
@@ -184,49 +183,23 @@ class PipelineResult:
     """True when the explainer or simulator is a smoke-level model (its scores say little)."""
 
 
-def make_llms(config: PipelineConfig, run: Run | None = None):
-    """The explainer and the simulator from the config (one backend serves both when they are the same).
+def make_llms(config: PipelineConfig):
+    """The explainer and the simulator from the config (one backend serves both when they name the same model on the
+    same server). Each LLM checks its server first, so an unreachable server or an unknown model fails before any
+    work. The search explainer needs no LLM; with no `simulator` its formulas are simulated exactly."""
+    from .explainers import make_explainer
+    from .llm.base import run_sync
+    from .simulators import simulator_for
 
-    Each backend checks its server first, so an unreachable server or an unknown model fails before any work.
-    The search explainer needs no LLM; with no `simulator` its formulas are simulated exactly, and the formulas a
-    resumed `run` already wrote are learnt again so their texts still simulate exactly.
-    """
-    from .llm import run_sync
-    from .simulate import TRAINED, default_simulator, make_simulator
-
-    def make_backend(spec: str, base_url: str | None):
-        from .llm import make_backend as make
-
-        return (
-            make(spec, base_url=base_url)
-            if spec == "local"
-            else make(spec, base_url, max_concurrency=config.max_concurrency)
-        )
-
-    if config.explainer == SEARCH:
-        from .search import FormulaSimulator, SearchExplainer
-
-        explainer = SearchExplainer(config.search)
-        if run is not None:
-            explainer.remember_run(run)
-        if config.simulator is None:
-            return explainer, FormulaSimulator(explainer.book)
-        if config.simulator in TRAINED:
-            return explainer, make_simulator(config.simulator, config.simulate)
-        backend = make_backend(config.simulator, base_url=config.simulator_base_url or config.base_url)
-        run_sync(backend.check())
-        return explainer, make_simulator(backend, config.simulate)
-    explainer = make_backend(config.explainer, base_url=config.base_url)
-    sim_spec = config.simulator or default_simulator(config.explainer)
-    sim_url = config.simulator_base_url or config.base_url
-    if sim_spec in TRAINED:  # a trained simulator in this process: no backend to reach
-        run_sync(explainer.check())
-        return explainer, make_simulator(sim_spec, config.simulate)
-    same = sim_spec == config.explainer and sim_url == config.base_url
-    backend = explainer if same else make_backend(sim_spec, base_url=sim_url)
-    for b in {id(b): b for b in (explainer, backend)}.values():
-        run_sync(b.check())
-    return explainer, make_simulator(backend, config.simulate)
+    server = {"max_concurrency": config.max_concurrency}
+    explainer = make_explainer(config.explainer, config.search, base_url=config.base_url, **server)
+    simulator = simulator_for(
+        config.explainer, explainer.llm, config.simulator, config.simulate,
+        base_url=config.simulator_base_url or config.base_url, explainer_base_url=config.base_url, **server,
+    )  # fmt: skip
+    for llm in {id(c.llm): c.llm for c in (explainer, simulator) if c.llm is not None}.values():
+        run_sync(llm.check())
+    return explainer, simulator
 
 
 class _Stages:
@@ -247,12 +220,12 @@ class _Stages:
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run (or resume) every stage; returns what was done. Prints a stage header and progress for each."""
-    from .explain import shuffled_controls
+    from .explain_score import shuffled_controls
 
     run = Run(config.source.path)
     revise = bool(config.revise.rounds) and config.explainer != SEARCH
     stages = _Stages(4 + revise, config.progress)
-    explainer, simulator = make_llms(config, run)  # fails before the collection when a server is unreachable
+    explainer, simulator = make_llms(config)  # fails before the collection when a server is unreachable
 
     src = config.source
     stages.start("collection", f"collection: {src.model} over {src.max_tokens:,} tokens of '{src.corpus}'")
@@ -296,7 +269,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         side.compact_table()
     report = None
     if config.report:
-        from .report import write_report
+        from .views.report import write_report
 
         stages.start("report", "report")
         report = write_report(run)
@@ -309,12 +282,12 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
 def prepare_collection(config: PipelineConfig, run: Run):
     """Collect (or resume collecting) unless the run has a finished collection; returns the subject model when
     it was loaded (else None), after checking that the collection matches the config."""
-    from .corpus import make_windows
-    from .subject import load_subject
+    from .collection.corpus import make_windows
+    from .collection.subject import load_subject
 
     src, model = config.source, None
     if not run.has_collection():
-        from .collect import collect
+        from .collection.collect import collect
 
         model = load_subject(src.model, device=src.device)
         windows = make_windows(model.tokenizer, src.corpus, window=src.window, max_tokens=src.max_tokens, seed=src.seed)
@@ -356,7 +329,7 @@ def explain_sides(
     config: PipelineConfig, sides: list[Run], neurons: list[NeuronId], explainer, simulator
 ) -> str | None:
     """Explain and score every side in turn under one budget; returns why the run stopped early, if it did."""
-    from .explain import Budget, _sum_usage, explain_and_score
+    from .explain_score import Budget, _sum_usage, explain_and_score
 
     budget, start = Budget(config.max_requests, config.max_tokens_spent), _sum_usage(explainer.usage, simulator.usage)
     stopped = None
@@ -406,13 +379,13 @@ def choose_neurons(config: PipelineConfig, run: Run) -> list[NeuronId]:
 def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, neurons: list[NeuronId]):
     """Counterexample revision of every chosen neuron not revised yet, on the run's side (the subject model loads
     only if needed); returns the subject model, when loaded."""
+    from .collection.subject import load_subject
     from .revise import pending, revise_run
-    from .subject import load_subject
 
     if model is None and pending(run, neurons, config.retry_failed):
         model = load_subject(config.source.model, device=config.source.device)
     revise_run(
-        run, model, explainer, simulator, config.revise, neurons=neurons, progress=config.progress,
+        run, model, explainer.llm, simulator, config.revise, neurons=neurons, progress=config.progress,
         retry_failed=config.retry_failed,
     )  # fmt: skip
     return model

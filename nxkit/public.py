@@ -38,7 +38,6 @@ from .files import atomic_write
 from .heldout import scored_windows
 from .offline import cache_dir
 from .records import (
-    _REGISTRY,
     NEGATIVE,
     POSITIVE,
     RANDOM,
@@ -53,6 +52,7 @@ from .records import (
     dump_simulation_results,
     dumps,
     from_json_obj,
+    registered_records,
 )
 from .runs import as_run
 
@@ -108,7 +108,9 @@ def _tag(obj: Any, fields: dict[str, frozenset[str]] | None = None) -> Any:
     An exact match of the key set wins; otherwise the one dataclass whose fields contain every key.
     """
     if fields is None:
-        fields = {name: frozenset(f.name for f in dataclasses.fields(cls)) for name, cls in _REGISTRY.items()}
+        fields = {
+            name: frozenset(f.name for f in dataclasses.fields(cls)) for name, cls in registered_records().items()
+        }
     if isinstance(obj, list):
         return [_tag(v, fields) for v in obj]
     if not isinstance(obj, dict):
@@ -478,15 +480,14 @@ def sidecar_path(out_dir: str | Path, nid: NeuronId) -> Path:
 
 def sidecar(summary: NeuronSummary) -> dict[str, Any]:
     """What a neuron's export carries beside the release's files: each scored window's split (in the order of the
-    explanations file), the scores with their flags, the shuffled control, the detection and fuzzing verdicts, and
+    explanations file), the scores with their flags, the shuffled control, the further scorers' results, and
     the simulator that scored it."""
     return {
         "window_splits": summary.window_splits,
         "scores": summary.scores,
         "shuffled_control": summary.shuffled_control,
         "shuffled_control_from": summary.shuffled_control_from,
-        "detection": summary.detection,
-        "fuzzing": summary.fuzzing,
+        "scorer_results": summary.scorer_results,
         "simulator": summary.simulator,
     }
 

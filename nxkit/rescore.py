@@ -7,11 +7,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .explain import ExplainConfig, process_neuron, simulate_and_score
-from .llm import run_sync
+from .explain_score import process_neuron, simulate_and_score
+from .explainers.base import ExplainConfig
+from .llm.base import run_sync
 from .public import PublicDataError, released_windows
 from .records import max_activation_of
-from .score import scores
+from .scorers.correlation import scores
 
 
 def rescore_released(

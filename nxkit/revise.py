@@ -3,7 +3,7 @@
 One round, for a neuron and its current explanation:
 1. the explainer proposes short texts that, by the explanation, should make the neuron fire, and
    texts that should leave it silent (two requests, each answered as a numbered list);
-2. the subject model gives their real activations (`nxkit.probe`, the collection's hook and scale);
+2. the subject model gives their real activations (`nxkit.collection.probe`, the collection's hook and scale);
 3. the mismatches (meant to fire but silent, meant to be silent but firing), with their real
    per-token activations, go back to the explainer, which writes a revised explanation;
 4. the revision is simulated and scored on the same held-out windows as the original (never on the
@@ -14,20 +14,23 @@ On disk: `runs/<name>/revisions/{layer}/{neuron}.json`, one file per neuron with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
 from . import prompts
-from .explain import concurrent, simulate_and_score, train_windows
+from .collection.probe import ProbeError, probe_many
+from .explain_score import simulate_and_score
+from .explainers import as_explainer
+from .explainers.base import train_windows
 from .heldout import held_out, scored_windows
-from .llm import Backend, LLMError, run_sync
-from .probe import ProbeError, probe_many
+from .llm.base import Backend, LLMError, run_sync
+from .offline import SubjectError
 from .prompts import KINDS
 from .records import (
     NEGATIVE,
@@ -49,8 +52,7 @@ from .records import (
 )
 from .runs import Run, as_run
 from .seeds import mix_seed
-from .simulate import SimulateError, Simulator
-from .subject import SubjectError
+from .simulators.base import SimulateError, Simulator, concurrent
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,12 @@ def propose(
     explainer: Backend, explanation: str, config: ReviseConfig, round_index: int = 0
 ) -> tuple[dict[str, list[str]], dict[str, str | None]]:
     """Ask for fire and silent texts; returns (parsed proposals per kind, raw answers per kind)."""
+    return run_sync(_propose(explainer, explanation, config, round_index))
+
+
+async def _propose(
+    explainer: Backend, explanation: str, config: ReviseConfig, round_index: int = 0
+) -> tuple[dict[str, list[str]], dict[str, str | None]]:
     proposals: dict[str, list[str]] = {}
     raw: dict[str, str | None] = {}
     for k, kind in enumerate(KINDS):
@@ -195,13 +203,11 @@ def propose(
         if n == 0:
             proposals[kind], raw[kind] = [], None
             continue
-        answer = run_sync(
-            explainer.chat(
-                prompts.proposal_messages(explanation, kind, n),
-                max_tokens=config.proposal_max_tokens,
-                temperature=config.temperature,
-                seed=mix_seed(config.seed, round_index, k),
-            )
+        answer = await explainer.chat(
+            prompts.proposal_messages(explanation, kind, n),
+            max_tokens=config.proposal_max_tokens,
+            temperature=config.temperature,
+            seed=mix_seed(config.seed, round_index, k),
         )
         raw[kind] = answer.text
         proposals[kind] = prompts.parse_proposals(answer.text, n, config.max_text_chars)
@@ -235,13 +241,17 @@ def ask_revision(
     explainer: Backend, explanation: str, mismatches: list[Mismatch], windows, config: ReviseConfig, round_index: int
 ) -> tuple[str | None, str]:
     """Ask for a revised explanation; returns (parsed text or None, raw answer)."""
-    answer = run_sync(
-        explainer.chat(
-            prompts.revision_messages(explanation, mismatches, windows),
-            max_tokens=config.revision_max_tokens,
-            temperature=config.temperature,
-            seed=mix_seed(config.seed, round_index, 2),
-        )
+    return run_sync(_ask_revision(explainer, explanation, mismatches, windows, config, round_index))
+
+
+async def _ask_revision(
+    explainer: Backend, explanation: str, mismatches: list[Mismatch], windows, config: ReviseConfig, round_index: int
+) -> tuple[str | None, str]:
+    answer = await explainer.chat(
+        prompts.revision_messages(explanation, mismatches, windows),
+        max_tokens=config.revision_max_tokens,
+        temperature=config.temperature,
+        seed=mix_seed(config.seed, round_index, 2),
     )
     return prompts.parse_explanation(answer.text), answer.text
 
@@ -250,7 +260,13 @@ def score_on(
     simulator: Simulator, explanation: str, windows: list[HeldOutWindow], max_activation: float
 ) -> tuple[ScoredSimulation, Scores]:
     """`explanation`'s scored simulation and scores on labelled held-out windows."""
-    scored, scores, _ = run_sync(simulate_and_score(simulator, explanation, windows, max_activation))
+    return run_sync(_score_on(simulator, explanation, windows, max_activation))
+
+
+async def _score_on(
+    simulator: Simulator, explanation: str, windows: list[HeldOutWindow], max_activation: float
+) -> tuple[ScoredSimulation, Scores]:
+    scored, scores, _ = await simulate_and_score(simulator, explanation, windows, max_activation)
     return scored, scores
 
 
@@ -277,19 +293,29 @@ def revise_round(
 
     Returns the round and, when the revision was kept, its scored simulation.
     """
+    return run_sync(
+        _revise_round(model, record, explanation, score, windows, explainer, simulator, config, round_index, sign)
+    )
+
+
+async def _revise_round(
+    model, record, explanation, score, windows, explainer, simulator, config, round_index=0, sign=POSITIVE
+) -> tuple[RevisionRound, ScoredSimulation | None]:
     nid = record.neuron_id
     rnd = RevisionRound(round=round_index, explanation=explanation, score_explanation=score)
-    rnd.proposals, rnd.raw = propose(explainer, explanation, config, round_index)
+    rnd.proposals, rnd.raw = await _propose(explainer, explanation, config, round_index)
     if reason := unparsable_reason(rnd.proposals, config):
         rnd.skipped_reason = reason
         return rnd, None
     max_act = record.max_activation
-    rnd.probes = probe_proposals(model, nid.layer_index, nid.neuron_index, rnd.proposals, max_act, sign)
+    rnd.probes = await asyncio.to_thread(  # the subject model's forward pass, off the event loop
+        probe_proposals, model, nid.layer_index, nid.neuron_index, rnd.proposals, max_act, sign
+    )
     rnd.mismatches = find_mismatches(rnd.probes, max_act, config.fire_threshold)
     if not rnd.mismatches:
         rnd.skipped_reason = "no mismatches: every proposal behaved as the explanation predicted"
         return rnd, None
-    rnd.revised, rnd.raw_revision = ask_revision(
+    rnd.revised, rnd.raw_revision = await _ask_revision(
         explainer, explanation, rnd.mismatches, top_windows(record, config), config, round_index
     )
     if rnd.revised is None:
@@ -298,7 +324,7 @@ def revise_round(
     if rnd.revised.strip().lower() == explanation.strip().lower():
         rnd.skipped_reason = "the revision repeats the current explanation"
         return rnd, None
-    scored, rnd.scores_revised = score_on(simulator, rnd.revised, windows, max_act)
+    scored, rnd.scores_revised = await _score_on(simulator, rnd.revised, windows, max_act)
     if not _better(rnd.score_revised, score):
         return rnd, None
     rnd.kept = "revised"
@@ -328,7 +354,13 @@ def revise_neuron(
     `only_below`); `failed` when an LLM, simulator or probe error stopped it (reason says which).
     A kept revision becomes the neuron's explanation in the run's summary and explanation file.
     """
-    run, config = as_run(run), config or ReviseConfig()
+    return run_sync(_revise_neuron(as_run(run), model, layer, neuron, explainer, simulator, config))
+
+
+async def _revise_neuron(
+    run: Run, model, layer: int, neuron: int, explainer: Backend, simulator: Simulator, config: ReviseConfig | None
+) -> NeuronRevision:
+    config = config or ReviseConfig()
     nid = NeuronId(layer, neuron)
     t0 = time.perf_counter()
     summary = run.read_neuron(nid)
@@ -350,7 +382,7 @@ def revise_neuron(
         out.status, out.reason = "skipped", f"score {before:.3f} is not below only_below={config.only_below}"
     else:
         try:
-            kept = _revise_rounds(out, run, model, explainer, simulator, config)
+            kept = await _revise_rounds(out, run, model, explainer, simulator, config)
         except (LLMError, SimulateError, ProbeError, SubjectError) as exc:
             out.status, out.reason = "failed", f"{type(exc).__name__}: {exc}"
             log.warning("revision of %s failed: %s", nid, out.reason)
@@ -359,7 +391,7 @@ def revise_neuron(
     return out
 
 
-def _revise_rounds(
+async def _revise_rounds(
     out: NeuronRevision, run: Run, model, explainer, simulator, config: ReviseConfig
 ) -> ScoredSimulation | None:
     """Run the rounds into `out`; returns the kept revision's scored simulation (None when the original stays)."""
@@ -369,13 +401,14 @@ def _revise_rounds(
     out.n_held_out_windows = len(windows)
     rescore = _simulator_changed(run, simulator) if config.rescore_original is None else config.rescore_original
     if rescore:
-        out.score_before = score_on(simulator, out.original_explanation, windows, record.max_activation)[
-            1
-        ].top_and_random
+        _, rescored = await _score_on(simulator, out.original_explanation, windows, record.max_activation)
+        out.score_before = rescored.top_and_random
         out.score_before_source = "rescored"
     current, score, kept = out.original_explanation, out.score_before, None
     for r in range(config.rounds):
-        rnd, scored = revise_round(model, record, current, score, windows, explainer, simulator, config, r, run.sign)
+        rnd, scored = await _revise_round(
+            model, record, current, score, windows, explainer, simulator, config, r, run.sign
+        )
         out.rounds.append(rnd)
         if scored is not None:
             current, score, kept, out.scores_after = rnd.revised, rnd.score_revised, scored, rnd.scores_revised
@@ -410,21 +443,34 @@ def revise_run(
         revise=StageRecord(asdict(config), Component.of(explainer.describe()), Component.of(simulator.describe()))
     )
     todo = set(pending(run, neurons, retry_failed))
-    workers = config.max_neurons_in_flight if concurrent(explainer) and concurrent(simulator) else 1
+    explainer_llm = as_explainer(explainer)
+    in_flight = config.max_neurons_in_flight if concurrent(explainer_llm, simulator) else 1
     done: dict[NeuronId, NeuronRevision] = {n: run.read_revision(n) for n in neurons if n not in todo}
-    bar = tqdm(total=len(todo), desc="revise", unit="neuron", disable=not progress)
 
-    def one(nid: NeuronId) -> NeuronRevision:
-        return revise_neuron(run, model, nid.layer_index, nid.neuron_index, explainer, simulator, config)
+    async def go() -> None:  # many neurons in flight on the one event loop, as explain_and_score does
+        slots = asyncio.Semaphore(in_flight)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # each neuron's requests go through the shared loop
-        for nid, revision in zip(sorted(todo), pool.map(one, sorted(todo)), strict=True):
-            done[nid] = revision
+        async def one(nid: NeuronId) -> None:
+            async with slots:
+                done[nid] = await _revise_neuron(
+                    run, model, nid.layer_index, nid.neuron_index, explainer, simulator, config
+                )
             bar.update(1)
-            stats = summarize(list(done.values()))
+            stats = summarize([r for r in done.values() if r is not None])
             if stats["n_compared"]:
                 bar.set_postfix(improved=f"{stats['n_improved']}/{stats['n_compared']}")
-    bar.close()
+
+        tasks = [asyncio.ensure_future(one(n)) for n in sorted(todo)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    with tqdm(total=len(todo), desc="revise", unit="neuron", disable=not progress) as bar:
+        run_sync(go())
     return [done[n] for n in neurons]
 
 

@@ -1,7 +1,7 @@
 """Rules over the tokens of a text window: which tokens a rule picks out, and how strongly.
 
-One implementation of each rule, shared by the synthetic neurons (`synthetic.py`, where a rule is a neuron
-with known behaviour) and the compositional-search explainer (`search.py`, where a rule is a primitive whose
+One implementation of each rule, shared by the synthetic neurons (`training/synthetic.py`, where a rule is a neuron
+with known behaviour) and the compositional-search explainer (`explainers/search.py`, where a rule is a primitive whose
 mask is `rule(tokens) > 0`). A rule is a frozen dataclass (hashable, so evaluations cache per window) called
 on a window's token strings; it returns one activation per token, 0 where silent.
 """

@@ -2,7 +2,7 @@
 
 Layout of `runs/<name>/`:
     manifest.json                        every stage's settings, library versions, token usage
-    activations/                         the collection (`nxkit.collect` owns what is inside)
+    activations/                         the collection (`nxkit.collection` owns what is inside)
     explanations/{layer}/{neuron}.jsonl  one line: `NeuronSimulationResults` (kept explanation first, valid split)
     neurons/{layer}/{neuron}.json        `NeuronSummary`: candidates, scores, control, failures, status
     revisions/{layer}/{neuron}.json      `NeuronRevision`: every revision round
@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from . import scorers
 from .files import atomic_write
 from .records import (
     NEGATIVE,
@@ -47,11 +48,22 @@ TABLE_COLUMNS = [
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
     "original_explanation", "original_top_and_random", "revision_status", "score_before", "score_after",
     "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens", "simulator", "formula",
-    "detection_accuracy", "detection_balanced_accuracy", "detection_auc", "detection_flag",
-    "fuzzing_accuracy", "fuzzing_balanced_accuracy", "fuzzing_auc", "fuzzing_flag", "negative_mass_share",
-    "negative_tail_share",
+    "negative_mass_share", "negative_tail_share",
 ]  # fmt: skip
-"""Columns of the run table, one row per neuron and side."""
+"""Columns of the run table that every run has, one row per neuron and side; each registered scorer adds its own
+(`table_columns`)."""
+NUMERIC_COLUMNS = [
+    "top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation", "original_top_and_random",
+    "score_before", "score_after", "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens",
+    "negative_mass_share", "negative_tail_share",
+]  # fmt: skip
+
+
+def table_columns() -> list[str]:
+    """Every column of the run table: the common ones and each registered scorer's (`{scorer}_{field}`)."""
+    return TABLE_COLUMNS + scorers.table_columns()
+
+
 JOURNAL_ROWS = 2000
 """Rows appended to the table's journal before it is folded into the Parquet file."""
 _TABLE_LOCK = threading.RLock()
@@ -157,7 +169,7 @@ class Run:
         return CollectionManifest.from_json_obj(json.loads(path.read_text())) if path.exists() else None
 
     def activations(self):
-        from .collect import Activations
+        from .collection.activations import Activations
 
         return Activations(self.activations_dir, self.sign)
 
@@ -226,12 +238,12 @@ class Run:
             parts.append(pd.read_parquet(self.table_path))
         if self.journal_path.exists() and self.journal_path.stat().st_size:
             rows = [json.loads(line) for line in self.journal_path.read_text(encoding="utf-8").splitlines() if line]
-            parts.append(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+            parts.append(pd.DataFrame(rows))
         if not parts:
             return None
         df = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
         df = df.drop_duplicates(["layer", "neuron"], keep="last").sort_values(["layer", "neuron"], ignore_index=True)
-        return _typed(df.reindex(columns=TABLE_COLUMNS))
+        return _typed(df.reindex(columns=_columns_of(df)))
 
     def read_neuron(self, nid: NeuronId) -> NeuronSummary | None:
         return _read_typed(self.summary_path(nid), NeuronSummary)
@@ -288,11 +300,6 @@ class Run:
         out = [s for n in self.neurons() if (s := self.read_neuron(n)) is not None]
         return [s for s in out if statuses is None or s.status in statuses]
 
-    def formulas(self) -> dict[str, list]:
-        """Every candidate explanation the compositional search wrote in this run, with its structured formula (so a
-        resumed run simulates them exactly again)."""
-        return {c.text: c.formula for s in self.summaries() for c in s.candidates if c.formula}
-
     def done_neurons(self, statuses: tuple[str, ...] = FINISHED) -> list[NeuronId]:
         """Neurons whose summary has one of `statuses` (finished ones by default)."""
         return [s.neuron_id for s in self.summaries(statuses)]
@@ -319,7 +326,7 @@ class Run:
             df = self._table_frame()
         if df is None:  # a run written before the table existed: built from its summaries once, then kept
             rows = [table_row(s, self.read_revision(s.neuron_id), self.label, self.sign) for s in self.summaries()]
-            df = _typed(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+            df = _typed(pd.DataFrame(rows, columns=table_columns()))
         if neurons is not None:
             keep = {(n.layer_index, n.neuron_index) for n in neurons}
             df = df[[(int(a), int(b)) in keep for a, b in zip(df["layer"], df["neuron"], strict=True)]]
@@ -350,15 +357,17 @@ def side_by_side(df):
     return out.join(both).reset_index().sort_values(keys, ignore_index=True)
 
 
+def _columns_of(df) -> list[str]:
+    """The run table's columns, then any other column the rows hold (a scorer not registered in this process)."""
+    known = table_columns()
+    return known + [c for c in df.columns if c not in known]
+
+
 def _typed(df):
     """Numeric columns as numbers (undefined scores as NaN), whatever the rows were read from."""
     import pandas as pd
 
-    numeric = ["top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation",
-               "original_top_and_random", "score_before", "score_after", "detection_accuracy",
-               "detection_balanced_accuracy", "detection_auc", "fuzzing_accuracy", "fuzzing_balanced_accuracy",
-               "fuzzing_auc", "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens",
-               "negative_mass_share", "negative_tail_share"]  # fmt: skip
+    numeric = NUMERIC_COLUMNS + [c for c in scorers.table_columns() if not c.endswith("flag")]
     for col in numeric:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("layer", "neuron"):
@@ -399,14 +408,10 @@ def table_row(
         "prompt_tokens": s.usage.prompt_tokens,
         "completion_tokens": s.usage.completion_tokens,
         "simulator": s.simulator.label if s.simulator else None,
-        **{
-            f"{kind}_{k}": getattr(getattr(s, kind), k) if getattr(s, kind, None) is not None else None
-            for kind in ("detection", "fuzzing")
-            for k in ("accuracy", "balanced_accuracy", "auc", "flag")
-        },
         "formula": next((formula_text(c.formula) for c in s.candidates if c.formula and c.text == s.explanation), None),
         "negative_mass_share": s.negative_mass_share,
         "negative_tail_share": s.negative_tail_share,
+        **scorers.table_values(s.scorer_results),
     }
 
 

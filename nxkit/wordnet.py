@@ -124,8 +124,15 @@ def concept_size(name: str) -> int:
 
 
 def concept_label(name: str) -> str:
-    """A synset's first lemma as plain words (`edible_fruit.n.01` -> `edible fruit`)."""
-    return wordnet().synset(name).lemmas()[0].name().replace("_", " ")
+    """A synset's first lemma as plain words (`edible_fruit.n.01` -> `edible fruit`); when that lemma names other
+    synsets of its part of speech too, the synset's hypernym says which (`bank.n.02` -> `bank (a kind of depository
+    financial institution)`), so two concepts read differently."""
+    synset = wordnet().synset(name)
+    lemma = synset.lemmas()[0].name()
+    label = lemma.replace("_", " ")
+    if len(wordnet().synsets(lemma, pos=synset.pos())) > 1 and (parents := synset.hypernyms()):
+        label += f" (a kind of {parents[0].lemmas()[0].name().replace('_', ' ')})"
+    return label
 
 
 def lexname(name: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nxkit.llm import Capabilities, Completion, Usage, logprobs_at
+from nxkit.llm.base import Capabilities, Completion, logprobs_at
 from nxkit.records import (
     Candidate,
     NeuronId,
@@ -20,9 +20,10 @@ from nxkit.records import (
     ScoredExplanation,
     Scores,
     SequenceSimulation,
+    Usage,
 )
 from nxkit.runs import Run
-from nxkit.score import score_simulation
+from nxkit.scorers.correlation import score_simulation
 
 
 def pytest_collection_modifyitems(config, items):
@@ -157,7 +158,7 @@ def make_fake_run(
 @pytest.fixture(scope="session")
 def subject():
     """The offline default subject model (SmolLM2-135M-Instruct) as a TransformerLens bridge."""
-    from nxkit.subject import load_subject
+    from nxkit.collection.subject import load_subject
 
     return load_subject(device="cpu")
 
@@ -165,7 +166,7 @@ def subject():
 @pytest.fixture(scope="session")
 def small_windows(subject):
     """96 windows of 64 tokens from the default corpus (deterministic)."""
-    from nxkit.corpus import make_windows
+    from nxkit.collection.corpus import make_windows
 
     return make_windows(subject.tokenizer, "default", window=64, max_tokens=64 * 96, seed=1)
 
@@ -176,8 +177,8 @@ def small_windows(subject):
 @pytest.fixture(scope="session")
 def tiny_collection(subject, tmp_path_factory):
     """A finished collection of layers 0 and 5 on 256 fortune windows (~30 s on CPU); returns its directory."""
-    from nxkit.collect import CollectConfig, collect
-    from nxkit.corpus import make_windows
+    from nxkit.collection.collect import CollectConfig, collect
+    from nxkit.collection.corpus import make_windows
 
     windows = make_windows(subject.tokenizer, "fortunes", max_tokens=64 * 256)
     out = tmp_path_factory.mktemp("tiny_run") / "activations"
@@ -188,6 +189,6 @@ def tiny_collection(subject, tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_backend():
     """The offline SmolLM2 as an in-process LLM backend (loads in about a second once converted)."""
-    from nxkit.llm import LocalBackend
+    from nxkit.llm.local import LocalBackend
 
     return LocalBackend()

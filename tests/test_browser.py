@@ -208,7 +208,7 @@ def test_inspector_notebook_in_jupyterlab(browser, lab, tmp_path):
 
 
 def test_report_opens_from_file_without_requests(browser, tmp_path):
-    from nxkit.report import write_report
+    from nxkit.views.report import write_report
 
     path = write_report(make_fake_run(tmp_path / "run"))
     page = browser.new_page(viewport={"width": 1300, "height": 1000})

@@ -7,10 +7,9 @@ import pytest
 from conftest import ScriptedLLM
 
 from nxkit import prompts
-from nxkit.classify import classify, detection_items, fuzzing_items
-from nxkit.llm import run_sync
+from nxkit.llm.base import run_sync
 from nxkit.records import HeldOutWindow
-from nxkit.score import classification_scores
+from nxkit.scorers.classify import classification_scores, classify, detection_items, fuzzing_items
 
 
 def test_classification_scores():
@@ -67,13 +66,15 @@ def test_a_partial_answer_is_recorded_never_scored_as_wrong():
 
 
 def test_a_run_with_detection_and_fuzzing_against_the_loopback_server(tiny_collection, tmp_path):
-    from nxkit.explain import ExplainConfig, explain_and_score
-    from nxkit.llm import OpenAIBackend
-    from nxkit.loopback import MODEL, LoopbackServer
+    from nxkit.explain_score import explain_and_score
+    from nxkit.explainers.base import ExplainConfig
+    from nxkit.llm.loopback import MODEL, LoopbackServer
+    from nxkit.llm.server import OpenAIBackend
     from nxkit.records import NeuronId
-    from nxkit.report import render_report, summary_table
     from nxkit.runs import Run
-    from nxkit.simulate import SimulateConfig, make_simulator
+    from nxkit.simulators import make_simulator
+    from nxkit.simulators.prompted import SimulateConfig
+    from nxkit.views.report import render_report, summary_table
 
     run = Run(tmp_path / "scorers")
     run.path.mkdir()

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from nxkit.collect import Activations, CollectConfig, CollectError, collect
-from nxkit.corpus import Windows
-from nxkit.subject import hook_name
+from nxkit.collection.activations import Activations, CollectError
+from nxkit.collection.collect import CollectConfig, collect
+from nxkit.collection.corpus import Windows
+from nxkit.collection.subject import hook_name
 
 LAYERS = [0, 4]
 CFG = dict(layers=LAYERS, top_k=8, n_random=6, per_quantile=2, quantile_levels=[0.5, 0.9],
@@ -186,7 +187,8 @@ def test_bad_settings(subject, small_windows, tmp_path):
 # a known point, with no polling or sleeping.
 _STOPPING_CHILD = """
 import os, signal, sys
-from nxkit import cli, collect
+from nxkit import cli
+from nxkit.collection import collect
 update = collect._Pass.update
 def update_then_stop(self, layer, x):
     update(self, layer, x)
@@ -200,7 +202,7 @@ sys.exit(cli.main(["collect", *sys.argv[1:]]))
 @pytest.mark.slow
 def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
     """Kill a real `nxkit collect` process mid-batch, resume it, compare with an uninterrupted pass."""
-    from nxkit.corpus import make_windows
+    from nxkit.collection.corpus import make_windows
 
     run = tmp_path / "killed"
     args = ["--run-dir", str(run), "--corpus", "pydoc", "--max-tokens", str(64 * 160), "--seed", "5",

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ast
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from nxkit.llm import Capabilities, Completion, Usage
-from nxkit.records import SIMULATED_NORMALIZED_ACTIVATIONS, Component, NeuronId, SequenceSimulation
+from nxkit.llm.base import Capabilities, Completion
+from nxkit.records import SIMULATED_NORMALIZED_ACTIVATIONS, Component, NeuronId, SequenceSimulation, Usage, register
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nxkit"
 
@@ -20,8 +21,8 @@ class KeywordSimulator:
 
     usage = Usage()
 
-    async def simulate_many(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
-        words = set(re.findall(r"\w+", explanation.lower()))
+    async def simulate_many(self, explanation, windows: list[list[str]]) -> list[SequenceSimulation]:
+        words = set(re.findall(r"\w+", explanation.text.lower()))
         return [
             SequenceSimulation(
                 list(w),
@@ -35,6 +36,8 @@ class KeywordSimulator:
 
     def describe(self) -> dict:
         return {"kind": "keyword rule (test)", "smoke_level": False}
+
+    llm = None  # sends no LLM traffic
 
 
 class TopTokenExplainer:
@@ -71,10 +74,11 @@ class TopTokenExplainer:
 
 @pytest.mark.slow
 def test_a_simulator_defined_here_runs_every_stage(tiny_collection, subject, tmp_path):
-    from nxkit.explain import ExplainConfig, explain_and_score, shuffled_controls
-    from nxkit.report import summary_table, write_report
+    from nxkit.explain_score import explain_and_score, shuffled_controls
+    from nxkit.explainers.base import ExplainConfig
     from nxkit.revise import ReviseConfig, revise_run
     from nxkit.runs import Run
+    from nxkit.views.report import summary_table, write_report
 
     run = Run(tmp_path / "run")
     run.path.mkdir()
@@ -105,11 +109,84 @@ def test_a_simulator_defined_here_runs_every_stage(tiny_collection, subject, tmp
     assert "mean over 3 scored neurons" in summary_table(run)
 
 
+@register
+@dataclass
+class LengthScore:
+    """The result of the scorer defined here: how many words the kept explanation has."""
+
+    words: int | None = None
+    flag: str | None = None
+
+
+class LengthScorer:
+    """A scorer defined here (not an LLM): the kept explanation's length in words."""
+
+    name = "length"
+    columns = ("words", "flag")
+
+    async def score(self, context):
+        assert context.windows and {w.split for w in context.windows} <= {"top", "random"}  # labelled valid windows
+        return LengthScore(len(context.explanation.text.split())), []
+
+    def summary_line(self, table):
+        words = table["length_words"].dropna()
+        return f"length: mean {words.mean():.1f} words over {len(words)} neurons" if len(words) else None
+
+
+def test_a_scorer_defined_here_plugs_into_a_run(tmp_path):
+    from conftest import make_fake_run
+
+    from nxkit import scorers
+    from nxkit.explain_score import explain_and_score
+    from nxkit.explainers.base import ExplainConfig, ExplainError
+    from nxkit.runs import Run
+    from nxkit.views.report import render_report, summary_table
+
+    fake = make_fake_run(tmp_path / "fake", revise=False)
+    run = Run(tmp_path / "run")
+    run.path.mkdir()
+    (run.path / "activations").symlink_to(fake.activations_dir, target_is_directory=True)
+    neurons = [NeuronId(0, 0), NeuronId(0, 1), NeuronId(1, 2)]
+    with pytest.raises(ExplainError, match="unknown scorer 'length'"):
+        ExplainConfig(scorers=["simulation", "length"])
+    scorers.register_scorer(LengthScorer())
+    try:
+        config = ExplainConfig(best_of=1, scorers=["simulation", "length"])
+        done = explain_and_score(run, neurons, TopTokenExplainer(), KeywordSimulator(), config, progress=False)
+        assert [s.status for s in done] == ["done"] * 3
+        for s in done:
+            again = run.read_neuron(s.neuron_id)  # written and read back typed
+            assert again.scorer_results == {"length": LengthScore(len(s.explanation.split()))}
+        table = run.table()
+        assert list(table["length_words"]) == [len(s.explanation.split()) for s in done]
+        mean = sum(len(s.explanation.split()) for s in done) / 3
+        assert f"length: mean {mean:.1f} words over 3 neurons" in summary_table(run)
+        assert "length words" in render_report(run)
+    finally:
+        scorers.unregister_scorer("length")
+    assert "length_words" not in scorers.table_columns()
+
+
+def test_the_exact_simulator_reads_the_formula_never_the_text():
+    from nxkit.formulas import Formula, Primitive
+    from nxkit.llm.base import run_sync
+    from nxkit.records import Candidate
+    from nxkit.simulators import make_simulator
+
+    sim = make_simulator("exact")
+    window = [" the", "th", " th", "ink"]
+    spaced, bare = Formula(Primitive("token", " th")), Formula(Primitive("token", "th"))
+    assert spaced.render() != bare.render()  # distinct formulas read differently
+    same_text = "the same words for two formulas"
+    a, b = (run_sync(sim.simulate_many(Candidate(same_text, formula=f.to_json()), [window]))[0] for f in (spaced, bare))
+    assert a.expected_activations == [0, 0, 10, 0] and b.expected_activations == [0, 10, 0, 0]
+
+
 def test_a_kept_revision_is_what_the_summary_table_export_and_report_show(tmp_path):
     from conftest import make_fake_run
 
     from nxkit.public import PublicDataset, export_run
-    from nxkit.report import render_report, summary_table
+    from nxkit.views.report import render_report, summary_table
 
     run = make_fake_run(tmp_path / "fake")  # neurons 0 and 1 of each layer have a kept revision
     nid = NeuronId(0, 0)
@@ -132,7 +209,7 @@ def test_a_kept_revision_is_what_the_summary_table_export_and_report_show(tmp_pa
 
     side = loads(sidecar_path(out, nid).read_text())  # what the release's schema has no field for
     assert side["window_splits"] == summary.window_splits and side["scores"] == summary.scores
-    assert side["shuffled_control"] == summary.shuffled_control and side["detection"] is None
+    assert side["shuffled_control"] == summary.shuffled_control and side["scorer_results"] == {}
 
 
 def test_released_windows_carry_their_split_from_the_records():
@@ -146,30 +223,98 @@ def test_released_windows_carry_their_split_from_the_records():
     assert released_splits(neuron) == ["unknown", "unknown"]
 
 
-def _imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            out.add(node.module or "")
+def _modules() -> dict[str, Path]:
+    """Every module of the package, subpackages included, by dotted name below `nxkit` (`llm.server`)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            out[".".join(parts)] = path
     return out
 
 
+def _imports(module: str, top_level_only: bool = False) -> set[str]:
+    """The package modules `module` imports (dotted below `nxkit`; `from . import x` counts as module x)."""
+    modules = _modules()
+    path = modules[module]
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    out = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # `from .. import prompts` imports a module
+                sub = f"{target}.{alias.name}" if target else alias.name
+                out.add(sub if sub in modules else target)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nxkit"):
+            out.add(node.module.removeprefix("nxkit").removeprefix("."))
+    return {m for m in out if m}
+
+
+def test_the_subpackages_are_the_seams():
+    modules = _modules()
+    for seam in ("collection", "llm", "explainers", "simulators", "scorers", "training", "views"):
+        assert seam in modules, seam
+    for seam in ("llm", "explainers", "simulators", "scorers"):  # the protocol in base.py, the factory in __init__
+        assert f"{seam}.base" in modules, seam
+    long = {m: n for m, p in modules.items() if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"modules over 600 lines: {long}"
+
+
 def test_dependencies_point_one_way():
-    assert "subject" not in _imports("llm")
-    assert _imports("score") <= {"prompts", "records"}
-    assert not _imports("records")
-    assert "explain" not in _imports("public") and "simulate" not in _imports("public")
-    for view in ("viz", "widgets", "report"):  # views receive records; runs.py reads the files
-        source = (PACKAGE / f"{view}.py").read_text()
+    assert not any(m.startswith("collection") for m in _imports("llm.server") | _imports("llm.local"))
+    assert _imports("scorers.correlation") <= {"prompts", "records"}
+    records = [m for m in _modules() if m == "records" or m.startswith("records.")]
+    assert all(_imports(m) <= set(records) for m in records)  # records import nothing of the method
+    assert not {m for m in _imports("public") if m.startswith(("explain", "simulators"))}
+    for view in ("views.viz", "views.widgets", "views.report"):  # views receive records; runs.py reads the files
+        source = _modules()[view].read_text()
         assert not re.search(r"read_text\(|open\(|json\.load", source), view
 
 
+def test_no_import_cycle():
+    """Module-level imports between the package's modules form no cycle (a package's `__init__` counts as the
+    package: a module imports its package first)."""
+    graph = {m: _imports(m, top_level_only=True) for m in _modules()}
+    assert sum(len(v) for v in graph.values()) > 100  # the walk sees the subpackages' imports
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path, m, n]))
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_reading_a_finished_collection_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, nxkit.collection.activations, nxkit.runs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_no_isinstance_on_backends_or_simulators():
-    for path in PACKAGE.glob("*.py"):
+    paths = list(PACKAGE.rglob("*.py"))
+    assert any(p.parent != PACKAGE for p in paths)
+    for path in paths:
         source = path.read_text()
         assert not re.search(r"isinstance\([^)]*(Backend|Simulator)\b", source), path.name
         assert "repr(simulator)" not in source and 'LocalBackend" in' not in source, path.name
+        # no probing of undeclared members: every member a caller uses is on its protocol
+        assert not re.search(r"getattr\((explainer|simulator|backend|component)\b", source), path.name
 
 
 def test_the_atomic_writer_leaves_nothing_half_written(tmp_path):
@@ -203,8 +348,3 @@ def test_the_atomic_writer_leaves_nothing_half_written(tmp_path):
     with atomic_directory(folder) as tmp:
         (tmp / "y").write_text("2")
     assert [p.name for p in folder.iterdir()] == ["y"]
-
-
-def test_no_import_cycle_between_collection_and_runs():
-    """A run reads its collection (runs -> collect); collection knows nothing of runs."""
-    assert not _imports("collect") & {"runs", "pipeline", "explain"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nxkit.corpus import CorpusError, load_documents, make_windows, pydoc_documents
+from nxkit.collection.corpus import CorpusError, load_documents, make_windows, pydoc_documents
 
 
 class CharTokenizer:

@@ -6,13 +6,16 @@ import pytest
 from conftest import ScriptedLLM
 
 from nxkit import prompts
-from nxkit.explain import ExplainConfig, explain_and_score, process_neuron, shuffled_controls
+from nxkit.explain_score import explain_and_score, process_neuron, shuffled_controls
+from nxkit.explainers.base import ExplainConfig
 from nxkit.heldout import held_out
-from nxkit.llm import Capabilities, PromptLogprobs, TokenLogprob, run_sync
-from nxkit.records import ActivationRecord, NeuronId, NeuronRecord
+from nxkit.llm.base import Capabilities, PromptLogprobs, TokenLogprob, run_sync
+from nxkit.records import ActivationRecord, NeuronId, NeuronRecord, SimulationFailure
 from nxkit.runs import Run
-from nxkit.score import split_correlation
-from nxkit.simulate import SimulateError, SimulationFailure, choose_mode, make_simulator
+from nxkit.scorers.correlation import split_correlation
+from nxkit.simulators import make_simulator
+from nxkit.simulators.base import SimulateError
+from nxkit.simulators.prompted import choose_mode
 
 
 def test_choose_mode():

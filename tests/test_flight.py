@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from nxkit.explain import Budget, ExplainConfig, control_order, explain_and_score
-from nxkit.llm import OpenAIBackend
-from nxkit.loopback import MODEL, LoopbackServer
+from nxkit.explain_score import Budget, control_order, explain_and_score
+from nxkit.explainers.base import ExplainConfig
+from nxkit.llm.loopback import MODEL, LoopbackServer
+from nxkit.llm.server import OpenAIBackend
 from nxkit.records import NeuronId
 from nxkit.runs import Run
-from nxkit.simulate import SimulateConfig, make_simulator
+from nxkit.simulators import make_simulator
+from nxkit.simulators.prompted import SimulateConfig
 
 NEURONS = [NeuronId(layer, n) for layer in (0, 5) for n in range(8)]
 CONFIG = dict(best_of=2, calibration_windows=2, valid_windows=2, sim_window_tokens=16)

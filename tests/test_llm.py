@@ -15,7 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from nxkit.llm import LLMError, LocalBackend, OpenAIBackend, run_sync
+from nxkit.llm.base import LLMError, run_sync
+from nxkit.llm.local import LocalBackend
+from nxkit.llm.server import OpenAIBackend
 
 
 def _chat_body(text: str) -> dict:
@@ -193,7 +195,7 @@ def test_local_chat_is_seeded_and_returns_logprobs(local_backend: LocalBackend):
 
 
 def test_response_cache_keeps_what_is_read_back_compressed_in_one_bounded_store(tmp_path):
-    from nxkit.llm import ResponseCache, slim_response
+    from nxkit.llm.cache import ResponseCache, slim_response
 
     big = {
         "id": "x", "model": "m", "system_fingerprint": "fp" * 500,

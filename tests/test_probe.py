@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nxkit.probe import ProbeError, probe, probe_many, probe_tokens, probe_tokens_many
-from nxkit.subject import SubjectError, hook_name
+from nxkit.collection.probe import ProbeError, probe, probe_many, probe_tokens, probe_tokens_many
+from nxkit.collection.subject import hook_name
+from nxkit.offline import SubjectError
 
 TEXT = "We met on Monday and again on Friday, when it rained."
 

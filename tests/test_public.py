@@ -378,7 +378,7 @@ def test_export_run_needs_explanations(tmp_path):
 
 @pytest.mark.slow
 def test_export_run_writes_a_real_collection_in_the_release_layout(tiny_collection, tmp_path):
-    from nxkit.collect import Activations
+    from nxkit.collection.activations import Activations
     from nxkit.heldout import split_records
     from nxkit.records import (
         NeuronSummary,
@@ -451,10 +451,11 @@ def test_export_run_writes_a_real_collection_in_the_release_layout(tiny_collecti
 
 @pytest.mark.slow
 def test_rescore_released_scores_released_and_our_explanations_on_the_released_windows(local_backend):
-    from nxkit.explain import ExplainConfig
+    from nxkit.explainers.base import ExplainConfig
     from nxkit.public import released_windows
     from nxkit.rescore import rescore_released
-    from nxkit.simulate import make_simulator, simulate_sync
+    from nxkit.simulators import make_simulator
+    from nxkit.simulators.base import simulate_sync
 
     ds = PublicDataset(FIXTURES)
     neurons = [ds.neuron(n.layer_index, n.neuron_index) for n in FIXTURE_NEURONS]

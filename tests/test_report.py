@@ -6,7 +6,7 @@ import re
 
 from conftest import XSS, make_fake_run
 
-from nxkit.report import render_report, write_report
+from nxkit.views.report import render_report, write_report
 
 
 def test_report_is_self_contained_and_escaped(tmp_path):

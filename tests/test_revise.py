@@ -183,12 +183,12 @@ def revise_template(subject, tiny_collection, local_backend, tmp_path_factory):
     written to: each test gets its own copy from `revise_run_dir`)."""
     import numpy as np
 
-    from nxkit.explain import simulate_and_score
+    from nxkit.explain_score import simulate_and_score
     from nxkit.heldout import held_out
-    from nxkit.llm import run_sync
+    from nxkit.llm.base import run_sync
     from nxkit.records import NeuronSimulationResults, NeuronSummary, ScoredExplanation
     from nxkit.runs import Run
-    from nxkit.simulate import make_simulator
+    from nxkit.simulators import make_simulator
 
     root = tmp_path_factory.mktemp("revise_run")
     (root / "activations").symlink_to(tiny_collection, target_is_directory=True)
@@ -226,6 +226,7 @@ class Counting:
 
     def __init__(self, backend):
         self.backend, self.calls = backend, 0
+        self.capabilities, self.usage = backend.capabilities, backend.usage
 
     def describe(self) -> dict:
         return self.backend.describe()
@@ -236,9 +237,9 @@ class Counting:
 
 
 def test_revise_neuron_with_the_real_model(subject, local_backend, revise_run_dir):
-    from nxkit.explain import simulate_and_score
-    from nxkit.llm import run_sync
-    from nxkit.probe import probe
+    from nxkit.collection.probe import probe
+    from nxkit.explain_score import simulate_and_score
+    from nxkit.llm.base import run_sync
 
     run, nid, windows, simulator = revise_run_dir
     explainer = Counting(local_backend)

@@ -17,7 +17,7 @@ from nxkit.records import (
     dump_simulation_results,
     load_simulation_results,
 )
-from nxkit.score import (
+from nxkit.scorers.correlation import (
     Score,
     absolute_dev_explained_score,
     aggregate_correlation,

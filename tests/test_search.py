@@ -10,21 +10,15 @@ import numpy as np
 import pytest
 
 from nxkit import wordnet
-from nxkit.explain import ExplainConfig, simulate_and_score
-from nxkit.llm import run_sync
-from nxkit.records import HeldOutWindow, NeuronId
+from nxkit.explain_score import simulate_and_score
+from nxkit.explainers.base import ExplainConfig
+from nxkit.explainers.search import SearchConfig, SearchExplainer, correlations, search_neuron
+from nxkit.formulas import Formula, Primitive, SearchError
+from nxkit.llm.base import run_sync
+from nxkit.records import Candidate, HeldOutWindow, NeuronId
 from nxkit.rules import After, Concept, Mixture, TokenIs, WordPattern
-from nxkit.search import (
-    Formula,
-    FormulaSimulator,
-    Primitive,
-    SearchConfig,
-    SearchError,
-    SearchExplainer,
-    correlations,
-    search_neuron,
-)
-from nxkit.synthetic import SURFACE, SyntheticNeuron
+from nxkit.simulators.exact import FormulaSimulator
+from nxkit.training.synthetic import SURFACE, SyntheticNeuron
 
 needs_wordnet = pytest.mark.skipif(
     not wordnet.available() and not os.environ.get("CI"),
@@ -165,11 +159,10 @@ def test_exact_simulation_agrees_with_the_generic_scorer():
     windows, rng = planted_windows(30, seed=3), np.random.default_rng(3)
     held = [HeldOutWindow(w, list(After("of")(w) * 2.5 + rng.random(len(w)) * 0.3), split=s)
             for w, s in zip(windows, ["top", "random"] * 15, strict=True)]  # fmt: skip
-    explainer = SearchExplainer()
     f = Formula(Primitive("after", "of")).extend("or", Primitive("surface", "number"))
-    explainer.book[f.render()] = f
-    sim = FormulaSimulator(explainer.book)
-    _, scores, failures = run_sync(simulate_and_score(sim, f.render(), held, max_activation=2.8))
+    sim = FormulaSimulator()
+    candidate = Candidate(f.render(), formula=f.to_json())  # the formula travels as a formula, never as its text
+    _, scores, failures = run_sync(simulate_and_score(sim, candidate, held, max_activation=2.8))
     real = np.concatenate([w.activations for w in held])
     direct = np.corrcoef(np.concatenate([f.mask(w.tokens) for w in held]).astype(float), real)[0, 1]
     assert failures == [] and scores.top_and_random == pytest.approx(direct)

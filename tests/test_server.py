@@ -18,14 +18,18 @@ import urllib.request
 import numpy as np
 import pytest
 
-from nxkit.explain import ExplainConfig, explain_and_score, explain_neuron
+from nxkit.explain_score import explain_and_score
+from nxkit.explainers.base import ExplainConfig
+from nxkit.explainers.llm import explain_neuron
 from nxkit.heldout import held_out
-from nxkit.llm import LLMError, OpenAIBackend, run_sync
-from nxkit.records import NeuronId, SequenceSimulation
+from nxkit.llm.base import LLMError, run_sync
+from nxkit.llm.server import OpenAIBackend
+from nxkit.offline import gguf_path
+from nxkit.records import NeuronId, SequenceSimulation, SimulationFailure
 from nxkit.runs import Run
-from nxkit.score import score_simulation
-from nxkit.simulate import SimulateConfig, SimulationFailure, make_simulator
-from nxkit.subject import gguf_path
+from nxkit.scorers.correlation import score_simulation
+from nxkit.simulators import make_simulator
+from nxkit.simulators.prompted import SimulateConfig
 
 if importlib.util.find_spec("llama_cpp") is None:
     why = "llama-cpp-python[server] is not installed; `pip install 'llama-cpp-python[server]'` (a 5-minute build) un-skips this"
@@ -168,7 +172,7 @@ def test_pipeline_writes_results_with_chat_simulator(backend, tiny_collection, t
 
 
 def test_detection_and_fuzzing_through_the_real_server(backend, tiny_collection):
-    from nxkit.classify import classify, detection_items, fuzzing_items
+    from nxkit.scorers.classify import classify, detection_items, fuzzing_items
 
     record = Run(tiny_collection.parent).activations().neuron_record(5, 0)
     windows = held_out(record, "valid", 2, 16)

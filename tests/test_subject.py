@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from nxkit.subject import SubjectError, check_layers, check_neuron, gguf_path, hook_name, info, load_subject
+from nxkit.collection.subject import check_layers, check_neuron, hook_name, info, load_subject
+from nxkit.offline import SubjectError, gguf_path
 
 TEXT = (
     "The committee met on Tuesday to discuss the budget. After a long debate, "

@@ -7,10 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from nxkit import synthetic as syn
-from nxkit.collect import CollectConfig
+from nxkit.collection.collect import CollectConfig
 from nxkit.heldout import top_splits
 from nxkit.records import NeuronId
+from nxkit.rules import WordSet
+from nxkit.training import synthetic as syn
 
 
 def fired(rule, tokens: list[str]) -> list[str]:
@@ -46,7 +47,7 @@ def test_context_rules():
 
 
 def test_word_sets_grade_strength_and_mixtures_take_the_stronger():
-    rule = syn.WordSet(frozenset({"apple", "pear"}))
+    rule = WordSet(frozenset({"apple", "pear"}))
     acts = rule(["An", " apple", " and", " a", " pear", " and", " an", " Apple"])
     assert acts[1] == acts[7] > 0 and acts[4] > 0 and acts[[0, 2, 3, 5, 6]].tolist() == [0] * 5
     assert 0.5 <= acts[1] <= 1 and acts[1] != acts[4]  # graded, the same word always the same
@@ -59,7 +60,7 @@ def test_record_is_built_as_collection_builds_one():
     rng = np.random.default_rng(0)
     words = [" apple", " stone", " river", " pear", " cloud", ",", " sky"]
     windows = [[words[i] for i in rng.integers(0, len(words), 16)] for _ in range(300)]
-    neuron = syn.SyntheticNeuron("test", "concept", syn.WordSet(frozenset({"apple", "pear"})), ("fruit",))
+    neuron = syn.SyntheticNeuron("test", "concept", WordSet(frozenset({"apple", "pear"})), ("fruit",))
     rec = neuron.record(windows, NeuronId(3, 7), CollectConfig(top_k=40, n_random=30), noise=0.0, seed=2)
     assert rec.neuron_id == NeuronId(3, 7)
     maxima = [r.max_activation for r in rec.most_positive_activation_records]

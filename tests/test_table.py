@@ -27,7 +27,7 @@ def test_rows_fold_into_parquet_and_the_latest_row_wins(tmp_path, monkeypatch):
     df = run.table()
     assert list(df.neuron) == [0, 1, 2, 3, 4] and df.loc[df.neuron == 1, "shuffled_control"].item() == -0.2
     assert pd.isna(df.loc[df.neuron == 0, "shuffled_control"].item())  # undefined stays undefined, never 0
-    built = pd.DataFrame([table_row(s, None, "run") for s in run.summaries()], columns=runs.TABLE_COLUMNS)
+    built = pd.DataFrame([table_row(s, None, "run") for s in run.summaries()], columns=runs.table_columns())
     assert list(df.top_and_random) == list(built.top_and_random) and list(df.explanation) == list(built.explanation)
     run.compact_table()
     assert run.journal_path.read_text() == "" and run.table().equals(df)
@@ -43,7 +43,7 @@ def test_a_run_written_before_the_table_existed_still_opens(tmp_path):
 
 
 def test_the_report_draws_the_best_the_worst_and_a_sample():
-    from nxkit.report import heatmap_neurons
+    from nxkit.views.report import heatmap_neurons
 
     df = pd.DataFrame({"layer": 0, "neuron": range(100), "top_and_random": [i / 100 for i in range(100)]})
     shown = heatmap_neurons(df, 10)
@@ -90,8 +90,8 @@ def test_a_run_directory_written_before_manifests_were_typed_still_opens(tmp_pat
     import json
 
     from nxkit.records import Component, RunManifest, Usage
-    from nxkit.report import render_report
     from nxkit.revise import _simulator_changed
+    from nxkit.views.report import render_report
 
     root = tmp_path / "old"
     (root / "neurons" / "0").mkdir(parents=True)

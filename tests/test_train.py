@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nxkit import synthetic as syn
-from nxkit.train import DATA_DIR, counterfactual_bins, sample_example, shipped_dir
+from nxkit.rules import WordSet
+from nxkit.simulators.trained import DATA_DIR, shipped_dir
+from nxkit.training import synthetic as syn
+from nxkit.training.train import counterfactual_bins, sample_example
 
 FIXTURES = Path(__file__).parent / "fixtures" / "public"
 """Three hand-made neurons in the release's layout (two with an explanation file)."""
@@ -24,7 +26,7 @@ needs_wordnet = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def reader():
     from nxkit.offline import load_offline_hf
-    from nxkit.reader import Reader
+    from nxkit.simulators.reader import Reader
 
     lm, tok = load_offline_hf()
     return Reader(lm, tok)
@@ -50,7 +52,7 @@ def test_each_subject_token_is_read_through_its_whole_word(reader):
 
 
 def test_an_explanations_literal_terms():
-    from nxkit.reader import stem, terms
+    from nxkit.simulators.reader import stem, terms
 
     assert {stem(w) for w in ("follow", "follows", "followed", "following")} == {"follow"}
     t = terms("the word after 'with', or words ending in -ful like careful, and un- words")
@@ -60,7 +62,7 @@ def test_an_explanations_literal_terms():
 
 @pytest.mark.slow
 def test_word_matches_read_the_token_and_its_neighbours(reader):
-    from nxkit.reader import N_LEXICAL, N_NEIGHBOURS, READING, features, n_features
+    from nxkit.simulators.reader import N_LEXICAL, N_NEIGHBOURS, READING, features, n_features
 
     window = reader.window_ids([" I", " went", " with", " a", " careful", " friend", " unhappy"])
     (r,) = reader.read(["the word after 'with', also words ending in -ful and the friends"])
@@ -89,7 +91,7 @@ def test_an_explanation_raises_its_own_words(reader):
 
 
 def test_counterfactual_targets_are_the_neurons_own_rule_on_any_window():
-    fruit = syn.SyntheticNeuron("fruit", "concept", syn.WordSet(frozenset({"apple", "pear"})), ("fruit",))
+    fruit = syn.SyntheticNeuron("fruit", "concept", WordSet(frozenset({"apple", "pear"})), ("fruit",))
     comma = syn.SyntheticNeuron("comma", "surface", syn.SURFACE["comma"][0], ("commas",))
     rng = np.random.default_rng(0)
     words = [" apple", " stone", ",", " pear", " sky", " river"]
@@ -108,7 +110,7 @@ def test_counterfactual_targets_are_the_neurons_own_rule_on_any_window():
 
 @needs_wordnet
 def test_hard_negatives_are_near_concepts_and_rules_of_the_same_family():
-    from nxkit.train import negative_pools
+    from nxkit.training.train import negative_pools
 
     wn = syn.wordnet()
     names = ("edible_fruit.n.01", "vegetable.n.01", "dog.n.01", "cat.n.01", "hammer.n.02")
@@ -134,8 +136,8 @@ def test_hard_negatives_are_near_concepts_and_rules_of_the_same_family():
 
 @pytest.mark.slow
 def test_a_tiny_training_run_saves_weights_that_load_by_name(tmp_path):
-    from nxkit.simulate import make_simulator
-    from nxkit.train import SimTrainConfig, train_simulator
+    from nxkit.simulators import make_simulator
+    from nxkit.training.train import SimTrainConfig, train_simulator
 
     config = SimTrainConfig(
         out_dir=str(tmp_path / "sim"), steps=4, batch_size=2, hidden=8, window_tokens=12, corpus_windows=80,
@@ -156,7 +158,8 @@ def test_a_tiny_training_run_saves_weights_that_load_by_name(tmp_path):
 def test_real_explanations_from_the_public_layout_and_from_a_run_train_on_their_own_windows(tmp_path):
     from conftest import make_fake_run
 
-    from nxkit.train import RealNeuron, TrainError, real_records
+    from nxkit.simulators.trained import TrainError
+    from nxkit.training.train import RealNeuron, real_records
 
     run = make_fake_run(tmp_path / "run", layers=(0,), d_mlp=3)
     public = real_records(from_public=str(FIXTURES))
@@ -191,12 +194,12 @@ HELD_OUT_CONCEPTS = ("edible_fruit.n.01", "vegetable.n.01", "bird.n.01", "dog.n.
 @pytest.mark.slow
 @needs_wordnet
 def test_the_shipped_weights_read_explanations():
-    from nxkit.explain import simulate_and_score
+    from nxkit.explain_score import simulate_and_score
     from nxkit.heldout import held_out
-    from nxkit.llm import run_sync
+    from nxkit.llm.base import run_sync
     from nxkit.offline import load_offline_hf
-    from nxkit.simulate import make_simulator
-    from nxkit.train import corpus_token_windows
+    from nxkit.simulators import make_simulator
+    from nxkit.training.train import corpus_token_windows
 
     wn = syn.wordnet()
     neurons = []

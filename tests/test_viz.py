@@ -13,13 +13,9 @@ import plotly.graph_objects as go
 import pytest
 from conftest import XSS, make_fake_run
 
-from nxkit import viz
-from nxkit.records import (
-    NeuronId,
-    Scores,
-    SequenceSimulation,
-)
+from nxkit.records import NeuronId, Scores, SequenceSimulation
 from nxkit.runs import Run
+from nxkit.views import viz
 
 
 @pytest.fixture
@@ -93,7 +89,7 @@ def test_empty_run_gives_annotated_figures(tmp_path):
 
 
 def test_inspector_pure_functions(fake_run):
-    from nxkit import widgets
+    from nxkit.views import widgets
 
     table = fake_run.table()
     opts = widgets.neuron_options(table, 0)
@@ -111,7 +107,7 @@ def test_inspector_pure_functions(fake_run):
 
 
 def test_inspector_widget_switches_neurons(fake_run):
-    from nxkit.widgets import NeuronInspector
+    from nxkit.views.widgets import NeuronInspector
 
     ins = NeuronInspector(fake_run)
     first = ins.windows.value
@@ -126,7 +122,7 @@ def test_inspector_widget_switches_neurons(fake_run):
 
 @pytest.mark.slow
 def test_inspector_shows_both_sides(fake_run):
-    from nxkit.widgets import NeuronInspector
+    from nxkit.views.widgets import NeuronInspector
 
     assert NeuronInspector(fake_run).sign.layout.display == "none"  # one side: no side switch
     neg = fake_run.side("negative")
@@ -151,8 +147,8 @@ def test_inspector_shows_both_sides(fake_run):
 
 
 def test_inspector_probe_with_real_model(fake_run, subject, local_backend):
-    from nxkit.simulate import make_simulator
-    from nxkit.widgets import NeuronInspector
+    from nxkit.simulators import make_simulator
+    from nxkit.views.widgets import NeuronInspector
 
     ins = NeuronInspector(fake_run, model=subject, simulator=make_simulator(local_backend))
     ins.text.value = "The cat sat on the <b>mat</b>."
@@ -163,7 +159,7 @@ def test_inspector_probe_with_real_model(fake_run, subject, local_backend):
 
 def test_inspector_takes_released_neurons():
     from nxkit.public import PublicDataset
-    from nxkit.widgets import NeuronInspector
+    from nxkit.views.widgets import NeuronInspector
 
     ds = PublicDataset(Path(__file__).parent / "fixtures" / "public")
     neurons = [ds.neuron(0, 1), ds.neuron(5, 7)]

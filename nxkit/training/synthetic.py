@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .collect import CollectConfig
-from .records import ActivationRecord, NeuronId, NeuronRecord
-from .rules import (  # noqa: F401  (re-exported: the rules synthetic neurons are made of)
-    NEGATIONS,
+from ..collection.collect import CollectConfig
+from ..records import ActivationRecord, NeuronId, NeuronRecord
+from ..rules import (
     After,
     AfterNegation,
     Before,
@@ -32,10 +31,9 @@ from .rules import (  # noqa: F401  (re-exported: the rules synthetic neurons ar
     Repeat,
     Rule,
     WordPattern,
-    WordSet,
     word_spans,
 )
-from .wordnet import LEXNAMES_MAN, WORDNET_DIR, WordNetError, concept_words, wordnet  # noqa: F401
+from ..wordnet import LEXNAMES_MAN, WORDNET_DIR, WordNetError, concept_words, wordnet  # noqa: F401
 
 HELD_OUT_LEXNAMES = frozenset({"noun.food", "noun.animal", "verb.motion", "noun.body"})
 """WordNet subtrees (lexicographer files) whose concepts never appear in training."""

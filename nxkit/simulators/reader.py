@@ -8,7 +8,7 @@ in that table through its whole word (first piece of " word", as written and low
 and its neighbours' words; these numbers, a frequency prior and a few surface flags are the token's features.
 The explanation is also read literally (`Terms`): which of the window's words (and neighbours) it uses or quotes,
 which suffixes and prefixes it names, and how close each word's input embedding is to its words'.
-Nothing here is trained: `train.py` fits a small head on these features.
+Nothing here is trained: `training/train.py` fits a small head on these features.
 
 One forward pass per template reads an explanation; windows are then table look-ups, so simulating many windows,
 or many candidate explanations on fixed windows, costs almost nothing beyond that.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .rules import word_spans
+from ..rules import word_spans
 
 TEMPLATES: tuple[tuple[str, str], ...] = (
     ("Here are some words for {}:", "Here are some words:"),

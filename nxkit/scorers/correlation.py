@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .prompts import SIM_MAX
-from .records import (
+from ..prompts import SIM_MAX
+from ..records import (
     RANDOM,
     SIMULATED_NORMALIZED_ACTIVATIONS,
     UNKNOWN,
@@ -213,27 +213,3 @@ def mean_scores(rows: Sequence[Mapping]) -> dict:
     for key in ("top_and_random", "random_only", "shuffled_control", "shuffled_gap"):
         out[key], out[f"n_{key}"] = mean(key)
     return out
-
-
-def classification_scores(labels: Sequence[int], predictions: Sequence[int | float]) -> tuple[dict, str | None]:
-    """Accuracy, balanced accuracy and AUC of predictions (0/1, or scores where higher means 1) against 0/1 labels.
-
-    AUC is the chance that a random positive is ranked above a random negative (ties count half). Balanced
-    accuracy and AUC are undefined (None, with the flag `one_class`) when the labels hold one class only; all
-    three when there is nothing to score (`empty`).
-    """
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(predictions, dtype=np.float64)
-    if y.shape != p.shape:
-        raise ValueError(f"labels and predictions differ in length: {y.shape} vs {p.shape}")
-    if y.size == 0:
-        return {"accuracy": None, "balanced_accuracy": None, "auc": None}, "empty"
-    accuracy = float(((p >= 0.5) == (y == 1)).mean())
-    pos, neg = p[y == 1], p[y == 0]
-    if not pos.size or not neg.size:
-        return {"accuracy": accuracy, "balanced_accuracy": None, "auc": None}, "one_class"
-    balanced = float(((pos >= 0.5).mean() + (neg < 0.5).mean()) / 2)
-    auc = float(
-        ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
-    )
-    return {"accuracy": accuracy, "balanced_accuracy": balanced, "auc": auc}, None

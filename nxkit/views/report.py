@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import scorers
+from ..files import atomic_write
+from ..records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
+from ..runs import Run, as_run, side_by_side
+from ..scorers.correlation import OFFLINE_NOTE, mean_scores
 from . import viz
-from .files import atomic_write
-from .records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
-from .runs import Run, as_run, side_by_side
-from .score import OFFLINE_NOTE, mean_scores
 from .viz import esc
 
 _SORT_JS = """
@@ -72,14 +73,15 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
         ("explanation", "explanation"),
         ("simulator", "scored by"),
     ]
-    for kind in ("detection", "fuzzing"):  # the cheaper scorers, when the run asked for them
-        if df[f"{kind}_auc"].notna().any():
-            cols[-2:-2] = [(f"{kind}_balanced_accuracy", f"{kind} bal. acc."), (f"{kind}_auc", f"{kind} AUC")]
+    extra = [c for c in scorers.table_columns() if not c.endswith("flag") and c in df and df[c].notna().any()]
+    cols[-2:-2] = [
+        (c, c.replace("_", " ").replace("balanced accuracy", "bal. acc.").replace(" auc", " AUC")) for c in extra
+    ]
 
     def cell(key, v, r) -> str:
         if key == "neuron":
             return f'<a href="#n-{r.layer}-{r.neuron}">{v}</a>'
-        if key in viz.SCORE_COLUMNS or key.startswith(("detection_", "fuzzing_")):
+        if key in viz.SCORE_COLUMNS or key in extra:
             return viz.num(v)
         if key == "explanation":
             return esc(v if isinstance(v, str) else (r.reason if isinstance(r.reason, str) else ""))
@@ -284,14 +286,7 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
         f"shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}; "
         f"above 0.8: {share['above']} of {share['n']}"
     )
-    for kind in ("detection", "fuzzing"):
-        auc = df[f"{kind}_auc"].dropna()
-        if len(auc) or df[f"{kind}_flag"].notna().any():
-            bal = df[f"{kind}_balanced_accuracy"].dropna()
-            lines.append(
-                f"{kind}: mean balanced accuracy {_fmt(bal.mean() if len(bal) else None)}, "
-                f"AUC {_fmt(auc.mean() if len(auc) else None)} over {len(auc)} neurons"
-            )
+    lines += scorers.summary_lines(df)
     sims = sorted(set(df["simulator"].dropna()))
     if sims:
         lines.append(f"scored by: {', '.join(sims)} simulator")

@@ -4,21 +4,25 @@
 held-out random windows, and says which ones make the neuron fire. *Fuzzing*: the LLM reads the explanation and
 the held-out top windows twice, once with the tokens where the neuron fires marked and once with as many tokens
 marked at random, and says which markings fit the explanation. Each gives accuracy, balanced accuracy and AUC
-(`score.classification_scores`); items the answer leaves out are recorded as failed, never scored as wrong.
+(`classification_scores`, below); items the answer leaves out are recorded as failed, never scored as wrong.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from . import prompts
-from .llm import Backend
-from .records import RANDOM, ClassifierScore, Failure, HeldOutWindow
-from .score import classification_scores
-from .seeds import mix_seed
+import numpy as np
 
-SCORERS = ("simulation", "detection", "fuzzing")
-"""Scorers `--explain.scorers` picks from: simulation always runs (it chooses among candidates)."""
+from .. import prompts
+from ..llm.base import Backend
+from ..records import RANDOM, ClassifierScore, Failure, HeldOutWindow
+from .base import ScoringContext
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 FIRING = 0.3
 """A token fires when its activation reaches this fraction of the neuron's maximum (and a window fires when one of
 its tokens does)."""
@@ -88,14 +92,60 @@ async def classify(
     return score, failures
 
 
-def scorer_backend(explainer, simulator) -> Backend | None:
-    """The LLM the classification scorers ask: the simulator's when it has one, else the explainer's, else None."""
-    for component in (simulator, explainer):
-        backend = getattr(component, "backend", None)
-        if backend is not None and callable(getattr(backend, "chat", None)):
-            return backend
-    return None
+class ClassifierScorer:
+    """Detection or fuzzing as a `Scorer`: one LLM request per neuron, accuracy, balanced accuracy and AUC."""
+
+    columns = ("accuracy", "balanced_accuracy", "auc", "flag")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"ClassifierScorer({self.name!r})"
+
+    async def score(self, context: ScoringContext) -> tuple[ClassifierScore, list[Failure]]:
+        return await classify(
+            self.name, context.llm, context.explanation.text, context.windows, context.max_activation, context.seed
+        )
+
+    def summary_line(self, table: pd.DataFrame) -> str | None:
+        auc = table[f"{self.name}_auc"].dropna()
+        if not len(auc) and not table[f"{self.name}_flag"].notna().any():
+            return None
+        bal = table[f"{self.name}_balanced_accuracy"].dropna()
+        return (
+            f"{self.name}: mean balanced accuracy {_fmt(bal.mean() if len(bal) else None)}, "
+            f"AUC {_fmt(auc.mean() if len(auc) else None)} over {len(auc)} neurons"
+        )
 
 
-def seed_for(seed: int, layer: int, neuron: int, kind: str) -> int:
-    return mix_seed(seed, layer, neuron, SCORERS.index(kind))
+def _fmt(x: float | None) -> str:
+    return "    —" if x is None or x != x else f"{x:+.2f}"
+
+
+DETECTION = ClassifierScorer("detection")
+FUZZING = ClassifierScorer("fuzzing")
+
+
+def classification_scores(labels: Sequence[int], predictions: Sequence[int | float]) -> tuple[dict, str | None]:
+    """Accuracy, balanced accuracy and AUC of predictions (0/1, or scores where higher means 1) against 0/1 labels.
+
+    AUC is the chance that a random positive is ranked above a random negative (ties count half). Balanced
+    accuracy and AUC are undefined (None, with the flag `one_class`) when the labels hold one class only; all
+    three when there is nothing to score (`empty`).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(predictions, dtype=np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f"labels and predictions differ in length: {y.shape} vs {p.shape}")
+    if y.size == 0:
+        return {"accuracy": None, "balanced_accuracy": None, "auc": None}, "empty"
+    accuracy = float(((p >= 0.5) == (y == 1)).mean())
+    pos, neg = p[y == 1], p[y == 0]
+    if not pos.size or not neg.size:
+        return {"accuracy": accuracy, "balanced_accuracy": None, "auc": None}, "one_class"
+    balanced = float(((pos >= 0.5).mean() + (neg < 0.5).mean()) / 2)
+    auc = float(
+        ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    )
+    return {"accuracy": accuracy, "balanced_accuracy": balanced, "auc": auc}, None

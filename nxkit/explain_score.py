@@ -1,4 +1,5 @@
-"""The explainer, and the per-neuron stage: explain (best-of-k), simulate, score, write the run directory.
+"""The explain-and-score stage: for many neurons in flight, explain (best-of-k), simulate, score, write the run
+directory, with the shuffled control and a budget.
 
 For each neuron: k sampled explanations from its top training windows; each is simulated on the
 calibration split and the best kept; the chosen one is scored on the valid split (top windows and
@@ -14,15 +15,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from . import prompts
-from .classify import SCORERS, classify, scorer_backend, seed_for
-from .heldout import held_out, scored_windows, top_splits
-from .llm import NEURON_USAGE, Backend, Usage, run_sync
+from . import scorers
+from .explainers import as_explainer
+from .explainers.base import ExplainConfig, Explainer, ExplainError
+from .heldout import held_out, scored_windows
+from .llm.base import NEURON_USAGE, Backend, run_sync
 from .records import (
     POSITIVE,
     Candidate,
@@ -38,168 +39,30 @@ from .records import (
     Scores,
     SimulationFailure,
     StageRecord,
-    normalize_activations,
+    Usage,
 )
 from .runs import Run, as_run
-from .score import score_simulation, scores
+from .scorers import ScoringContext
+from .scorers.correlation import score_simulation, scores
 from .seeds import mix_seed
-from .simulate import Simulator
+from .simulators.base import Simulator, concurrent
 
 log = logging.getLogger(__name__)
-
-
-class ExplainError(ValueError):
-    """An explainer that cannot run as configured."""
-
-
-@dataclass
-class ExplainConfig:
-    """Settings of explanation and scoring (saved in the run manifest)."""
-
-    best_of: int = 3
-    """Explanations sampled per neuron; the best on the calibration windows is kept."""
-    explain_windows: int = 5
-    """Top training windows shown to the explainer."""
-    explain_window_tokens: int | None = 32
-    """Tokens shown per window, around its peak (None shows whole windows)."""
-    temperature: float = 1.0
-    """Sampling temperature of the candidates."""
-    explanation_max_tokens: int = 48
-    """Tokens an explanation may take."""
-    seed: int = 0
-    """Base seed; candidate i of a neuron samples with a seed mixed from (seed, layer, neuron, i), so the
-    response cache can replay it and different neurons do not share one random stream."""
-    calibration_windows: int | None = 5
-    """Top and random calibration windows used to rank the candidates, each (None: the whole split)."""
-    valid_windows: int | None = None
-    """Top and random valid windows the chosen explanation is scored on, each (None: the whole split)."""
-    sim_window_tokens: int | None = None
-    """Crop held-out windows to this many tokens around their peaks before simulating (None: whole windows)."""
-    scorers: list[Literal["simulation", "detection", "fuzzing"]] = field(default_factory=lambda: ["simulation"])
-    """Scorers of the kept explanation: `simulation` (correlation; always run), and the cheaper `detection` and
-    `fuzzing` (one LLM request each per neuron: accuracy, balanced accuracy and AUC)."""
-    max_neurons_in_flight: int = 32
-    """Neurons in progress at once when the explainer and simulator talk to a server (bounds memory; requests in
-    flight are bounded by the server backend's own `max_concurrency`). In-process models take one at a time."""
-
-    def __post_init__(self):
-        if self.best_of < 1 or self.explain_windows < 1 or self.explanation_max_tokens < 1:
-            raise ExplainError("best_of, explain_windows and explanation_max_tokens must be >= 1")
-        if self.temperature < 0:
-            raise ExplainError("temperature must be >= 0")
-        if self.max_neurons_in_flight < 1:
-            raise ExplainError("max_neurons_in_flight must be >= 1")
-        unknown = [k for k in self.scorers if k not in SCORERS]
-        if unknown:
-            raise ExplainError(f"unknown scorer {unknown[0]!r}; choose from {SCORERS}")
-        for name in ("explain_window_tokens", "calibration_windows", "valid_windows", "sim_window_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ExplainError(f"{name} must be None or >= 1, got {value}")
-
-
-# --- windows --------------------------------------------------------------------------------------
-
-
-def train_windows(record: NeuronRecord, n_windows: int, max_tokens: int | None) -> list[prompts.Window]:
-    """The first `n_windows` top training windows as (token, 0-10 activation) pairs, cropped around their peaks."""
-    out = []
-    for rec in top_splits(record)["train"][:n_windows]:
-        tokens, acts = prompts.crop_window(rec.tokens, rec.activations, max_tokens)
-        out.append(list(zip(tokens, normalize_activations(acts, record.max_activation), strict=True)))
-    return out
-
-
-def explainer_windows(record: NeuronRecord, config: ExplainConfig) -> list[prompts.Window]:
-    """The windows the explainer is shown."""
-    return train_windows(record, config.explain_windows, config.explain_window_tokens)
 
 
 # --- one neuron ---------------------------------------------------------------------------------
 
 
-@runtime_checkable
-class Explainer(Protocol):
-    """Writes candidate explanations of one neuron from its record.
-
-    Implementations: `LLMExplainer` (a prompted LLM through any `Backend`) and `search.SearchExplainer`
-    (compositional search, no LLM). A backend passed where an explainer is expected is wrapped in an
-    `LLMExplainer` (`as_explainer`).
-    """
-
-    async def explain(self, record: NeuronRecord, config: ExplainConfig) -> tuple[list[Candidate], list[Failure]]:
-        """Usable candidates (at most `config.best_of`) and failures with the raw text that caused them."""
-        ...
-
-    def describe(self) -> Component | dict[str, Any]:
-        """What the run manifest records of this explainer (a plain dict is read as a `Component`)."""
-        ...
-
-    @property
-    def usage(self) -> Usage:
-        """Its LLM traffic so far (zeros for an explainer that sends none)."""
-        ...
-
-
-class LLMExplainer:
-    """A prompted LLM as explainer: `best_of` sampled answers to the kit's explanation prompt."""
-
-    def __init__(self, backend: Backend):
-        self.backend = backend
-
-    def __repr__(self) -> str:
-        return f"LLMExplainer({self.backend!r})"
-
-    def describe(self) -> dict[str, Any]:
-        return self.backend.describe()
-
-    @property
-    def usage(self) -> Usage:
-        return self.backend.usage
-
-    async def explain(self, record: NeuronRecord, config: ExplainConfig) -> tuple[list[Candidate], list[Failure]]:
-        texts, failures = await explain_neuron(self.backend, record, config)
-        return [Candidate(t) for t in texts], failures
-
-
-def as_explainer(explainer: Explainer | Backend) -> Explainer:
-    """An explainer as is; a backend (anything that chats but does not explain) wrapped in an `LLMExplainer`."""
-    return explainer if callable(getattr(explainer, "explain", None)) else LLMExplainer(explainer)
-
-
-async def explain_neuron(
-    backend: Backend, record: NeuronRecord, config: ExplainConfig
-) -> tuple[list[str], list[Failure]]:
-    """Sample k explanations; returns (parsed explanations, failures with the raw text of unparsable ones)."""
-    messages = prompts.explain_messages(explainer_windows(record, config))
-    explanations, failures = [], []
-    nid = record.neuron_id
-    answers = await asyncio.gather(  # all k at once on a server; in turn in process
-        *(
-            backend.chat(
-                messages,
-                max_tokens=config.explanation_max_tokens,
-                temperature=config.temperature,
-                seed=mix_seed(config.seed, nid.layer_index, nid.neuron_index, i),
-            )
-            for i in range(config.best_of)
-        )
-    )
-    for answer in answers:
-        parsed = prompts.parse_explanation(answer.text)
-        if parsed is None:
-            failures.append(Failure("explain", "unparsable explanation", answer.text))
-        else:
-            explanations.append(parsed)
-    return explanations, failures
-
-
 async def simulate_and_score(
-    simulator: Simulator, explanation: str, windows: list[HeldOutWindow], max_activation: float, stage: str = "simulate"
+    simulator: Simulator,
+    explanation: str | Candidate,
+    windows: list[HeldOutWindow],
+    max_activation: float,
+    stage: str = "simulate",
 ) -> tuple[ScoredSimulation, Scores, list[Failure]]:
     """Simulate `windows` from `explanation` and score them; returns the scored simulation, its scores (top-and-random
     and random-only from the windows' labels) and the failed windows."""
-    sims = await simulator.simulate_many(explanation, [w.tokens for w in windows])
+    sims = await simulator.simulate_many(Candidate.of(explanation), [w.tokens for w in windows])
     failures = [Failure(stage, s.reason, s.raw) for s in sims if isinstance(s, SimulationFailure)]
     scored = score_simulation(windows, sims, max_activation)
     return scored, scores(scored, [w.split for w in windows]), failures
@@ -216,7 +79,7 @@ async def _rank_candidates(
     if len(candidates) > 1:
         calib = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
         scored = await asyncio.gather(
-            *(simulate_and_score(simulator, c.text, calib, record.max_activation) for c in candidates)
+            *(simulate_and_score(simulator, c, calib, record.max_activation) for c in candidates)
         )
         for cand, (_, s, fails) in zip(candidates, scored, strict=True):
             cand.calibration_score, cand.calibration_flag = s.top_and_random, s.top_and_random_flag
@@ -243,13 +106,13 @@ async def process_neuron(
     candidates = await _rank_candidates(candidates, record, simulator, config, failures)
     best = max(candidates, key=lambda c: -2.0 if c.calibration_score is None else c.calibration_score)
     valid = held_out(record, "valid", config.valid_windows, config.sim_window_tokens)
-    scored, s, fails = await simulate_and_score(simulator, best.text, valid, record.max_activation)
-    extra = {}
-    for kind in dict.fromkeys(k for k in config.scorers if k != "simulation"):
-        nid = record.neuron_id
-        seed = seed_for(config.seed, nid.layer_index, nid.neuron_index, kind)
-        backend = scorer_backend(explainer, simulator)
-        extra[kind], lost = await classify(kind, backend, best.text, valid, record.max_activation, seed)
+    scored, s, fails = await simulate_and_score(simulator, best, valid, record.max_activation)
+    results = {}
+    for name in dict.fromkeys(k for k in config.scorers if k != scorers.SIMULATION):
+        seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
+        llm = simulator.llm if simulator.llm is not None else explainer.llm
+        context = ScoringContext(nid, best, valid, record.max_activation, seed, llm)
+        results[name], lost = await scorers.get_scorer(name).score(context)
         failures += lost
     summary = NeuronSummary(
         status="done",
@@ -261,7 +124,7 @@ async def process_neuron(
         window_splits=[w.split for w in valid],
         failures=failures + fails,
         seconds=round(time.perf_counter() - t0, 2),
-        **extra,
+        scorer_results=results,
         **base,
     )
     return summary, NeuronSimulationResults(nid, [ScoredExplanation(best.text, scored)])
@@ -311,14 +174,6 @@ def _sum_usage(*usages: Usage) -> Usage:
     return out
 
 
-def concurrent(component: Any) -> bool:
-    """True when a component's traffic goes to a server that serves many requests at once (its backend declares
-    `capabilities.concurrent`); in-process models and rules run one neuron at a time."""
-    backend = getattr(component, "backend", component)
-    capabilities = getattr(backend, "capabilities", None)
-    return bool(capabilities is not None and capabilities.concurrent)
-
-
 def control_order(neurons: list[NeuronId], seed: int = 0) -> dict[NeuronId, list[NeuronId]]:
     """For each neuron, the neurons whose explanation its shuffled control tries, in order: a seeded permutation of
     the sample read as a cycle, starting after the neuron itself. Fixed before anything is explained, so the control
@@ -346,12 +201,12 @@ class _Flight:
         self.failed = False
 
     def publish(self, nid: NeuronId, summary: NeuronSummary | None, pending: bool = False) -> None:
-        """A neuron's explanation for the others' controls: its text, None when it has none (dead, failed), or
+        """A neuron's explanation for the others' controls: its candidate, None when it has none (dead, failed), or
         `PENDING` when this call will not explain it (a budget stop): controls that need it wait for a later call."""
         fut = self.explanations.get(nid)
         if fut is not None and not fut.done():
             done = summary is not None and summary.status == "done"
-            fut.set_result(PENDING if pending else summary.original_explanation if done else None)
+            fut.set_result(PENDING if pending else summary.original_candidate if done else None)
 
     def may_start(self) -> bool:
         if self.failed or self.stopped:
@@ -369,11 +224,11 @@ class _Flight:
         """The first neuron along this one's control order with an explanation different from its own (`PENDING`
         when one before it will only be explained by a later call)."""
         for other in self.order.get(summary.neuron_id, []):
-            text = await self.explanations[other]
-            if text is PENDING:
+            explanation = await self.explanations[other]
+            if explanation is PENDING:
                 return PENDING
-            if text is not None and text != summary.original_explanation:
-                return other, text
+            if explanation is not None and explanation.text != summary.original_explanation:
+                return other, explanation
         return None
 
 
@@ -385,13 +240,13 @@ async def _control(flight: _Flight, simulator: Simulator, summary: NeuronSummary
     if found is None:
         summary.shuffled_control_reason = "no other neuron of the sample has a different explanation"
     else:
-        other, text = found
+        other, explanation = found
         windows = scored_windows(flight.run.read_results(summary.neuron_id), summary.window_splits)
         _, control, fails = await simulate_and_score(
-            simulator, text, windows, summary.max_activation, stage="shuffled_control"
+            simulator, explanation, windows, summary.max_activation, stage="shuffled_control"
         )
         summary.shuffled_control, summary.shuffled_control_from = control.top_and_random, other
-        summary.shuffled_control_explanation = text
+        summary.shuffled_control_explanation = explanation.text
         summary.failures.extend(fails)
     return summary
 
@@ -470,7 +325,7 @@ async def explain_many(
     for nid in flight.order:
         if nid not in todo:
             flight.publish(nid, run.read_neuron(nid))
-    in_flight = config.max_neurons_in_flight if concurrent(explainer) and concurrent(simulator) else 1
+    in_flight = config.max_neurons_in_flight if concurrent(explainer, simulator) else 1
     slots = asyncio.Semaphore(in_flight)
     desc = "explain+score" if run.sign == POSITIVE else f"explain+score ({run.sign} side)"
     with tqdm(total=len(todo), desc=desc, unit="neuron", disable=not progress) as bar:

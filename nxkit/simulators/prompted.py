@@ -16,19 +16,22 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from . import prompts
-from .llm import Backend, Capabilities, Usage, count, run_sync
-from .records import SIMULATED_NORMALIZED_ACTIVATIONS, Component, SequenceSimulation, SimulationFailure
+from .. import prompts
+from ..llm.base import Backend, Capabilities
+from ..records import (
+    SIMULATED_NORMALIZED_ACTIVATIONS,
+    Candidate,
+    Component,
+    SequenceSimulation,
+    SimulationFailure,
+    Usage,
+)
+from .base import SimulateError, simulate_sync
 
 MODES = ("all_at_once", "chat_logprobs", "chat_text")
 DIGITS = [str(d) for d in range(prompts.SIM_MAX + 1)]
-
-
-class SimulateError(ValueError):
-    """A simulator that cannot run as configured."""
 
 
 @dataclass
@@ -92,36 +95,6 @@ def one_hot(digit: int) -> list[float]:
     return [1.0 if d == digit else 0.0 for d in range(prompts.SIM_MAX + 1)]
 
 
-@runtime_checkable
-class Simulator(Protocol):
-    """Predicts a neuron's activation on every token of windows from an explanation alone.
-
-    Implementations: the three prompted modes below (`make_simulator` picks one from what the backend
-    declares), and any class with these members (a trained model, a rule in a test).
-    """
-
-    async def simulate_many(
-        self, explanation: str, windows: list[list[str]]
-    ) -> list[SequenceSimulation | SimulationFailure]:
-        """One prediction (or a recorded failure) per window of token strings."""
-        ...
-
-    def describe(self) -> Component | dict[str, Any]:
-        """What the run manifest records of this simulator (kind, mode, model; `smoke_level` when it is one). A plain
-        dict is read as a `Component` (its unknown keys go to `settings`)."""
-        ...
-
-    @property
-    def usage(self) -> Usage:
-        """Its LLM traffic so far (zeros for a simulator that sends none)."""
-        ...
-
-
-def simulate_sync(simulator: Simulator, explanation: str, windows: list[list[str]]):
-    """`simulator.simulate_many` from sync code (also inside Jupyter)."""
-    return run_sync(simulator.simulate_many(explanation, windows))
-
-
 class _Prompted:
     """What the prompted simulators share: the backend, the settings, sync access and the description."""
 
@@ -141,19 +114,26 @@ class _Prompted:
     def usage(self) -> Usage:
         return self.backend.usage
 
-    def simulate_sync(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation | SimulationFailure]:
+    @property
+    def llm(self) -> Backend:
+        return self.backend
+
+    def simulate_sync(
+        self, explanation: str | Candidate, windows: list[list[str]]
+    ) -> list[SequenceSimulation | SimulationFailure]:
         """`simulate_many` from sync code (also inside Jupyter)."""
         return simulate_sync(self, explanation, windows)
 
     async def simulate_many(
-        self, explanation: str, windows: list[list[str]]
+        self, explanation: Candidate, windows: list[list[str]]
     ) -> list[SequenceSimulation | SimulationFailure]:
         """Every window with the same explanation: in turn in process (the prefix is reused), concurrently on a server."""
         if any(not w for w in windows):
             raise SimulateError("cannot simulate an empty window")
+        text = Candidate.of(explanation).text
         if not self.backend.capabilities.concurrent:
-            return [await self.simulate(explanation, w) for w in windows]
-        return list(await asyncio.gather(*(self.simulate(explanation, w) for w in windows)))
+            return [await self.simulate(text, w) for w in windows]
+        return list(await asyncio.gather(*(self.simulate(text, w) for w in windows)))
 
     async def simulate(self, explanation: str, tokens: list[str]) -> SequenceSimulation | SimulationFailure:
         raise NotImplementedError
@@ -220,78 +200,3 @@ class ChatSimulator(_Prompted):
             if (dist := digit_distribution(top)) is not None:
                 return dist
         return one_hot(digit)
-
-
-class TrainedSimulator:
-    """nxkit-sim: the frozen SmolLM2 reads the explanation once (three short forward passes) and a small trained
-    head predicts a distribution over the bins 0-10 at every token of the windows by look-ups (no LLM traffic)."""
-
-    mode = "trained"
-
-    def __init__(self, path: str | None = None):
-        import hashlib
-
-        from .train import load_model, shipped_dir
-
-        self.path = path
-        self.model = load_model(path)
-        weights = Path(path or shipped_dir()) / "weights.safetensors"
-        self.weights_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
-        self.usage = Usage()
-
-    def __repr__(self) -> str:
-        return f"TrainedSimulator({self.path or 'nxkit-sim'})"
-
-    def describe(self) -> Component:
-        return Component("trained", model="nxkit-sim", path=self.path, weights_hash=self.weights_hash)
-
-    async def simulate_many(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
-        from .train import N_BINS, predict
-
-        if any(not w for w in windows):
-            raise SimulateError("cannot simulate an empty window")
-        values = [float(v) for v in range(N_BINS)]
-        out = []
-        for w, probs in zip(windows, predict(self.model, explanation, windows), strict=True):
-            dists = probs.tolist()
-            out.append(
-                SequenceSimulation(
-                    tokens=list(w),
-                    expected_activations=[float(sum(v * p for v, p in zip(values, d, strict=True))) for d in dists],
-                    activation_scale=SIMULATED_NORMALIZED_ACTIVATIONS,
-                    distribution_values=[values for _ in dists],
-                    distribution_probabilities=dists,
-                )
-            )
-        count(self.usage, requests=1)
-        return out
-
-    def simulate_sync(self, explanation: str, windows: list[list[str]]) -> list[SequenceSimulation]:
-        return simulate_sync(self, explanation, windows)
-
-
-TRAINED = {"nxkit-sim": TrainedSimulator}
-"""Simulators by name that are trained models rather than prompted LLMs."""
-OFFLINE_SIMULATOR = "nxkit-sim"
-"""The simulator of free-text explanations when the explainer is the offline model."""
-
-
-def default_simulator(explainer: str) -> str:
-    """The simulator a free-text `explainer` is scored with when none is named: nxkit-sim for the offline `local`
-    model (the prompted SmolLM2 ignores explanations: shuffled-explanation gap about 0), else the same model."""
-    return OFFLINE_SIMULATOR if explainer == "local" else explainer
-
-
-def make_simulator(spec: str | Backend = "local", config: SimulateConfig | None = None, **backend_kwargs) -> Simulator:
-    """A simulator by name (`nxkit-sim`, `local`, or a model on an OpenAI-compatible server, with `base_url=` ...)
-    or around a backend, in the mode `config.mode` asks for (`auto`: the most informative the backend can do)."""
-    from .llm import make_backend
-
-    if isinstance(spec, str) and spec in TRAINED:
-        return TRAINED[spec](**{k: v for k, v in backend_kwargs.items() if k == "path"})
-    backend = make_backend(spec, **backend_kwargs) if isinstance(spec, str) else spec
-    config = config or SimulateConfig()
-    mode = choose_mode(backend.capabilities, config.mode)
-    if mode == "all_at_once":
-        return AllAtOnceSimulator(backend, config)
-    return ChatSimulator(backend, config, with_logprobs=mode == "chat_logprobs")

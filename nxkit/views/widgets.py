@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import viz
-from .probe import probe
-from .records import (
+from ..collection.probe import probe
+from ..records import (
     NEGATIVE,
     POSITIVE,
     ActivationRecord,
@@ -27,9 +26,10 @@ from .records import (
     Scores,
     max_activation_of,
 )
-from .runs import TABLE_COLUMNS, Run, as_run, table_row
-from .score import simulation_scale
-from .simulate import simulate_sync
+from ..runs import TABLE_COLUMNS, Run, as_run, table_row
+from ..scorers.correlation import simulation_scale
+from ..simulators.base import simulate_sync
+from . import viz
 from .viz import esc
 
 SORTS = {"neuron index": "index", "score, best first": "score_desc", "score, worst first": "score_asc"}
@@ -73,7 +73,7 @@ class NeuronData:
 
 def _public_summary(pn) -> NeuronSummary:
     """A released neuron as a summary: its explanation and the release's score, windows labelled by membership."""
-    from .public import released_splits
+    from ..public import released_splits
 
     s = Scores(top_and_random=pn.score)
     return NeuronSummary(
@@ -341,7 +341,8 @@ class NeuronInspector:
                 "NeuronInspector(neurons, model=load_subject('gpt2-xl')) (needs a reachable hub)"
             )
         if self.model is None:
-            from .subject import OFFLINE_DEFAULT, load_subject
+            from ..collection.subject import load_subject
+            from ..offline import OFFLINE_DEFAULT
 
             name = OFFLINE_DEFAULT
             if isinstance(self.source, Run):
@@ -349,7 +350,7 @@ class NeuronInspector:
             self.status.value = f"<i>loading the subject model {esc(name)} (once)…</i>"
             self.model = load_subject(name)
         if self.simulator is None:
-            from .simulate import OFFLINE_SIMULATOR, make_simulator
+            from ..simulators import OFFLINE_SIMULATOR, make_simulator
 
             self.status.value = f"<i>loading the simulator {OFFLINE_SIMULATOR} (once)…</i>"
             self.simulator = make_simulator(OFFLINE_SIMULATOR)

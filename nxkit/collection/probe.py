@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .records import ActivationRecord
+from ..records import ActivationRecord
 from .subject import check_neuron, hook_name, run_capture
 
 DEFAULT_BATCH = 16

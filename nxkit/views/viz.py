@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .records import NeuronRevision, NeuronSummary, ScoredSequenceSimulation
-from .runs import Run, as_run
-from .score import simulation_scale
+from ..records import NeuronRevision, NeuronSummary, ScoredSequenceSimulation
+from ..runs import Run, as_run
+from ..scorers.correlation import simulation_scale
 
 PAPER_THRESHOLD = 0.8
 """Score above which the paper counts an explanation as good."""
@@ -461,7 +461,7 @@ def split_heatmaps(
 
 def describe_top(acts, layers: list[int] | None = None, per_layer: int = 2, windows: int = 3, context: int = 8) -> str:
     """Text showing, for the most selective neurons (highest kurtosis) of a few layers of a collection
-    (`nxkit.collect.Activations`), the top tokens in context, the strongest token in [brackets]."""
+    (`nxkit.collection.activations.Activations`), the top tokens in context, the strongest token in [brackets]."""
     chosen = layers or sorted({acts.layers[0], acts.layers[len(acts.layers) // 2], acts.layers[-1]})
     lines = []
     for layer in chosen:

@@ -1,4 +1,4 @@
-"""Training nxkit-sim: the frozen SmolLM2 reads an explanation as "words for E" (`nxkit.reader`), and a small
+"""Training nxkit-sim: the frozen SmolLM2 reads an explanation as "words for E" (`nxkit.simulators.reader`), and a small
 trained head turns each window token's reading features into a distribution over the activation bins 0-10.
 
 The head sees numbers (how much the explanation raises the model's probability of the token's word, its own
@@ -12,10 +12,8 @@ head's weights (a few KB) and the settings in `out_dir` (`data/nxkit-sim` for th
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,37 +24,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .files import atomic_write
-from .reader import READING, TEMPLATES, Reader, Reading, WindowIds, features, n_features
-from .records import normalize_activations
-from .rules import Concept
+from ..files import atomic_write
+from ..records import normalize_activations
+from ..rules import Concept
+from ..simulators.reader import READING, Reading
+from ..simulators.trained import N_BINS, TrainError, build_model, save_weights
 
 log = logging.getLogger(__name__)
 
-N_BINS = 11
-"""Activation bins 0-10, the release's normalised scale."""
 FAMILY_WEIGHTS = {"concept": 0.4, "surface": 0.25, "context": 0.2, "mixture": 0.15, "real": 0.25}
 """How often each family of synthetic neuron is drawn for a training example."""
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-"""The shipped models (a source checkout's `data/`)."""
-
-
-def shipped_dir() -> Path:
-    """Where the shipped nxkit-sim lives: a source checkout's `data/nxkit-sim`, else the copy a wheel installs under
-    `<data>/share/nxkit/nxkit-sim` (pip install of a wheel, a folder or a git URL, as on Colab; `<data>` is the
-    install scheme's data folder: the prefix, /usr/local on Debian's pip, or the user base)."""
-    import site
-    import sysconfig
-
-    roots = [sysconfig.get_path("data"), sys.prefix, site.USER_BASE]
-    for place in [DATA_DIR / "nxkit-sim", *(Path(r) / "share" / "nxkit" / "nxkit-sim" for r in roots if r)]:
-        if (place / "weights.safetensors").exists():
-            return place
-    return DATA_DIR / "nxkit-sim"
-
-
-class TrainError(ValueError):
-    """Training that cannot run as configured, or weights that cannot be loaded."""
 
 
 @dataclass
@@ -101,7 +78,7 @@ class SimTrainConfig:
     firing_weight: float = 5.0
     """Weight of firing tokens (bin > 0) in the cross-entropy: they are about 1 token in 100."""
     reading: int = READING
-    """Version of the reading features (`nxkit.reader.READING`; older ones for comparison)."""
+    """Version of the reading features (`nxkit.simulators.reader.READING`; older ones for comparison)."""
     seed: int = 0
     """Seed of the data, the initialisation and the order."""
     checkpoint_every: int = 200
@@ -117,111 +94,12 @@ class SimTrainConfig:
 # --- the model ------------------------------------------------------------------------------------
 
 
-class SimModel(nn.Module):
-    """The frozen reader and the trained head: reading features of a token -> N_BINS logits."""
-
-    def __init__(self, reader: Reader, hidden: int, kind_dims: int = 0, reading: int = READING):
-        super().__init__()
-        self.reader, self.reading = reader, reading
-        self.kind = nn.Linear(reader.lm.config.hidden_size, kind_dims) if kind_dims else None
-        self.head = nn.Sequential(
-            nn.Linear(n_features(len(reader.templates), reading) + kind_dims, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, N_BINS),
-        )
-        self._prior = reader.prior()
-        self._ids: dict[tuple[str, ...], WindowIds] = {}
-
-    @property
-    def tokenizer(self):
-        return self.reader.tok
-
-    def forward(self, feats: torch.Tensor, kinds: torch.Tensor | None = None) -> torch.Tensor:
-        """[tokens, n_features] reading features and [tokens, hidden] explanation vectors -> [tokens, N_BINS]
-        logits."""
-        if self.kind is not None:
-            feats = torch.cat([feats, torch.tanh(self.kind(kinds))], dim=-1)
-        return self.head(feats)
-
-    def features(self, reading: Reading, window: WindowIds) -> torch.Tensor:
-        return features(reading, self._prior, window, self.reading)
-
-    def window_ids(self, tokens: Sequence[str]) -> WindowIds:
-        """The reader's ids of a window, kept for the windows seen last (best-of-k simulates the same windows under
-        many explanations; training sees each corpus window many times)."""
-        key = tuple(tokens)
-        got = self._ids.get(key)
-        if got is None:
-            if len(self._ids) >= 50_000:
-                self._ids.clear()
-            got = self._ids[key] = self.reader.window_ids(key)
-        return got
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The head's weights (all that training changes)."""
-        state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        if self.kind is not None:
-            state |= {f"kind.{k}": v for k, v in self.kind.state_dict().items()}
-        return state
-
-    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        self.head.load_state_dict({k[5:]: v.float() for k, v in state.items() if k.startswith("head.")})
-        if self.kind is not None:
-            self.kind.load_state_dict({k[5:]: v.float() for k, v in state.items() if k.startswith("kind.")})
-
-
-def build_model(
-    hidden: int, kind_dims: int = 0, templates: Sequence[tuple[str, str]] = TEMPLATES, reading: int = READING
-) -> SimModel:
-    """The offline SmolLM2 (frozen) as reader, and a fresh head reading features of version `reading`."""
-    from .offline import load_offline_hf
-
-    lm, tok = load_offline_hf(attn_implementation="sdpa")
-    for p in lm.parameters():
-        p.requires_grad_(False)
-    return SimModel(Reader(lm, tok, templates), hidden, kind_dims, reading)
-
-
-def save_weights(model: SimModel, out_dir: Path, settings: dict) -> None:
-    """The head in fp32 safetensors, and the settings (with the templates), in `out_dir`."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().float().contiguous() for k, v in model.trainable_state().items()}
-    atomic_write(out_dir / "weights.safetensors", save(state))
-    settings = {**settings, "templates": model.reader.templates, "reading": model.reading}
-    atomic_write(out_dir / "config.json", json.dumps(settings, indent=1))
-
-
-def load_model(path: str | Path | None = None) -> SimModel:
-    """nxkit-sim from `path` (default: the shipped `data/nxkit-sim`), ready for inference."""
-    from safetensors.torch import load_file
-
-    path = Path(path) if path else shipped_dir()
-    if not (path / "weights.safetensors").exists():
-        raise TrainError(
-            f"no nxkit-sim weights in {path}; train them with `nxkit train simulator --out-dir {path}` (or `make train`)"
-        )
-    settings = json.loads((path / "config.json").read_text())
-    if "hidden" not in settings or "templates" not in settings:
-        raise TrainError(f"{path} holds weights of an older nxkit-sim; retrain with `nxkit train simulator`")
-    reading = settings.get("reading", 1)
-    if reading > READING:
-        raise TrainError(f"{path} holds nxkit-sim weights of a newer reading (version {reading}); upgrade nxkit")
-    templates = [tuple(t) for t in settings["templates"]]
-    model = build_model(settings["hidden"], settings.get("kind_dims", 0), templates, reading)
-    model.load_trainable(load_file(str(path / "weights.safetensors")))
-    model.eval()
-    return model
-
-
 # --- data -----------------------------------------------------------------------------------------
 
 
 def corpus_token_windows(tokenizer, n_windows: int, seed: int = 0) -> list[list[str]]:
     """`n_windows` windows of 64 tokens of the default corpus, as token strings."""
-    from .corpus import make_windows
+    from ..collection.corpus import make_windows
 
     windows = make_windows(tokenizer, "default", window=64, max_tokens=64 * n_windows, seed=seed)
     strings = {}
@@ -234,8 +112,8 @@ def corpus_token_windows(tokenizer, n_windows: int, seed: int = 0) -> list[list[
 def synthetic_records(windows: list[list[str]], config: SimTrainConfig, held_out: bool = False) -> list[tuple]:
     """(neuron, record) of the synthetic neurons on one side of the held-out split, over `windows`: every surface
     and context kind, at most `config.max_concepts` concepts and `config.n_mixtures` mixtures (seeded)."""
+    from ..records import NeuronId
     from . import synthetic
-    from .records import NeuronId
 
     rng = random.Random(config.seed)
     rules = [n for n in synthetic.rule_neurons() if n.held_out == held_out]
@@ -288,7 +166,7 @@ def real_records(from_public: str | None = None, from_run: str | None = None, li
     (`from_run`), at most `limit` (the first ones, public first)."""
     out = []
     if from_public:
-        from .public import PublicDataset
+        from ..public import PublicDataset
 
         data = PublicDataset(from_public)
         if data.local is None or not (data.local / "explanations").is_dir():
@@ -301,7 +179,7 @@ def real_records(from_public: str | None = None, from_run: str | None = None, li
                     (RealNeuron(f"public:{f.parent.name}/{f.stem}", neuron.explanation, neuron.record), neuron.record)
                 )
     if from_run:
-        from .runs import Run
+        from ..runs import Run
 
         run = Run(from_run)
         if not run.has_collection():
@@ -334,7 +212,7 @@ class Example:
 
 def _near_synsets(name: str, up: int = 2) -> frozenset[str]:
     """A synset and its hypernyms up to `up` steps above it."""
-    from .wordnet import wordnet
+    from ..wordnet import wordnet
 
     level = {wordnet().synset(name)}
     out = set(level)
@@ -385,7 +263,7 @@ def sample_example(
     its random windows, and (synthetic neurons only) another neuron's top windows, all labelled by this neuron.
     With probability `hard_negatives` each other neuron is a near one (`Pools.near`), else any neuron; `pools`
     (from `negative_pools(records)`) saves working them out on every call."""
-    from .prompts import crop_window
+    from ..prompts import crop_window
 
     pools = pools or negative_pools(records)
     families = [f for f in FAMILY_WEIGHTS if f in pools.by_family]
@@ -504,15 +382,4 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
                 "train_seconds": round(spent + time.perf_counter() - start_time)}  # fmt: skip
     save_weights(model, out, settings)
     ckpt.unlink(missing_ok=True)
-    return out
-
-
-def predict(model: SimModel, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
-    """Per window, a [tokens, N_BINS] array of bin probabilities: one read of the explanation, then look-ups."""
-    with torch.inference_mode():
-        reading = model.reader.read([explanation])[0]
-        out = []
-        for w in windows:
-            feats = model.features(reading, model.window_ids(w))
-            out.append(torch.softmax(model(feats, reading.kind.expand(len(feats), -1)), dim=-1).numpy())
     return out

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .offline import (  # noqa: F401  (re-exported: the subject's public names)
+from ..offline import (
     HF_NAME,
     HUB_ALIASES,
     OFFLINE_ALIASES,
     OFFLINE_DEFAULT,
     SubjectError,
-    cache_dir,
-    gguf_path,
     load_offline_hf,
 )
 

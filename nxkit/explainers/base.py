@@ -1,0 +1,114 @@
+"""The `Explainer` protocol, its settings, and the windows an explainer is shown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .. import prompts, scorers
+from ..heldout import top_splits
+from ..records import (
+    Candidate,
+    Component,
+    Failure,
+    NeuronRecord,
+    Usage,
+    normalize_activations,
+)
+
+if TYPE_CHECKING:
+    from ..llm.base import Backend
+
+
+class ExplainError(ValueError):
+    """An explainer that cannot run as configured."""
+
+
+@dataclass
+class ExplainConfig:
+    """Settings of explanation and scoring (saved in the run manifest)."""
+
+    best_of: int = 3
+    """Explanations sampled per neuron; the best on the calibration windows is kept."""
+    explain_windows: int = 5
+    """Top training windows shown to the explainer."""
+    explain_window_tokens: int | None = 32
+    """Tokens shown per window, around its peak (None shows whole windows)."""
+    temperature: float = 1.0
+    """Sampling temperature of the candidates."""
+    explanation_max_tokens: int = 48
+    """Tokens an explanation may take."""
+    seed: int = 0
+    """Base seed; candidate i of a neuron samples with a seed mixed from (seed, layer, neuron, i), so the
+    response cache can replay it and different neurons do not share one random stream."""
+    calibration_windows: int | None = 5
+    """Top and random calibration windows used to rank the candidates, each (None: the whole split)."""
+    valid_windows: int | None = None
+    """Top and random valid windows the chosen explanation is scored on, each (None: the whole split)."""
+    sim_window_tokens: int | None = None
+    """Crop held-out windows to this many tokens around their peaks before simulating (None: whole windows)."""
+    scorers: list[str] = field(default_factory=lambda: ["simulation"])
+    """Scorers of the kept explanation, by name: `simulation` (correlation; always run), the cheaper `detection` and
+    `fuzzing` (one LLM request each per neuron: accuracy, balanced accuracy and AUC), or any registered scorer
+    (`nxkit.scorers.register_scorer`)."""
+    max_neurons_in_flight: int = 32
+    """Neurons in progress at once when the explainer and simulator talk to a server (bounds memory; requests in
+    flight are bounded by the server backend's own `max_concurrency`). In-process models take one at a time."""
+
+    def __post_init__(self):
+        if self.best_of < 1 or self.explain_windows < 1 or self.explanation_max_tokens < 1:
+            raise ExplainError("best_of, explain_windows and explanation_max_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ExplainError("temperature must be >= 0")
+        if self.max_neurons_in_flight < 1:
+            raise ExplainError("max_neurons_in_flight must be >= 1")
+        unknown = [k for k in self.scorers if k not in scorers.scorer_names()]
+        if unknown:
+            raise ExplainError(f"unknown scorer {unknown[0]!r}; choose from {scorers.scorer_names()}")
+        for name in ("explain_window_tokens", "calibration_windows", "valid_windows", "sim_window_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ExplainError(f"{name} must be None or >= 1, got {value}")
+
+
+def train_windows(record: NeuronRecord, n_windows: int, max_tokens: int | None) -> list[prompts.Window]:
+    """The first `n_windows` top training windows as (token, 0-10 activation) pairs, cropped around their peaks."""
+    out = []
+    for rec in top_splits(record)["train"][:n_windows]:
+        tokens, acts = prompts.crop_window(rec.tokens, rec.activations, max_tokens)
+        out.append(list(zip(tokens, normalize_activations(acts, record.max_activation), strict=True)))
+    return out
+
+
+def explainer_windows(record: NeuronRecord, config: ExplainConfig) -> list[prompts.Window]:
+    """The windows the explainer is shown."""
+    return train_windows(record, config.explain_windows, config.explain_window_tokens)
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """Writes candidate explanations of one neuron from its record.
+
+    Implementations: `LLMExplainer` (a prompted LLM through any `Backend`) and `explainers.search.SearchExplainer`
+    (compositional search, no LLM). A backend passed where an explainer is expected is wrapped in an
+    `LLMExplainer` (`as_explainer`).
+    """
+
+    async def explain(self, record: NeuronRecord, config: ExplainConfig) -> tuple[list[Candidate], list[Failure]]:
+        """Usable candidates (at most `config.best_of`) and failures with the raw text that caused them."""
+        ...
+
+    def describe(self) -> Component | dict[str, Any]:
+        """What the run manifest records of this explainer (a plain dict is read as a `Component`)."""
+        ...
+
+    @property
+    def usage(self) -> Usage:
+        """Its LLM traffic so far (zeros for an explainer that sends none)."""
+        ...
+
+    @property
+    def llm(self) -> Backend | None:
+        """The LLM it talks to (None for one that sends no LLM traffic): how many neurons may be in flight, and
+        which LLM the classification scorers ask, are read from it."""
+        ...

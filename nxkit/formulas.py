@@ -1,0 +1,207 @@
+"""Primitives and formulas over the rules of `rules.py`, rendered in English."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .rules import After, Before, Concept, Inside, Punctuation, Rule, TokenIs, WordSet, mask
+from .training.synthetic import CONTEXT, SURFACE
+from .wordnet import concept_label
+
+if TYPE_CHECKING:
+    pass
+
+
+PUNCTUATION = {
+    ",": ("commas", "it is a comma"),
+    ".": ("full stops", "it is a full stop"),
+    ":": ("colons", "it is a colon"),
+    ";": ("semicolons", "it is a semicolon"),
+    "?": ("question marks", "it is a question mark"),
+    "!": ("exclamation marks", "it is an exclamation mark"),
+    "-": ("hyphens and dashes", "it is a hyphen or dash"),
+    "'": ("apostrophes and single quotes", "it holds an apostrophe"),
+    '"': ("double quotation marks", "it is a quotation mark"),
+    "(": ("opening brackets", "it opens a bracket"),
+    ")": ("closing brackets", "it closes a bracket"),
+}
+"""Punctuation primitives: mark -> (noun phrase, predicate)."""
+
+
+SURFACE_TEXT = {
+    "number": ("numbers written in digits", "it is a number"),
+    "year": ("four-digit years", "it is a year"),
+    "capitalised": ("capitalised words", "it is capitalised"),
+    "allcaps": ("words in capital letters", "it is in capitals"),
+    "suffix:ing": ("words ending in -ing", "it ends in -ing"),
+    "suffix:ly": ("words ending in -ly", "it ends in -ly"),
+    "suffix:tion": ("words ending in -tion", "it ends in -tion"),
+    "line_start": ("the first word of a line", "it starts a line"),
+}
+"""Surface primitives (the synthetic neurons' surface rules, punctuation aside): name -> (noun phrase, predicate)."""
+
+
+CONTEXT_TEXT = {
+    "quotes": ("words inside quotation marks", "it is inside quotation marks"),
+    "brackets": ("words inside brackets", "it is inside brackets"),
+    "after_negation": ("the two words after a negation (not, never, no)", "it follows a negation"),
+    "repeat": ("a word repeated from earlier in the text", "it repeats an earlier word"),
+}
+"""Context primitives with no argument: name -> (noun phrase, predicate)."""
+
+
+KINDS = ("word", "token", "surface", "after", "before", "context", "concept")
+"""Primitive kinds, in the order ties are broken (a plain word before a concept with the same mask)."""
+
+
+class SearchError(ValueError):
+    """A formula or search setting that cannot be used."""
+
+
+@dataclass(frozen=True, order=True)
+class Primitive:
+    """One rule as a term of a formula: `kind` (one of `KINDS`) and its argument."""
+
+    kind: str
+    """`word`, `token`, `surface`, `after`, `before`, `context` or `concept`."""
+    arg: str
+    """The word, token string, surface or context name, or WordNet synset name (`edible_fruit.n.01`)."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise SearchError(f"unknown primitive kind {self.kind!r}; known: {KINDS}")
+
+    @cached_property
+    def rule(self) -> Rule:
+        """The rule this primitive reads (the one implementation the synthetic neurons use too)."""
+        kind, arg = self.kind, self.arg
+        if kind == "word":
+            return WordSet(frozenset({arg}))
+        if kind == "token":
+            return TokenIs(arg)
+        if kind == "after":
+            return After(arg)
+        if kind == "before":
+            return Before(arg)
+        if kind == "concept":
+            return Concept(arg)
+        if kind == "surface" and arg.startswith("punct:") and arg[6:] in PUNCTUATION:
+            return Punctuation(arg[6:])
+        if kind == "surface" and arg in SURFACE_TEXT:
+            return SURFACE[arg][0]
+        if kind == "context" and arg in CONTEXT_TEXT:
+            return CONTEXT[arg][0] if arg != "brackets" else Inside("(", ")")
+        raise SearchError(f"no rule for primitive {self}")
+
+    def mask(self, tokens: Sequence[str]) -> np.ndarray:
+        """Where it holds on a window (cached per window)."""
+        return mask(self.rule, tokens)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.arg}"
+
+    def noun(self, examples: Sequence[str] = ()) -> str:
+        """What it picks out, as a noun phrase (with example words where it has several)."""
+        ex = f" ({', '.join(examples)})" if examples else ""
+        if self.kind == "word":
+            return f'the word "{self.arg}"'
+        if self.kind == "token":
+            shown = self.arg.replace("\n", "\\n")  # its leading space kept: " th" and "th" are two tokens
+            return f'the token "{shown}"' if self.arg.strip() else f"the token {self.arg!r}"
+        if self.kind == "after":
+            return f'the word after "{self.arg}"{ex}'
+        if self.kind == "before":
+            return f'the word before "{self.arg}"{ex}'
+        if self.kind == "concept":
+            return f"words for {concept_label(self.arg)}{ex}"
+        if self.kind == "surface" and self.arg.startswith("punct:"):
+            return PUNCTUATION[self.arg[6:]][0]
+        table = SURFACE_TEXT if self.kind == "surface" else CONTEXT_TEXT
+        return table[self.arg][0] + (ex if self.kind == "surface" and self.arg != "line_start" else "")
+
+    def predicate(self) -> str:
+        """The same as a clause about a token (`it follows "of"`), for AND and AND NOT."""
+        if self.kind in ("word", "token"):
+            return f"it is {self.noun()}"
+        if self.kind == "after":
+            return f'it follows "{self.arg}"'
+        if self.kind == "before":
+            return f'it comes before "{self.arg}"'
+        if self.kind == "concept":
+            return f"it is a word for {concept_label(self.arg)}"
+        if self.kind == "surface" and self.arg.startswith("punct:"):
+            return PUNCTUATION[self.arg[6:]][1]
+        return (SURFACE_TEXT if self.kind == "surface" else CONTEXT_TEXT)[self.arg][1]
+
+
+def fixed_primitives() -> list[Primitive]:
+    """The surface and context primitives every neuron's search tries."""
+    out = [Primitive("surface", name) for name in SURFACE_TEXT]
+    out += [Primitive("surface", f"punct:{mark}") for mark in PUNCTUATION]
+    return out + [Primitive("context", name) for name in CONTEXT_TEXT]
+
+
+OPS = ("or", "and", "and_not")
+
+
+@dataclass(frozen=True)
+class Formula:
+    """Primitives joined left to right: `first`, then each (op, primitive) of `rest` applied to what came before."""
+
+    first: Primitive
+    """The first term."""
+    rest: tuple[tuple[str, Primitive], ...] = ()
+    """Further terms with their operator: `or`, `and`, `and_not`."""
+
+    def __post_init__(self):
+        bad = [op for op, _ in self.rest if op not in OPS]
+        if bad:
+            raise SearchError(f"unknown operator {bad[0]!r}; known: {OPS}")
+
+    @property
+    def terms(self) -> list[Primitive]:
+        return [self.first, *(p for _, p in self.rest)]
+
+    def extend(self, op: str, prim: Primitive) -> Formula:
+        return Formula(self.first, (*self.rest, (op, prim)))
+
+    def mask(self, tokens: Sequence[str]) -> np.ndarray:
+        """Where the formula holds on a window."""
+        out = self.first.mask(tokens).copy()
+        for op, prim in self.rest:
+            m = prim.mask(tokens)
+            out = out | m if op == "or" else out & m if op == "and" else out & ~m
+        return out
+
+    def __str__(self) -> str:
+        words = {"or": "OR", "and": "AND", "and_not": "AND NOT"}
+        return " ".join([str(self.first), *(f"{words[op]} {p}" for op, p in self.rest)])
+
+    def to_json(self) -> list[list[str]]:
+        """Its structured form, as stored with a candidate: `[[op, kind, arg], ...]`, the first op empty."""
+        return [["", self.first.kind, self.first.arg], *([op, p.kind, p.arg] for op, p in self.rest)]
+
+    @classmethod
+    def from_json(cls, terms: Sequence[Sequence[str]]) -> Formula:
+        if not terms:
+            raise SearchError("a formula needs at least one term")
+        (_, kind, arg), *rest = terms
+        return cls(Primitive(kind, arg), tuple((op, Primitive(k, a)) for op, k, a in rest))
+
+    def render(self, examples: dict[Primitive, list[str]] | None = None) -> str:
+        """The formula as an English explanation, in our own templates (examples: words seen where a term holds)."""
+        examples = examples or {}
+        text = self.first.noun(examples.get(self.first, ()))
+        for op, prim in self.rest:
+            if op == "or":
+                text += f", or {prim.noun(examples.get(prim, ()))}"
+            elif op == "and":
+                text += f", when {prim.predicate()}"
+            else:
+                text += f", except when {prim.predicate()}"
+        return text

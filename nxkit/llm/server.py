@@ -1,0 +1,327 @@
+"""The LLM seam: an OpenAI-compatible backend (any `base_url`) and a local in-process backend.
+
+Both follow the `Backend` protocol (`chat`, prompt log-probabilities, `describe`, `check`) and
+declare what they can do in `Capabilities`, so the simulator picks its mode from them and no caller
+branches on a backend's class. The remote
+backend retries with backoff, bounds concurrency and caches every response on disk; the local one
+scores whole prompts in one forward pass and reuses the keys and values of the longest shared prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..records import Component, Usage
+from .base import Capabilities, Completion, LLMError, PromptLogprobs, TokenLogprob, count, logprobs_at
+from .cache import ResponseCache
+
+log = logging.getLogger(__name__)
+
+
+# --- on-disk response cache --------------------------------------------------------------------
+
+
+# --- OpenAI-compatible servers -----------------------------------------------------------------
+
+
+@dataclass
+class OpenAIConfig:
+    """Settings of an OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama)."""
+
+    model: str
+    """Model name as the server knows it."""
+    base_url: str | None = None
+    """Server URL, e.g. http://127.0.0.1:8000/v1; None means $OPENAI_BASE_URL or OpenAI's API."""
+    max_concurrency: int = 8
+    """Requests in flight at once."""
+    max_retries: int = 6
+    """Retries of one request on rate limits, 5xx, timeouts and connection errors."""
+    timeout: float = 120.0
+    """Seconds before one request times out."""
+    backoff: float = 1.0
+    """First retry delay in seconds; doubles each retry, with jitter."""
+    cache: bool = True
+    """Keep responses on disk so a re-run sends nothing it already sent."""
+    cache_max_bytes: int = 4 * 1024**3
+    """Bound on the response cache (compressed); the least recently used entries go first."""
+    prompt_logprobs: bool | None = None
+    """Whether /completions with echo=True returns prompt log-probabilities (vLLM, llama.cpp: yes; OpenAI: no).
+    None guesses from base_url: True for any server that is not api.openai.com."""
+    prompt_logprobs_shift: int | None = None
+    """0 when the server's echoed top log-probabilities at token i predict token i (OpenAI, vLLM); 1 when they
+    predict token i+1 (llama-cpp-python 0.3). None detects it once with a counting probe."""
+
+    def __post_init__(self):
+        if not self.model:
+            raise LLMError("model must be a non-empty model name")
+        if self.prompt_logprobs_shift not in (None, 0, 1):
+            raise LLMError("prompt_logprobs_shift must be None, 0 or 1")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.backoff < 0:
+            raise LLMError("max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0 are required")
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint through the `openai` async client."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        cache_root: str | Path | None = None,
+        **settings,
+    ):
+        self.config = OpenAIConfig(model=model, base_url=base_url or os.environ.get("OPENAI_BASE_URL"), **settings)
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not self._api_key:
+            raise LLMError(
+                "no API key: set OPENAI_API_KEY or pass api_key= (a local server such as llama.cpp or vLLM "
+                "accepts any dummy key, e.g. api_key='local')"
+            )
+        self.cache = ResponseCache(cache_root, self.config.cache_max_bytes) if self.config.cache else None
+        self.usage = Usage()
+        self._per_loop: dict[int, tuple[Any, Any, asyncio.Semaphore]] = {}
+        self._checked = False
+        self._pause_until = 0.0  # time.monotonic() before which no request is sent (shared backoff)
+        self._shift: int | None = self.config.prompt_logprobs_shift
+        url = self.config.base_url or "https://api.openai.com/v1"
+        guess = "api.openai.com" not in url
+        self.capabilities = Capabilities(
+            chat=True,
+            generated_logprobs=True,
+            prompt_logprobs=guess if self.config.prompt_logprobs is None else self.config.prompt_logprobs,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.config.model!r}, base_url={self.config.base_url!r})"
+
+    @property
+    def url(self) -> str:
+        return self.config.base_url or "https://api.openai.com/v1"
+
+    def _client(self):
+        """One client and semaphore per event loop (an httpx pool cannot cross loops)."""
+        from openai import AsyncOpenAI
+
+        loop = asyncio.get_running_loop()
+        entry = self._per_loop.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            client = AsyncOpenAI(
+                api_key=self._api_key, base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout
+            )
+            entry = (loop, client, asyncio.Semaphore(self.config.max_concurrency))
+            self._per_loop = {id(loop): entry}
+        return entry[1], entry[2]
+
+    def _unreachable(self, exc: Exception) -> LLMError:
+        return LLMError(
+            f"cannot reach the LLM server at {self.url} ({type(exc).__name__}: {exc}). Start the server, or point "
+            "nxkit at another one with base_url= (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1"
+        )
+
+    async def models(self) -> list[str]:
+        """Model names the server lists at /models."""
+        import openai
+
+        client, _ = self._client()
+        try:
+            page = await client.models.list()
+        except openai.APIConnectionError as exc:
+            raise self._unreachable(exc) from exc
+        except openai.AuthenticationError as exc:
+            raise LLMError(
+                f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key="
+            ) from exc
+        return [m.id for m in page.data]
+
+    async def check(self) -> None:
+        """Fail early with a clear message when the server is down or does not serve this model."""
+        if self._checked:
+            return
+        names = await self.models()
+        if names and self.config.model not in names:
+            raise LLMError(f"the server at {self.url} does not serve model {self.config.model!r}; it lists: {names}")
+        self._checked = True
+
+    async def _call(self, endpoint: str, params: dict[str, Any]) -> dict:
+        """Send one request (or serve it from the cache) with retries; returns the response as a dict."""
+        request = {"endpoint": endpoint, "base_url": self.url, "model": self.config.model, **params}
+        key = ResponseCache.key(request)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            count(self.usage, cache_hits=1)
+            return hit
+        await self.check()
+        data = await self._send(endpoint, params)
+        usage = data.get("usage") or {}
+        count(
+            self.usage,
+            requests=1,
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
+        )
+        if self.cache is not None:
+            self.cache.put(key, data)
+        return data
+
+    async def _wait_out_pause(self) -> None:
+        while (wait := self._pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+
+    @staticmethod
+    def _retry_after(exc: Exception) -> float | None:
+        """The server's `Retry-After` (seconds) on an error response, when it sent one."""
+        response = getattr(exc, "response", None)
+        value = response.headers.get("retry-after") if response is not None else None
+        try:
+            return max(0.0, float(value)) if value is not None else None
+        except ValueError:
+            return None
+
+    async def _send(self, endpoint: str, params: dict[str, Any]) -> dict:
+        """The request itself, retried on what a retry can fix. Backoff is shared: a 429 (its `Retry-After`, else
+        exponential backoff with jitter) pauses every request of this backend, not just the one that got it."""
+        client, sem = self._client()
+        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        for attempt in range(self.config.max_retries + 1):
+            await self._wait_out_pause()
+            try:
+                async with sem:
+                    await self._wait_out_pause()  # a pause that began while this request waited for a slot
+                    resp = await create(model=self.config.model, **params)
+                return resp.model_dump()
+            except Exception as exc:
+                error = self._fatal(exc, last=attempt == self.config.max_retries, attempts=attempt + 1)
+                if error is not None:
+                    raise error from exc
+                delay = self._retry_after(exc)
+                if delay is None:
+                    delay = self.config.backoff * 2**attempt * (0.5 + random.random())
+                self._pause_until = max(self._pause_until, time.monotonic() + delay)
+                count(self.usage, retries=1)
+                log.warning("%s from %s; every request waits %.1f s", type(exc).__name__, self.url, delay)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _fatal(self, exc: Exception, last: bool, attempts: int) -> Exception | None:
+        """The error to raise for `exc`, or None when the request should be retried."""
+        import openai
+
+        if isinstance(exc, openai.BadRequestError):
+            return LLMError(f"the server at {self.url} rejected the request (400): {exc}")
+        if isinstance(exc, openai.NotFoundError):
+            return LLMError(
+                f"the server at {self.url} answered 404 for model {self.config.model!r} ({exc}); "
+                f"check the model name and base_url"
+            )
+        if isinstance(exc, openai.AuthenticationError):
+            return LLMError(f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key=")
+        retryable = (
+            openai.RateLimitError,
+            openai.InternalServerError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+        )
+        if isinstance(exc, openai.APIStatusError) and not isinstance(exc, retryable):
+            if exc.status_code < 500 or last:
+                return LLMError(f"the server at {self.url} answered {exc.status_code}: {exc}")
+            return None
+        if not isinstance(exc, retryable):
+            return exc
+        if not last:
+            return None
+        if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+            return self._unreachable(exc)
+        return LLMError(f"giving up after {attempts} attempts at {self.url}: {exc}")
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_logprobs: int = 0,
+    ) -> Completion:
+        """One chat completion; `top_logprobs > 0` also returns per-token top log-probabilities."""
+        params: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        if seed is not None:
+            params["seed"] = seed
+        if top_logprobs:
+            params.update(logprobs=True, top_logprobs=top_logprobs)
+        data = await self._call("chat", params)
+        choice = data["choices"][0]
+        tokens = None
+        if top_logprobs and (lp := choice.get("logprobs")) and lp.get("content"):
+            tokens = [
+                TokenLogprob(
+                    t["token"], t.get("logprob"), {a["token"]: a["logprob"] for a in t.get("top_logprobs") or []}
+                )
+                for t in lp["content"]
+            ]
+        return Completion(
+            text=choice["message"].get("content") or "", tokens=tokens, finish_reason=choice.get("finish_reason")
+        )
+
+    async def _echo(self, prompt: str, top: int) -> dict:
+        data = await self._call(
+            "completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": top}
+        )
+        lp = data["choices"][0].get("logprobs") or {}
+        if not lp.get("tokens") or lp.get("text_offset") is None or lp.get("top_logprobs") is None:
+            raise LLMError(
+                f"the server at {self.url} returned no prompt log-probabilities with echo=True; pass "
+                "prompt_logprobs=False to OpenAIBackend, or use SimulateConfig(mode='chat_logprobs')"
+            )
+        return lp
+
+    async def prompt_shift(self) -> int:
+        """Detect (once) whether echoed log-probabilities at token i predict token i (0) or token i+1 (1).
+
+        A counting prompt is easy to predict: each token's own log-probability is high when aligned,
+        and very low when it is really the chance of the token repeating.
+        """
+        if self._shift is None:
+            lp = await self._echo(" ".join(str(i) for i in range(1, 40)), 1)
+            own = [v for v in lp.get("token_logprobs") or [] if v is not None][4:]
+            if not own:
+                raise LLMError(f"the server at {self.url} returned no token log-probabilities with echo=True")
+            self._shift = 0 if sum(own) / len(own) > -4.0 else 1
+            log.info("prompt log-probabilities at %s: shift %d", self.url, self._shift)
+        return self._shift
+
+    async def prompt_logprobs(self, prompt: str, top: int = 5) -> PromptLogprobs:
+        """Top log-probabilities predicting every prompt token (OpenAI semantics), via /completions with echo=True."""
+        if not self.capabilities.prompt_logprobs:
+            raise LLMError(f"{self} does not return prompt log-probabilities; use a chat simulator mode")
+        shift = await self.prompt_shift()
+        lp = await self._echo(prompt, top)
+        tops = list(lp["top_logprobs"])
+        if shift:
+            tops = [None, *tops[:-1]]
+        return PromptLogprobs(tokens=list(lp["tokens"]), offsets=list(lp["text_offset"]), top=tops)
+
+    async def placeholder_logprobs(
+        self, prefix: str, text: str, offsets: list[int], candidates: list[str], top: int = 20
+    ) -> list[dict[str, float] | None]:
+        """Log-probabilities of `candidates` as the next token at each character offset of `text` (after `prefix`).
+
+        Per offset: the candidates among the server's top `top` alternatives there (possibly none), or
+        None when no prompt token starts at that offset.
+        """
+        lp = await self.prompt_logprobs(prefix + text, top=top)
+        return logprobs_at(lp, [len(prefix) + o for o in offsets], candidates)
+
+    def describe(self) -> Component:
+        """What the manifest records of this backend (never the key)."""
+        return Component("llm", model=self.config.model, backend=self.name, base_url=self.url)
+
+
+# --- a transformers model in this process ------------------------------------------------------

@@ -1,0 +1,59 @@
+"""The search explainer's formulas simulated exactly: 10 where the formula holds, 0 elsewhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..formulas import Formula, SearchError
+from ..llm.base import count
+from ..records import SIMULATED_NORMALIZED_ACTIVATIONS, Candidate, Component, SequenceSimulation, Usage
+
+
+class FormulaSimulator:
+    """Exact simulation of the search explainer's explanations: each token gets 10 where the explanation's formula
+    holds and 0 elsewhere. It reads the structured formula the candidate carries (`Candidate.formula`), never its
+    rendered text, so two formulas can never be confused by how they read."""
+
+    mode = "exact"
+
+    def __init__(self):
+        self.usage = Usage()
+
+    def __repr__(self) -> str:
+        return "FormulaSimulator()"
+
+    def describe(self) -> dict[str, Any]:
+        return Component("exact", mode="exact", model="formula of the search explainer")
+
+    @property
+    def llm(self) -> None:
+        return None
+
+    @staticmethod
+    def formula_of(explanation: Candidate) -> Formula:
+        """The candidate's formula; a clear error for a text with none."""
+        explanation = Candidate.of(explanation)
+        if not explanation.formula:
+            raise SearchError(
+                f"exact simulation reads only the search explainer's formulas, and {explanation.text[:80]!r} carries "
+                "none; score free-text explanations with a simulator that reads text (--simulator local, nxkit-sim or "
+                "a model on a server)"
+            )
+        return Formula.from_json(explanation.formula)
+
+    async def simulate_many(self, explanation: Candidate, windows: list[list[str]]) -> list[SequenceSimulation]:
+        formula = self.formula_of(explanation)
+        count(self.usage, requests=1)
+        out = []
+        for tokens in windows:
+            m = formula.mask(tokens)
+            out.append(
+                SequenceSimulation(
+                    tokens=list(tokens),
+                    expected_activations=[10.0 if v else 0.0 for v in m],
+                    activation_scale=SIMULATED_NORMALIZED_ACTIVATIONS,
+                    distribution_values=[[0.0, 10.0] for _ in m],
+                    distribution_probabilities=[[0.0, 1.0] if v else [1.0, 0.0] for v in m],
+                )
+            )
+        return out

@@ -1,0 +1,3 @@
+"""Synthetic neurons with known behaviour, and training nxkit-sim on them."""
+
+from __future__ import annotations
