@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .rules import After, Before, Concept, Inside, Punctuation, Rule, TokenIs, WordSet, mask
-from .training.synthetic import CONTEXT, SURFACE
+from .rules import CONTEXT, SURFACE, After, Before, Concept, Punctuation, Rule, TokenIs, WordSet, mask
 from .wordnet import concept_label
 
 if TYPE_CHECKING:
@@ -33,27 +32,11 @@ PUNCTUATION = {
 """Punctuation primitives: mark -> (noun phrase, predicate)."""
 
 
-SURFACE_TEXT = {
-    "number": ("numbers written in digits", "it is a number"),
-    "year": ("four-digit years", "it is a year"),
-    "capitalised": ("capitalised words", "it is capitalised"),
-    "allcaps": ("words in capital letters", "it is in capitals"),
-    "suffix:ing": ("words ending in -ing", "it ends in -ing"),
-    "suffix:ly": ("words ending in -ly", "it ends in -ly"),
-    "suffix:tion": ("words ending in -tion", "it ends in -tion"),
-    "line_start": ("the first word of a line", "it starts a line"),
+SEARCHED = {
+    "surface": {name: r for name, r in SURFACE.items() if r.noun is not None},
+    "context": {name: r for name, r in CONTEXT.items() if r.noun is not None},
 }
-"""Surface primitives (the synthetic neurons' surface rules, punctuation aside): name -> (noun phrase, predicate)."""
-
-
-CONTEXT_TEXT = {
-    "quotes": ("words inside quotation marks", "it is inside quotation marks"),
-    "brackets": ("words inside brackets", "it is inside brackets"),
-    "after_negation": ("the two words after a negation (not, never, no)", "it follows a negation"),
-    "repeat": ("a word repeated from earlier in the text", "it repeats an earlier word"),
-}
-"""Context primitives with no argument: name -> (noun phrase, predicate)."""
-
+"""The named rules of `rules.py`'s catalogue that the search uses as primitives (those with a noun and a predicate)."""
 
 KINDS = ("word", "token", "surface", "after", "before", "context", "concept")
 """Primitive kinds, in the order ties are broken (a plain word before a concept with the same mask)."""
@@ -92,10 +75,8 @@ class Primitive:
             return Concept(arg)
         if kind == "surface" and arg.startswith("punct:") and arg[6:] in PUNCTUATION:
             return Punctuation(arg[6:])
-        if kind == "surface" and arg in SURFACE_TEXT:
-            return SURFACE[arg][0]
-        if kind == "context" and arg in CONTEXT_TEXT:
-            return CONTEXT[arg][0] if arg != "brackets" else Inside("(", ")")
+        if kind in ("surface", "context") and arg in SEARCHED[kind]:
+            return SEARCHED[kind][arg].rule
         raise SearchError(f"no rule for primitive {self}")
 
     def mask(self, tokens: Sequence[str]) -> np.ndarray:
@@ -121,8 +102,8 @@ class Primitive:
             return f"words for {concept_label(self.arg)}{ex}"
         if self.kind == "surface" and self.arg.startswith("punct:"):
             return PUNCTUATION[self.arg[6:]][0]
-        table = SURFACE_TEXT if self.kind == "surface" else CONTEXT_TEXT
-        return table[self.arg][0] + (ex if self.kind == "surface" and self.arg != "line_start" else "")
+        noun = SEARCHED[self.kind][self.arg].noun
+        return noun + (ex if self.kind == "surface" and self.arg != "line_start" else "")
 
     def predicate(self) -> str:
         """The same as a clause about a token (`it follows "of"`), for AND and AND NOT."""
@@ -136,14 +117,14 @@ class Primitive:
             return f"it is a word for {concept_label(self.arg)}"
         if self.kind == "surface" and self.arg.startswith("punct:"):
             return PUNCTUATION[self.arg[6:]][1]
-        return (SURFACE_TEXT if self.kind == "surface" else CONTEXT_TEXT)[self.arg][1]
+        return SEARCHED[self.kind][self.arg].predicate
 
 
 def fixed_primitives() -> list[Primitive]:
     """The surface and context primitives every neuron's search tries."""
-    out = [Primitive("surface", name) for name in SURFACE_TEXT]
+    out = [Primitive("surface", name) for name in SEARCHED["surface"]]
     out += [Primitive("surface", f"punct:{mark}") for mark in PUNCTUATION]
-    return out + [Primitive("context", name) for name in CONTEXT_TEXT]
+    return out + [Primitive("context", name) for name in SEARCHED["context"]]
 
 
 OPS = ("or", "and", "and_not")

@@ -13,7 +13,15 @@ from __future__ import annotations
 from typing import TypeVar
 
 from . import prompts
-from .records import RANDOM, TOP, ActivationRecord, HeldOutWindow, NeuronRecord, NeuronSimulationResults
+from .records import (
+    RANDOM,
+    TOP,
+    ActivationRecord,
+    HeldOutWindow,
+    NeuronRecord,
+    NeuronSimulationResults,
+    ScoredWindow,
+)
 
 T = TypeVar("T")
 
@@ -70,3 +78,12 @@ def scored_windows(results: NeuronSimulationResults, splits: list[str]) -> list[
         HeldOutWindow(list(s.simulation.tokens), list(s.true_activations), split)
         for s, split in zip(seqs, splits, strict=True)
     ]
+
+
+def labelled_simulations(results: NeuronSimulationResults, splits: list[str]) -> list[ScoredWindow]:
+    """The kept explanation's scored windows, each with its label (for the views and the inspector): the same one
+    place as `scored_windows` puts the labels back."""
+    seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
+    if len(splits) != len(seqs):
+        raise ValueError(f"{len(splits)} split labels for {len(seqs)} scored windows")
+    return [ScoredWindow(split, s) for s, split in zip(seqs, splits, strict=True)]

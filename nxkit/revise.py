@@ -33,6 +33,7 @@ from .llm.base import Backend, LLMError, run_sync
 from .offline import SubjectError
 from .prompts import KINDS
 from .records import (
+    FIRES,
     NEGATIVE,
     POSITIVE,
     ActivationRecord,
@@ -73,7 +74,7 @@ class ReviseConfig:
     """Texts asked for that, by the explanation, should make the neuron fire."""
     n_silent: int = 4
     """Texts asked for that, by the explanation, should leave the neuron silent."""
-    fire_threshold: float = 0.3
+    fire_threshold: float = FIRES
     """A text fires when its peak activation reaches this fraction of the neuron's top-window maximum."""
     max_text_chars: int = 200
     """Longer proposals are cut to this many characters before probing."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..formulas import KINDS, SURFACE_TEXT, Formula, Primitive, SearchError, fixed_primitives
+from ..formulas import KINDS, SEARCHED, Formula, Primitive, SearchError, fixed_primitives
 from ..heldout import random_splits, top_splits
 from ..llm.base import count
 from ..records import (
@@ -61,7 +61,8 @@ class SearchConfig:
     min_gain: float = 0.02
     """A term joins a formula only if it raises the correlation by at least this much (simpler formulas win ties)."""
     firing_fraction: float = 0.4
-    """Tokens at or above this fraction of a window's peak (in the top windows) seed the candidate primitives."""
+    """Tokens at or above this fraction of their own window's peak (in the top windows) seed the candidate primitives:
+    a share of each window's peak that picks where to look, not whether a token fires (`records.FIRES`)."""
     max_per_kind: int = 40
     """Candidate primitives of each seeded kind (words, tokens, neighbours), the most frequent among firing tokens."""
     max_concepts: int = 80
@@ -210,7 +211,7 @@ def _examples(formula: Formula, windows: Sequence[ActivationRecord], firing: lis
     out = {}
     for prim in formula.terms:
         if prim.kind not in ("concept", "after", "before") and not (
-            prim.kind == "surface" and prim.arg in SURFACE_TEXT
+            prim.kind == "surface" and prim.arg in SEARCHED["surface"]
         ):
             continue
         seen = Counter()

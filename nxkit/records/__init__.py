@@ -16,6 +16,7 @@ from .manifests import (  # noqa: F401
     Usage,
 )
 from .release import (  # noqa: F401
+    FIRES,
     MAX_NORMALIZED,
     NEGATIVE,
     NEURON_ACTIVATIONS,
@@ -57,6 +58,7 @@ from .summaries import (  # noqa: F401
     NeuronSummary,
     ProbedText,
     RevisionRound,
+    ScoredWindow,
     Scores,
     SimulationFailure,
     max_activation_of,

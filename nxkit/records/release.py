@@ -173,6 +173,11 @@ def check_sign(sign: str) -> str:
 # --- 0-10 scale -----------------------------------------------------------------------------
 
 MAX_NORMALIZED = 10
+"""The top of the release's normalised activation scale 0-10: explainers are shown it, nxkit-sim predicts its bins,
+the exact simulator predicts its top where a formula holds."""
+FIRES = 0.3
+"""A token fires when its activation reaches this fraction of the neuron's maximum (and a window fires when one of
+its tokens does): the one threshold detection, fuzzing and revision call firing."""
 
 
 def normalize_activations(activations: list[float], max_activation: float) -> list[int]:

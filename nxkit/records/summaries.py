@@ -31,6 +31,16 @@ class HeldOutWindow(ActivationRecord):
             raise ValueError(f"split must be one of {WINDOW_SPLITS}, got {self.split!r}")
 
 
+@dataclass
+class ScoredWindow:
+    """A held-out window an explanation was scored on, with its label: its real and its simulated activations."""
+
+    split: str
+    """`top` or `random` (`unknown` for a window whose membership nothing records)."""
+    simulation: ScoredSequenceSimulation
+    """The window's tokens, real activations and simulation."""
+
+
 @register
 @dataclass
 class SimulationFailure:

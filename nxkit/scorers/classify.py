@@ -17,21 +17,17 @@ import numpy as np
 
 from .. import prompts
 from ..llm.base import Backend
-from ..records import RANDOM, ClassifierScore, Failure, HeldOutWindow
+from ..records import FIRES, RANDOM, ClassifierScore, Failure, HeldOutWindow
 from .base import ScoringContext
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FIRING = 0.3
-"""A token fires when its activation reaches this fraction of the neuron's maximum (and a window fires when one of
-its tokens does)."""
-
 
 def detection_items(windows: list[HeldOutWindow], max_activation: float, seed: int) -> list[tuple[str, int]]:
     """(text, 1 if the window makes the neuron fire) for each held-out window, shuffled with `seed`."""
     items = [
-        ("".join(w.tokens).replace("\n", " "), int(max(w.activations, default=0.0) >= FIRING * max_activation))
+        ("".join(w.tokens).replace("\n", " "), int(max(w.activations, default=0.0) >= FIRES * max_activation))
         for w in windows
     ]
     random.Random(seed).shuffle(items)
@@ -46,7 +42,7 @@ def fuzzing_items(windows: list[HeldOutWindow], max_activation: float, seed: int
     for w in windows:
         if w.split == RANDOM:
             continue
-        right = [a >= FIRING * max_activation for a in w.activations]
+        right = [a >= FIRES * max_activation for a in w.activations]
         k = sum(right)
         others = [i for i, r in enumerate(right) if not r]
         if not k or len(others) < k:

@@ -1,4 +1,4 @@
-"""The search explainer's formulas simulated exactly: 10 where the formula holds, 0 elsewhere."""
+"""The search explainer's formulas simulated exactly: the top of the 0-10 scale where the formula holds, 0 elsewhere."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from ..formulas import Formula, SearchError
 from ..llm.base import count
-from ..records import SIMULATED_NORMALIZED_ACTIVATIONS, Candidate, Component, SequenceSimulation, Usage
+from ..records import MAX_NORMALIZED, SIMULATED_NORMALIZED_ACTIVATIONS, Candidate, Component, SequenceSimulation, Usage
 
 
 class FormulaSimulator:
@@ -45,14 +45,15 @@ class FormulaSimulator:
         formula = self.formula_of(explanation)
         count(self.usage, requests=1)
         out = []
+        top = float(MAX_NORMALIZED)
         for tokens in windows:
             m = formula.mask(tokens)
             out.append(
                 SequenceSimulation(
                     tokens=list(tokens),
-                    expected_activations=[10.0 if v else 0.0 for v in m],
+                    expected_activations=[top if v else 0.0 for v in m],
                     activation_scale=SIMULATED_NORMALIZED_ACTIVATIONS,
-                    distribution_values=[[0.0, 10.0] for _ in m],
+                    distribution_values=[[0.0, top] for _ in m],
                     distribution_probabilities=[[0.0, 1.0] if v else [1.0, 0.0] for v in m],
                 )
             )

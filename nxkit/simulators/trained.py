@@ -13,7 +13,7 @@ from torch import nn
 
 from ..files import atomic_write
 from ..llm.base import count
-from ..records import SIMULATED_NORMALIZED_ACTIVATIONS, Candidate, Component, SequenceSimulation, Usage
+from ..records import MAX_NORMALIZED, SIMULATED_NORMALIZED_ACTIVATIONS, Candidate, Component, SequenceSimulation, Usage
 from .base import SimulateError, simulate_sync
 from .reader import READING, TEMPLATES, Reader, Reading, WindowIds, features, n_features
 
@@ -68,7 +68,7 @@ class TrainedSimulator:
         return simulate_sync(self, explanation, windows)
 
 
-N_BINS = 11
+N_BINS = MAX_NORMALIZED + 1
 """Activation bins 0-10, the release's normalised scale."""
 
 

@@ -19,7 +19,11 @@ import numpy as np
 
 from ..collection.collect import CollectConfig
 from ..records import ActivationRecord, NeuronId, NeuronRecord
-from ..rules import (
+from ..rules import (  # noqa: F401  (the catalogue is read here as synthetic.SURFACE / CONTEXT too)
+    CONTEXT,
+    CONTEXT_FIRST,
+    SURFACE,
+    SURFACE_FIRST,
     After,
     AfterNegation,
     Before,
@@ -132,140 +136,6 @@ def concept_explanations(concept: str, examples: Sequence[str], rng: random.Rand
     )
 
 
-SURFACE = {
-    "number": (
-        WordPattern(r"\d+(?:[.,]\d+)?"),
-        ("numbers", "numerals written with digits", "digits in numbers like 42"),
-    ),
-    "year": (
-        WordPattern(r"(?:1[5-9]|20)\d\d"),
-        ("years", "four-digit years", "years such as 1984 or 2001", "dates given as years"),
-    ),
-    "capitalised": (
-        WordPattern(r"[A-Z][a-z]+", 0.8),
-        ("capitalised words", "words starting with a capital letter", "proper nouns and other capitalised words"),
-    ),
-    "allcaps": (
-        WordPattern(r"[A-Z]{2,}"),
-        ("words in all capitals", "upper-case words and acronyms", "SHOUTED or all-caps words"),
-    ),
-    "suffix:ing": (WordPattern(r"[A-Za-z]+ing"), ("words ending in -ing", "-ing forms of verbs", "words like running")),
-    "suffix:ly": (WordPattern(r"[A-Za-z]+ly"), ("words ending in -ly", "adverbs ending in -ly", "words like quickly")),
-    "suffix:tion": (
-        WordPattern(r"[A-Za-z]+tions?"),
-        ("words ending in -tion", "nouns ending in -tion", "words like nation and station"),
-    ),
-    "line_start": (LineStart(), ("the first word of a line", "words right after a line break", "line beginnings")),
-    "comma": (Punctuation(","), ("commas", "the comma punctuation mark")),
-    "question": (Punctuation("?"), ("question marks", "the end of a question")),
-    "period": (Punctuation("."), ("full stops", "periods at the end of sentences", "the end of a sentence")),
-    "colon": (Punctuation(":"), ("colons", "the colon punctuation mark")),
-}
-"""Surface rules: name -> (rule, phrasings)."""
-SURFACE_FIRST = tuple(SURFACE)
-"""The first twelve surface kinds (what bench/search.py plants)."""
-
-
-def _suffix(suffix: str, examples: str) -> tuple[Rule, tuple[str, ...]]:
-    return WordPattern(rf"[A-Za-z]{{2,}}{suffix}"), (
-        f"words ending in -{suffix}",
-        f"words with the suffix -{suffix}",
-        f"words such as {examples}",
-    )
-
-
-def _prefix(prefix: str, examples: str) -> tuple[Rule, tuple[str, ...]]:
-    return WordPattern(rf"(?i:{prefix})[a-z]{{3,}}"), (
-        f"words beginning with {prefix}-",
-        f"words that start with the prefix {prefix}-",
-        f"words such as {examples}",
-    )
-
-
-def _mark(mark: str, name: str, more: str) -> tuple[Rule, tuple[str, ...]]:
-    return Punctuation(mark), (name, f"the {name} punctuation mark", more)
-
-
-SURFACE |= {
-    **{f"suffix:{s}": _suffix(s, ex) for s, ex in (
-        ("ed", "walked and wanted"), ("er", "teacher and bigger"), ("est", "biggest and oldest"),
-        ("ness", "kindness and darkness"), ("ment", "movement and payment"), ("able", "readable and capable"),
-        ("ful", "careful and hopeful"), ("less", "careless and endless"), ("ous", "famous and dangerous"),
-        ("ism", "realism and tourism"), ("ist", "artist and scientist"), ("ity", "city and quality"),
-        ("al", "final and natural"), ("ive", "active and expensive"), ("ic", "magic and public"),
-        ("ship", "friendship and leadership"),
-    )},
-    **{f"prefix:{p}": _prefix(p, ex) for p, ex in (
-        ("un", "unhappy and unknown"), ("re", "return and rebuild"), ("dis", "discover and dislike"),
-        ("pre", "prepare and present"), ("over", "overcome and overlook"), ("mis", "mistake and misery"),
-    )},
-    "short_word": (WordPattern(r"[A-Za-z]{1,2}"), ("very short words", "words of one or two letters", "tiny words like a, an, of")),
-    "long_word": (WordPattern(r"[A-Za-z]{10,}"), ("long words", "words of ten letters or more", "lengthy words like understanding")),
-    "digit": (WordPattern(r"\d"), ("single digits", "one-digit numbers", "numbers from 0 to 9")),
-    "vowel_start": (WordPattern(r"[AEIOUaeiou][a-z]+", 0.8), ("words starting with a vowel", "words whose first letter is a vowel")),
-    "double_letter": (WordPattern(r"[A-Za-z]*([a-z])\1[A-Za-z]*"), ("words with a double letter", "words like letter, book and all")),
-    "semicolon": _mark(";", "semicolons", "a semicolon between clauses"),
-    "exclamation": _mark("!", "exclamation marks", "the end of an exclamation"),
-    "apostrophe": _mark("'", "apostrophes", "the apostrophe in contractions and possessives"),
-    "hyphen": _mark("-", "hyphens and dashes", "dashes between words"),
-    "double_quote": _mark('"', "double quotation marks", "the quote marks themselves"),
-    "open_bracket": _mark("(", "opening parentheses", "the start of a bracket"),
-    "close_bracket": _mark(")", "closing parentheses", "the end of a bracket"),
-}  # fmt: skip
-
-CONTEXT = {
-    "after:of": (After("of"), ("the word after 'of'", "nouns following 'of'", "what comes right after 'of'")),
-    "after:the": (After("the"), ("the word after 'the'", "nouns right after the article 'the'")),
-    "after:to": (After("to"), ("the word after 'to'", "verbs and places following 'to'")),
-    "after:i": (After("i"), ("the word after 'I'", "verbs that follow 'I'")),
-    "quotes": (Inside('"', '"'), ("text inside quotation marks", "quoted words", "words between double quotes")),
-    "brackets": (Inside("(", ")"), ("text inside parentheses", "words in brackets", "parenthetical remarks")),
-    "after_negation": (
-        AfterNegation(),
-        ("words right after a negation", "what follows 'not' or 'never'", "negated words"),
-    ),
-    "repeat": (
-        Repeat(),
-        ("a word that already appeared earlier in the text", "the second occurrence of a repeated word"),
-    ),
-}
-"""Context rules: name -> (rule, phrasings)."""
-CONTEXT_FIRST = tuple(CONTEXT)
-"""The first eight context kinds (what bench/search.py plants)."""
-
-
-def _after(word: str, what: str) -> tuple[Rule, tuple[str, ...]]:
-    return After(word), (
-        f"the word after '{word}'",
-        f"{what} following '{word}'",
-        f"whatever comes right after '{word}'",
-    )
-
-
-def _before(word: str, what: str) -> tuple[Rule, tuple[str, ...]]:
-    return Before(word), (
-        f"the word before '{word}'",
-        f"{what} just ahead of '{word}'",
-        f"whatever comes right before '{word}'",
-    )
-
-
-CONTEXT |= {
-    **{f"after:{w}": _after(w, what) for w, what in (
-        ("in", "places and times"), ("a", "nouns and adjectives"), ("an", "nouns and adjectives"),
-        ("and", "words"), ("my", "things someone owns"), ("you", "verbs"), ("he", "verbs"), ("she", "verbs"),
-        ("we", "verbs"), ("they", "verbs"), ("is", "adjectives and verbs"), ("was", "adjectives and verbs"),
-        ("will", "verbs"), ("can", "verbs"), ("for", "nouns"), ("with", "nouns"), ("on", "nouns"),
-        ("at", "places and times"), ("by", "names and nouns"), ("from", "places and nouns"),
-        ("his", "things someone owns"), ("your", "things someone owns"), ("this", "nouns"), (",", "words"),
-        (".", "sentence openings"),
-    )},
-    **{f"before:{w}": _before(w, what) for w, what in (
-        ("of", "nouns"), ("and", "words"), ("is", "subjects"), ("the", "verbs and prepositions"),
-    )},
-}  # fmt: skip
-
-
 def concept_neurons(vocabulary: set[str], min_hits: int = 6, max_words: int = 1000) -> list[SyntheticNeuron]:
     """One neuron per noun or verb synset whose words occur at least `min_hits` times in `vocabulary` (the
     corpus's lower-case words), with at most `max_words` words, inflections counted (so it stays a concept, not a
@@ -301,8 +171,8 @@ def rule_neurons() -> list[SyntheticNeuron]:
     """Every surface and context neuron."""
     out = []
     for family, table in (("surface", SURFACE), ("context", CONTEXT)):
-        for name, (rule, phrasings) in table.items():
-            out.append(SyntheticNeuron(name, family, rule, phrasings, held_out=name in HELD_OUT_KINDS))
+        for name, entry in table.items():
+            out.append(SyntheticNeuron(name, family, entry.rule, entry.phrasings, held_out=name in HELD_OUT_KINDS))
     return out
 
 

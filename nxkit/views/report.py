@@ -15,6 +15,7 @@ import pandas as pd
 
 from .. import scorers
 from ..files import atomic_write
+from ..heldout import labelled_simulations
 from ..records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
 from ..runs import Run, as_run, side_by_side
 from ..scorers.correlation import OFFLINE_NOTE, mean_scores
@@ -118,7 +119,8 @@ def neuron_section(run: Run, nid: NeuronId, max_windows: int = 6) -> str:
     if summary is not None and summary.status == "done" and results and results.scored_explanations:
         seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
         max_act = max_activation_of(summary, seqs=seqs)
-        parts.append(viz.split_heatmaps(seqs, summary.window_splits, max_act, max(1, max_windows // 2)))
+        windows = labelled_simulations(results, summary.window_splits)
+        parts.append(viz.split_heatmaps(windows, max_act, max(1, max_windows // 2)))
     parts.append("</div>")
     return "".join(parts)
 

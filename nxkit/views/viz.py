@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..records import NeuronRevision, NeuronSummary, ScoredSequenceSimulation
+from ..records import NeuronRevision, NeuronSummary, ScoredSequenceSimulation, ScoredWindow
 from ..runs import Run, as_run
 from ..scorers.correlation import simulation_scale
 
@@ -448,13 +448,11 @@ def neuron_html(summary: NeuronSummary | None, revision: NeuronRevision | None =
     return "".join(parts)
 
 
-def split_heatmaps(
-    seqs: Sequence[ScoredSequenceSimulation], splits: Sequence[str], max_activation: float, n: int
-) -> str:
+def split_heatmaps(windows: Sequence[ScoredWindow], max_activation: float, n: int) -> str:
     """Scored windows as heatmaps under a heading per split (top, random), read from each window's label."""
     out = []
     for split in ("top", "random"):
-        chosen = [s for s, label in zip(seqs, splits, strict=True) if label == split]
+        chosen = [w.simulation for w in windows if w.split == split]
         out.append(f"<h4>{split} windows</h4>" + (scored_heatmaps(chosen, max_activation, n) or "<p>none</p>"))
     return "".join(out)
 

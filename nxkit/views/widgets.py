@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..collection.probe import probe
+from ..heldout import labelled_simulations
 from ..records import (
     NEGATIVE,
     POSITIVE,
@@ -165,7 +166,7 @@ def windows_html(data: NeuronData, n: int = 4) -> str:
     """Top and random windows as heatmaps: the scored ones with real and simulated rows, else the record's real ones."""
     seqs, max_act = data.scored, data.max_activation
     if seqs and data.summary is not None and len(data.summary.window_splits) == len(seqs):
-        body = viz.split_heatmaps(seqs, data.summary.window_splits, max_act, n)
+        body = viz.split_heatmaps(labelled_simulations(data.results, data.summary.window_splits), max_act, n)
         note = "held-out windows the explanation was scored on"
     elif data.record is not None:
         top = _record_heatmaps(data.record.most_positive_activation_records, max_act, n)
