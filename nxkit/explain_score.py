@@ -43,7 +43,7 @@ from .records import (
 )
 from .runs import Run, as_run
 from .scorers import ScoringContext
-from .scorers.correlation import score_simulation, scores
+from .scorers.correlation import paired_difference, score_simulation, scores
 from .seeds import mix_seed
 from .simulators.base import Simulator, concurrent
 
@@ -220,34 +220,60 @@ class _Flight:
         """What this call has spent so far (its backends may have served earlier calls too)."""
         return _sum_usage(*self.usages).minus(self.spent_before)
 
-    async def partner(self, summary: NeuronSummary) -> tuple[NeuronId, str] | str | None:
-        """The first neuron along this one's control order with an explanation different from its own (`PENDING`
-        when one before it will only be explained by a later call)."""
+    async def partners(self, summary: NeuronSummary):
+        """The neurons along this one's control order with an explanation different from its own, in order, each
+        as (neuron, explanation); `PENDING` (and no more) when one before them will only be explained by a later
+        call."""
         for other in self.order.get(summary.neuron_id, []):
             explanation = await self.explanations[other]
             if explanation is PENDING:
-                return PENDING
+                yield PENDING
+                return
             if explanation is not None and explanation.text != summary.original_explanation:
-                return other, explanation
-        return None
+                yield other, explanation
+
+
+CONTROL_TRIES = 5
+"""Partners a neuron's shuffled control tries, in its seeded order, until one gives a defined control (another
+neuron's formula often holds nowhere on this neuron's windows: a constant prediction has no correlation)."""
 
 
 async def _control(flight: _Flight, simulator: Simulator, summary: NeuronSummary) -> NeuronSummary:
-    """Score a done neuron's valid windows with its control partner's explanation, as soon as that one has one."""
-    found = await flight.partner(summary)
-    if found is PENDING:
-        return summary  # left without a control or a reason: a later call runs it with the same partner
-    if found is None:
-        summary.shuffled_control_reason = "no other neuron of the sample has a different explanation"
-    else:
+    """Score a done neuron's valid windows with its control partner's explanation, as soon as that one has one: the
+    windows the real score was computed on (failed ones left out of both), the first partner along the seeded order
+    whose control is defined (up to `CONTROL_TRIES`), and the gap's interval from a paired bootstrap."""
+    results = flight.run.read_results(summary.neuron_id)
+    real = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
+    kept = [i for i, s in enumerate(real) if s.simulation.expected_activations]
+    windows = [w for i, w in enumerate(scored_windows(results, summary.window_splits)) if i in kept]
+    tried, last = 0, None
+    async for found in flight.partners(summary):
+        if found is PENDING:
+            return summary  # left without a control or a reason: a later call runs it with the same partners
         other, explanation = found
-        windows = scored_windows(flight.run.read_results(summary.neuron_id), summary.window_splits)
-        _, control, fails = await simulate_and_score(
+        scored, control, fails = await simulate_and_score(
             simulator, explanation, windows, summary.max_activation, stage="shuffled_control"
         )
-        summary.shuffled_control, summary.shuffled_control_from = control.top_and_random, other
-        summary.shuffled_control_explanation = explanation.text
         summary.failures.extend(fails)
+        tried, last = tried + 1, (other, explanation, scored, control)
+        if control.top_and_random is not None or tried >= CONTROL_TRIES:
+            break
+    if last is None:
+        summary.shuffled_control_reason = "no other neuron of the sample has a different explanation"
+        return summary
+    other, explanation, scored, control = last
+    summary.shuffled_control, summary.shuffled_control_from = control.top_and_random, other
+    summary.shuffled_control_explanation = explanation.text
+    summary.shuffled_control_interval = control.top_and_random_interval
+    if control.top_and_random is None:
+        summary.shuffled_control_reason = (
+            f"undefined for each of the {tried} partners tried ({control.top_and_random_flag}): their explanations "
+            "predict a constant on these windows"
+        )
+    theirs = [s.simulation.expected_activations for s in scored.scored_sequence_simulations]
+    mine = [real[i] for i in kept]
+    seed = mix_seed(summary.neuron_id.layer_index, summary.neuron_id.neuron_index, 11)
+    summary.shuffled_gap_value, summary.shuffled_gap_interval = paired_difference(mine, theirs, seed)
     return summary
 
 

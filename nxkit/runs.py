@@ -43,19 +43,22 @@ from .records import (
 )
 
 FINISHED = ("done", "dead", "failed")
+INTERVAL_COLUMNS = [f"{k}_{end}" for k in ("top_and_random", "random_only", "shuffled_control", "shuffled_gap")
+                    for end in ("lo", "hi")]  # fmt: skip
+"""The 95% bootstrap interval of each score, its low and high end."""
 TABLE_COLUMNS = [
     "run", "layer", "neuron", "sign", "status", "reason", "explanation", "kept", "top_and_random", "random_only",
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
     "original_explanation", "original_top_and_random", "revision_status", "score_before", "score_after",
     "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens", "simulator", "formula",
-    "negative_mass_share", "negative_tail_share",
+    "negative_mass_share", "negative_tail_share", *INTERVAL_COLUMNS,
 ]  # fmt: skip
 """Columns of the run table that every run has, one row per neuron and side; each registered scorer adds its own
 (`table_columns`)."""
 NUMERIC_COLUMNS = [
     "top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation", "original_top_and_random",
     "score_before", "score_after", "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens",
-    "negative_mass_share", "negative_tail_share",
+    "negative_mass_share", "negative_tail_share", *INTERVAL_COLUMNS,
 ]  # fmt: skip
 
 
@@ -411,8 +414,17 @@ def table_row(
         "formula": next((formula_text(c.formula) for c in s.candidates if c.formula and c.text == s.explanation), None),
         "negative_mass_share": s.negative_mass_share,
         "negative_tail_share": s.negative_tail_share,
+        **_ends("top_and_random", s.scores.top_and_random_interval),
+        **_ends("random_only", s.scores.random_only_interval),
+        **_ends("shuffled_control", s.shuffled_control_interval),
+        **_ends("shuffled_gap", s.shuffled_gap_interval),
         **scorers.table_values(s.scorer_results),
     }
+
+
+def _ends(name: str, interval: list[float] | None) -> dict[str, float | None]:
+    lo, hi = interval if interval else (None, None)
+    return {f"{name}_lo": lo, f"{name}_hi": hi}
 
 
 def formula_text(terms: list) -> str:

@@ -24,6 +24,7 @@ from nxkit.scorers.correlation import (
     aggregate_scored,
     correlation_score,
     mean_scores,
+    means_line,
     rsquared_score,
     score_flag,
     score_simulation,
@@ -139,4 +140,8 @@ def test_mean_scores_skips_undefined():
     ]
     out = mean_scores(rows)
     assert out["top_and_random"] == pytest.approx(0.2) and out["n_top_and_random"] == 1
+    assert out["undefined_top_and_random"] == 1 and out["zero_top_and_random"] == pytest.approx(0.1)
     assert out["shuffled_control"] == pytest.approx(0.05) and out["n_neurons"] == 2
+    line = means_line(out)  # every mean says over how many, and how many were undefined
+    assert "score +0.20 (1 defined, 1 undefined, +0.10 with undefined as 0)" in line
+    assert "gap +0.20 (mean of per-neuron gaps over the 1 with a score and a control)" in line

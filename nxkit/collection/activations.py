@@ -77,6 +77,20 @@ class Activations:
         """[d_mlp, 4] mean, variance, skewness and excess kurtosis of every neuron of `layer`."""
         return np.asarray(self._array(layer, "moments"))
 
+    def own_windows(self, layer: int, neuron: int) -> set[int]:
+        """The ids of the windows kept as the neuron's top or most negative windows (on either side)."""
+        ids = set(self._array(layer, "top_windows")[neuron].tolist())
+        if (bottom := self._array(layer, "bottom_windows")) is not None:
+            ids |= set(bottom[neuron].tolist())
+        return ids - {-1}
+
+    def _random_records(self, layer: int, neuron: int, factor: float = 1.0) -> list[ActivationRecord]:
+        """The neuron's random sample without any window that is one of its own top or most negative windows (by
+        window id), so a held-out random window is never a window the explainer may have been shown."""
+        ids = np.array(self._array(layer, "random_windows")[neuron])
+        ids[np.isin(ids, list(self.own_windows(layer, neuron)))] = -1
+        return self._records(self._array(layer, "random_acts")[neuron], ids, factor)
+
     def _records(self, acts: np.ndarray, window_ids: np.ndarray, factor: float = 1.0) -> list[ActivationRecord]:
         strings = self.token_strings
         out = []
@@ -117,9 +131,7 @@ class Activations:
         band_acts, band_windows = self._array(layer, "band_acts")[neuron], self._array(layer, "band_windows")[neuron]
         return NeuronRecord(
             neuron_id=NeuronId(layer, neuron),
-            random_sample=self._records(
-                self._array(layer, "random_acts")[neuron], self._array(layer, "random_windows")[neuron]
-            ),
+            random_sample=self._random_records(layer, neuron),
             random_sample_by_quantile=None
             if bounds is None
             else [self._records(a, w) for a, w in zip(band_acts, band_windows, strict=True)],
@@ -144,9 +156,7 @@ class Activations:
         mean, var, skew, kurt = (float(v) for v in self._array(layer, "moments")[neuron])
         return NeuronRecord(
             neuron_id=NeuronId(layer, neuron),
-            random_sample=self._records(
-                self._array(layer, "random_acts")[neuron], self._array(layer, "random_windows")[neuron], -1.0
-            ),
+            random_sample=self._random_records(layer, neuron, -1.0),
             mean=-mean,
             variance=var,
             skewness=-skew,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..formulas import KINDS, SEARCHED, Formula, Primitive, SearchError, fixed_primitives
-from ..heldout import random_splits, top_splits
+from ..heldout import top_splits
 from ..llm.base import count
 from ..records import (
     ActivationRecord,
@@ -129,10 +129,10 @@ class SearchTrace:
 
 
 def search_windows(record: NeuronRecord) -> list[ActivationRecord]:
-    """The windows a neuron's formula is searched on: its training top windows and its calibration windows (top and
-    random). The valid and test windows stay held out for scoring."""
-    top, rand = top_splits(record), random_splits(record)
-    return top["train"] + top["calibration"] + rand["calibration"]
+    """The windows a neuron's formula is searched on: its training top windows alone (what an explainer is shown).
+    The pick among the formulas is made on the calibration windows, the score on the valid ones: nothing is chosen
+    on the windows it was fitted on, nor reported on the windows it was chosen on (`heldout`)."""
+    return top_splits(record)["train"]
 
 
 def correlations(masks: np.ndarray, y: np.ndarray) -> np.ndarray:

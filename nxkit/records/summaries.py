@@ -105,6 +105,10 @@ class Scores:
     """Windows scored."""
     n_failed: int = 0
     """Windows whose simulation failed (left out of both scores)."""
+    top_and_random_interval: list[float] | None = None
+    """The 95% interval of `top_and_random` from a seeded bootstrap over the windows (None: undefined)."""
+    random_only_interval: list[float] | None = None
+    """The same for `random_only`."""
 
 
 @register
@@ -166,6 +170,12 @@ class NeuronSummary:
     """That explanation."""
     shuffled_control_reason: str | None = None
     """Why there is no control, when there is none."""
+    shuffled_control_interval: list[float] | None = None
+    """The control's 95% interval (a seeded bootstrap over the windows)."""
+    shuffled_gap_value: float | None = None
+    """The original explanation's score minus the control's on the same windows (those both simulations scored)."""
+    shuffled_gap_interval: list[float] | None = None
+    """Its 95% interval, from one bootstrap that resamples the same windows for both."""
     failures: list[Failure] = field(default_factory=list)
     """Unparsable answers and failed windows, with their raw text."""
     simulator: Component | None = None
@@ -223,8 +233,11 @@ class NeuronSummary:
 
     @property
     def shuffled_gap(self) -> float | None:
-        """The kept explanation's score minus the shuffled control's (near 0: the simulator ignores explanations)."""
-        if self.top_and_random is None or self.shuffled_control is None:
+        """The explanation's score minus the shuffled control's on the same windows (near 0: the simulator ignores
+        explanations); for summaries written before that was stored, the kept score minus the control."""
+        if self.shuffled_gap_value is not None:
+            return self.shuffled_gap_value
+        if self.shuffled_control_interval is not None or self.top_and_random is None or self.shuffled_control is None:
             return None
         return self.top_and_random - self.shuffled_control
 

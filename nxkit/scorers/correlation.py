@@ -184,11 +184,83 @@ def split_correlation(scored: ScoredSimulation, splits: Sequence[str], split: st
     return correlation_score(*_predicted(chosen))
 
 
-def scores(scored: ScoredSimulation, splits: Sequence[str]) -> Scores:
-    """Top-and-random and random-only correlation with their flags, as the summary records them."""
+BOOTSTRAP = 1000
+"""Resamples of a neuron's windows behind every interval."""
+LEVEL = 0.95
+"""The coverage of every interval."""
+
+
+def _window_stats(seqs: Sequence[ScoredSequenceSimulation], predicted: Sequence[Sequence[float]] | None = None):
+    """Per window: n, sum r, sum p, sum r^2, sum p^2, sum rp (the sufficient statistics of a pooled correlation)."""
+    rows = []
+    for i, s in enumerate(seqs):
+        r = np.asarray(s.true_activations, dtype=np.float64)
+        p = np.asarray(s.simulation.expected_activations if predicted is None else predicted[i], dtype=np.float64)
+        rows.append([r.size, r.sum(), p.sum(), (r * r).sum(), (p * p).sum(), (r * p).sum()])
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+
+
+def _pooled_corr(sums: np.ndarray) -> np.ndarray:
+    """Pearson correlation from summed statistics, one per row (NaN where either side is constant)."""
+    n, sr, sp, srr, spp, srp = sums.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = srp - sr * sp / n
+        vr, vp = srr - sr * sr / n, spp - sp * sp / n
+        out = cov / np.sqrt(vr * vp)
+    out[(vr <= 1e-12 * np.maximum(srr, 1)) | (vp <= 1e-12 * np.maximum(spp, 1)) | (n < 2)] = np.nan
+    return out
+
+
+def _resample_counts(n_windows: int, seed: int, n: int = BOOTSTRAP) -> np.ndarray:
+    """[n, n_windows] how often each window is drawn in each resample (windows drawn with replacement)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_windows, np.full(n_windows, 1.0 / n_windows), size=n).astype(np.float64)
+
+
+def _interval(values: np.ndarray) -> list[float] | None:
+    """The central `LEVEL` interval of resampled values; None when fewer than half the resamples are defined."""
+    ok = values[np.isfinite(values)]
+    if len(ok) < len(values) / 2:
+        return None
+    tail = (1 - LEVEL) / 2 * 100
+    return [round(float(np.percentile(ok, tail)), 4), round(float(np.percentile(ok, 100 - tail)), 4)]
+
+
+def bootstrap_interval(seqs: Sequence[ScoredSequenceSimulation], seed: int = 0) -> list[float] | None:
+    """A seeded bootstrap over windows of the pooled correlation: the 95% interval, or None (too few windows, or
+    mostly undefined). Failed windows are left out, as the score leaves them out."""
+    ok = [s for s in seqs if s.simulation.expected_activations]
+    if len(ok) < 2:
+        return None
+    counts = _resample_counts(len(ok), seed)
+    return _interval(_pooled_corr(counts @ _window_stats(ok)))
+
+
+def paired_difference(
+    seqs: Sequence[ScoredSequenceSimulation], other: Sequence[Sequence[float]], seed: int = 0
+) -> tuple[float | None, list[float] | None]:
+    """The correlation of `seqs`' simulation minus that of `other` predictions on the same windows (the gap of the
+    shuffled control), and its 95% interval from one bootstrap that resamples the same windows for both."""
+    keep = [i for i, s in enumerate(seqs) if s.simulation.expected_activations and len(other[i])]
+    if len(keep) < 2:
+        return None, None
+    chosen, theirs = [seqs[i] for i in keep], [other[i] for i in keep]
+    mine_stats, their_stats = _window_stats(chosen), _window_stats(chosen, theirs)
+    whole = np.ones((1, len(keep)))
+    point = _pooled_corr(whole @ mine_stats) - _pooled_corr(whole @ their_stats)
+    counts = _resample_counts(len(keep), seed)
+    diffs = _pooled_corr(counts @ mine_stats) - _pooled_corr(counts @ their_stats)
+    value = float(point[0]) if np.isfinite(point[0]) else None
+    return value, _interval(diffs) if value is not None else None
+
+
+def scores(scored: ScoredSimulation, splits: Sequence[str], seed: int = 0) -> Scores:
+    """Top-and-random and random-only correlation with their flags and their bootstrap intervals, as the summary
+    records them."""
     seqs = scored.scored_sequence_simulations
     both = correlation_score(*_predicted(seqs))
     rand = split_correlation(scored, splits, RANDOM)
+    random_seqs = [s for s, label in zip(seqs, splits, strict=True) if label == RANDOM]
     return Scores(
         top_and_random=both.value,
         random_only=rand.value,
@@ -196,20 +268,51 @@ def scores(scored: ScoredSimulation, splits: Sequence[str]) -> Scores:
         random_only_flag=rand.flag,
         n_windows=len(seqs),
         n_failed=sum(not s.simulation.expected_activations for s in seqs),
+        top_and_random_interval=bootstrap_interval(seqs, seed) if both.value is not None else None,
+        random_only_interval=bootstrap_interval(random_seqs, seed) if rand.value is not None else None,
     )
 
 
 def mean_scores(rows: Sequence[Mapping]) -> dict:
-    """Means over neurons of top-and-random, random-only, shuffled-control scores and the gap (undefined ones skipped).
+    """Means over neurons of the top-and-random, random-only and shuffled-control scores and of the per-neuron gap,
+    each with its count: `n_<key>` defined, `undefined_<key>` undefined, and `zero_<key>` the mean with undefined
+    scores counted as 0 (a formula that holds nowhere predicts nothing). The gap is the mean of per-neuron gaps over
+    the neurons that have both a score and a control. `lower_above_0` counts the neurons whose score's interval lies
+    above 0, `gap_lower_above_0` those whose gap's interval lies above 0.
 
     `rows` are the run table's rows (or any mappings with those keys).
     """
 
-    def mean(key: str) -> tuple[float | None, int]:
-        vals = [float(r[key]) for r in rows if r.get(key) is not None and not math.isnan(r[key])]
-        return (float(np.mean(vals)) if vals else None, len(vals))
+    def defined(key: str) -> list[float]:
+        return [float(r[key]) for r in rows if r.get(key) is not None and not math.isnan(r[key])]
 
     out: dict = {"n_neurons": len(rows)}
     for key in ("top_and_random", "random_only", "shuffled_control", "shuffled_gap"):
-        out[key], out[f"n_{key}"] = mean(key)
+        vals = defined(key)
+        out[key] = float(np.mean(vals)) if vals else None
+        out[f"n_{key}"], out[f"undefined_{key}"] = len(vals), len(rows) - len(vals)
+        out[f"zero_{key}"] = float(np.sum(vals) / len(rows)) if rows else None
+    out["lower_above_0"] = len([v for v in defined("top_and_random_lo") if v > 0])
+    out["gap_lower_above_0"] = len([v for v in defined("shuffled_gap_lo") if v > 0])
     return out
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.2f}"
+
+
+def means_line(m: dict) -> str:
+    """`mean_scores` as one line that says over how many neurons every mean is and how many were undefined."""
+
+    def part(key: str, name: str) -> str:
+        undefined = m[f"undefined_{key}"]
+        extra = f", {_f(m[f'zero_{key}'])} with undefined as 0" if undefined else ""
+        return f"{name} {_f(m[key])} ({m[f'n_{key}']} defined, {undefined} undefined{extra})"
+
+    return (
+        f"mean over {m['n_neurons']} scored neurons: {part('top_and_random', 'score')}, "
+        f"{part('random_only', 'random only')}, {part('shuffled_control', 'shuffled control')}, gap "
+        f"{_f(m['shuffled_gap'])} (mean of per-neuron gaps over the {m['n_shuffled_gap']} with a score and a control); "
+        f"95% interval above 0: score {m['lower_above_0']} of {m['n_top_and_random']}, gap {m['gap_lower_above_0']} "
+        f"of {m['n_shuffled_gap']}"
+    )

@@ -18,7 +18,7 @@ from ..files import atomic_write
 from ..heldout import labelled_simulations
 from ..records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
 from ..runs import Run, as_run, side_by_side
-from ..scorers.correlation import OFFLINE_NOTE, mean_scores
+from ..scorers.correlation import OFFLINE_NOTE, mean_scores, means_line
 from . import viz
 from .viz import esc
 
@@ -67,9 +67,12 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
         ("neuron", "neuron"),
         ("status", "status"),
         ("top_and_random", "score"),
+        ("top_and_random_lo", "score 95% low"),
+        ("top_and_random_hi", "score 95% high"),
         ("random_only", "random only"),
         ("shuffled_control", "shuffled control"),
         ("shuffled_gap", "gap"),
+        ("shuffled_gap_lo", "gap 95% low"),
         ("score_after", "after revision"),
         ("explanation", "explanation"),
         ("simulator", "scored by"),
@@ -82,7 +85,7 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
     def cell(key, v, r) -> str:
         if key == "neuron":
             return f'<a href="#n-{r.layer}-{r.neuron}">{v}</a>'
-        if key in viz.SCORE_COLUMNS or key in extra:
+        if key in viz.SCORE_COLUMNS or key in extra or key.endswith(("_lo", "_hi")):
             return viz.num(v)
         if key == "explanation":
             return esc(v if isinstance(v, str) else (r.reason if isinstance(r.reason, str) else ""))
@@ -165,9 +168,8 @@ def sides_html(run: Run, max_neurons: int, max_windows: int) -> tuple[str, list]
     )
     html = (
         f"<h2>Both signs</h2><p>Each neuron's negative side (its activations negated: the windows where it is most "
-        f"negative) is explained and scored as its own unit. Negative side: {len(neg)} neurons · mean score "
-        f"{viz.num(means['top_and_random'])} · random only {viz.num(means['random_only'])} · shuffled control "
-        f"{viz.num(means['shuffled_control'])} · gap {viz.num(means['shuffled_gap'])}.</p><p>{shares}</p>"
+        f"negative) is explained and scored as its own unit. Negative side: {len(neg)} neurons · "
+        f"{esc(means_line(means))}.</p><p>{shares}</p>"
         f"{sortable_table(sides, cols, cell)}<h3>Windows of the negative side</h3>{sections}"
     )
     return html, [viz.sides_scatter(sides)]
@@ -218,9 +220,7 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
     counts = df["status"].value_counts().to_dict()
     summary = ("positive side: " if len(run.sides()) > 1 else "") + (
         f"{len(df)} neurons ({', '.join(f'{esc(k)}: {v}' for k, v in counts.items()) or 'none yet'}) · "
-        f"mean score {viz.num(means['top_and_random'])} · random only {viz.num(means['random_only'])} · "
-        f"shuffled control {viz.num(means['shuffled_control'])} · gap {viz.num(means['shuffled_gap'])} · "
-        f"above {viz.PAPER_THRESHOLD}: {share['above']} of {share['n']}"
+        f"{esc(means_line(means))} · above {viz.PAPER_THRESHOLD}: {share['above']} of {share['n']}"
     )
     note = f'<p class="nx-note">{esc(OFFLINE_NOTE)}</p>' if explain.simulator and explain.simulator.smoke_level else ""
     sides, side_figs = sides_html(run, max_neurons, max_windows)
@@ -267,27 +267,33 @@ def _fmt(v) -> str:
     return "    —" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
 
 
+def _interval(lo, hi) -> str:
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return "—"
+    return f"[{lo:+.2f},{hi:+.2f}]"
+
+
 def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 60) -> str:
     """A plain-text table of the run's neurons (the kept explanation, its scores, control, revision) with means."""
     df = run.table(neurons=neurons)
-    head = f"{'layer':>5} {'neuron':>6} {'status':<7} {'score':>6} {'random':>6} {'shuffl':>6} {'gap':>6} {'revised':>7}  explanation"
+    head = (
+        f"{'layer':>5} {'neuron':>6} {'status':<7} {'score':>6} {'95% interval':>13} {'random':>6} {'shuffl':>6} "
+        f"{'gap':>6} {'revised':>7}  explanation"
+    )
     lines = [head, "-" * len(head)]
     for r in df.itertuples():
         text = r.explanation if isinstance(r.explanation, str) else (r.reason or "")
         text = text.replace("\n", " ")
         text = text if len(text) <= width else text[: width - 1] + "…"
         lines.append(
-            f"{r.layer:>5} {r.neuron:>6} {r.status or '?':<7} {_fmt(r.top_and_random):>6} {_fmt(r.random_only):>6} "
+            f"{r.layer:>5} {r.neuron:>6} {r.status or '?':<7} {_fmt(r.top_and_random):>6} "
+            f"{_interval(r.top_and_random_lo, r.top_and_random_hi):>13} {_fmt(r.random_only):>6} "
             f"{_fmt(r.shuffled_control):>6} {_fmt(r.shuffled_gap):>6} {_fmt(r.score_after):>7}  {text}"
         )
     m = mean_scores(df[df["status"] == "done"].to_dict("records"))
     share = viz.share_above(df)
     lines.append("-" * len(head))
-    lines.append(
-        f"mean over {m['n_neurons']} scored neurons: score {_fmt(m['top_and_random'])}, random only {_fmt(m['random_only'])}, "
-        f"shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}; "
-        f"above 0.8: {share['above']} of {share['n']}"
-    )
+    lines.append(f"{means_line(m)}; above 0.8: {share['above']} of {share['n']}")
     lines += scorers.summary_lines(df)
     sims = sorted(set(df["simulator"].dropna()))
     if sims:
@@ -326,8 +332,5 @@ def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
     neg = run.side(NEGATIVE).table(neurons=neurons)
     m = mean_scores(neg[neg["status"] == "done"].to_dict("records"))
     lines.append("-" * len(head))
-    lines.append(
-        f"negative side, mean over {m['n_neurons']} scored neurons: score {_fmt(m['top_and_random'])}, random only "
-        f"{_fmt(m['random_only'])}, shuffled control {_fmt(m['shuffled_control'])}, gap {_fmt(m['shuffled_gap'])}"
-    )
+    lines.append(f"negative side, {means_line(m)}")
     return "\n".join(lines)
