@@ -89,6 +89,14 @@ def cmd_run(config: PipelineConfig) -> None:
     t0 = time.perf_counter()
     result = run_pipeline(config)
     print("\n" + summary_table(result.run, result.neurons))
+    if config.baseline:
+        from .runs import Run
+        from .scorers.correlation import baseline_line
+
+        base = Run(config.baseline)
+        if not base.neurons():
+            raise PipelineError(f"--baseline {config.baseline}: that run has no explained neurons; run it first")
+        print(f"against the baseline {base.path}: {baseline_line(result.run.table(), base.table())}")
     if result.smoke_level:
         print(OFFLINE_NOTE)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())

@@ -107,6 +107,11 @@ async def process_neuron(
     best = max(candidates, key=lambda c: -2.0 if c.calibration_score is None else c.calibration_score)
     valid = held_out(record, "valid", config.valid_windows, config.sim_window_tokens)
     scored, s, fails = await simulate_and_score(simulator, best, valid, record.max_activation)
+    test_scores = None
+    if config.split_half:
+        test = held_out(record, "test", config.valid_windows, config.sim_window_tokens)
+        _, test_scores, test_fails = await simulate_and_score(simulator, best, test, record.max_activation, "test")
+        fails = fails + test_fails
     results = {}
     for name in dict.fromkeys(k for k in config.scorers if k != scorers.SIMULATION):
         seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
@@ -125,6 +130,7 @@ async def process_neuron(
         failures=failures + fails,
         seconds=round(time.perf_counter() - t0, 2),
         scorer_results=results,
+        test_scores=test_scores,
         **base,
     )
     return summary, NeuronSimulationResults(nid, [ScoredExplanation(best.text, scored)])

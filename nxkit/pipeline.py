@@ -53,6 +53,11 @@ class SourceConfig:
     """Seed of the corpus windows' order and of the neuron sample."""
     device: str | None = None
     """cpu | cuda (None: cuda when available)."""
+    subject_init: Literal["trained", "random"] = "trained"
+    """`random` re-initialises the subject model (the same architecture, every weight drawn anew under
+    `subject_init_seed`): the whole method on a network that learnt nothing, the baseline a score must beat."""
+    subject_init_seed: int = 0
+    """Seed of the random re-initialisation."""
 
     def __post_init__(self):
         if self.max_tokens < self.window or self.window < 2:
@@ -112,6 +117,9 @@ class PipelineConfig:
     """Try neurons whose explanation or revision failed before again."""
     report: bool = True
     """Write runs/<name>/report.html at the end."""
+    baseline: str | None = None
+    """A run directory to compare with (a `--subject-init random` run of the same method, say): its scores are
+    printed and drawn beside this run's, with the difference of means and its interval."""
     progress: bool = True
     """Progress bars and stage headers."""
 
@@ -272,7 +280,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         from .views.report import write_report
 
         stages.start("report", "report")
-        report = write_report(run)
+        report = write_report(run, baseline=config.baseline)
         stages.stop()
     run.update_manifest(pipeline_seconds={k: round(v, 1) for k, v in stages.seconds.items()})
     smoke = any(Component.of(c.describe()).smoke_level for c in (explainer, simulator))
@@ -289,7 +297,7 @@ def prepare_collection(config: PipelineConfig, run: Run):
     if not run.has_collection():
         from .collection.collect import collect
 
-        model = load_subject(src.model, device=src.device)
+        model = load_subject(src.model, device=src.device, init=src.subject_init, init_seed=src.subject_init_seed)
         windows = make_windows(model.tokenizer, src.corpus, window=src.window, max_tokens=src.max_tokens, seed=src.seed)
         if config.progress:
             print(f"corpus: {windows.summary()}", flush=True)
@@ -383,7 +391,8 @@ def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, 
     from .revise import pending, revise_run
 
     if model is None and pending(run, neurons, config.retry_failed):
-        model = load_subject(config.source.model, device=config.source.device)
+        src = config.source
+        model = load_subject(src.model, device=src.device, init=src.subject_init, init_seed=src.subject_init_seed)
     revise_run(
         run, model, explainer.llm, simulator, config.revise, neurons=neurons, progress=config.progress,
         retry_failed=config.retry_failed,
@@ -402,4 +411,10 @@ def _check_same_collection(manifest: CollectionManifest, config: PipelineConfig,
         raise PipelineError(
             f"{run.path} was collected with model {have[0]!r} on corpus {have[1]!r}, not {want!r} on {src.corpus!r}; "
             "choose another run name (--name), or delete that run directory to start over"
+        )
+    init = "trained" if src.subject_init == "trained" else f"random:{src.subject_init_seed}"
+    if manifest.subject_init != init:
+        raise PipelineError(
+            f"{run.path} was collected from the subject model's {manifest.subject_init!r} weights, not {init!r}; a "
+            "random-network baseline needs a run of its own (another --name)"
         )

@@ -162,6 +162,12 @@ def held_out_windows(run: Run, nid: NeuronId, record: NeuronRecord | None = None
     return held_out(record, "valid", None)
 
 
+def calibration_windows(run: Run, record: NeuronRecord) -> list[HeldOutWindow]:
+    """The calibration windows keep-or-revise is chosen on: as many, and cropped as, the run's best-of-k used."""
+    settings = (run.manifest().explain or StageRecord()).config
+    return held_out(record, "calibration", settings.get("calibration_windows", 5), settings.get("sim_window_tokens"))
+
+
 def top_windows(record: NeuronRecord, config: ReviseConfig) -> list[prompts.Window]:
     """The strongest training windows, cropped around their peaks, on the 0-10 scale."""
     return train_windows(record, config.n_top_windows, config.top_window_tokens)
@@ -395,25 +401,32 @@ async def _revise_neuron(
 async def _revise_rounds(
     out: NeuronRevision, run: Run, model, explainer, simulator, config: ReviseConfig
 ) -> ScoredSimulation | None:
-    """Run the rounds into `out`; returns the kept revision's scored simulation (None when the original stays)."""
+    """Run the rounds into `out`; returns the kept revision's scored simulation on the valid windows (None when the
+    original stays). Every keep-or-revise choice is made on the calibration windows; the kept revision is then
+    scored on the valid windows, which nothing chose on, beside the original's valid score."""
     nid = out.neuron_id
     record = run.activations().neuron_record(nid.layer_index, nid.neuron_index)
     windows = held_out_windows(run, nid, record)
-    out.n_held_out_windows = len(windows)
+    calibration = calibration_windows(run, record)
+    out.n_held_out_windows, out.n_calibration_windows = len(windows), len(calibration)
     rescore = _simulator_changed(run, simulator) if config.rescore_original is None else config.rescore_original
     if rescore:
         _, rescored = await _score_on(simulator, out.original_explanation, windows, record.max_activation)
         out.score_before = rescored.top_and_random
         out.score_before_source = "rescored"
-    current, score, kept = out.original_explanation, out.score_before, None
+    _, original = await _score_on(simulator, out.original_explanation, calibration, record.max_activation)
+    current, score = out.original_explanation, original.top_and_random
     for r in range(config.rounds):
-        rnd, scored = await _revise_round(
-            model, record, current, score, windows, explainer, simulator, config, r, run.sign
+        rnd, chosen = await _revise_round(
+            model, record, current, score, calibration, explainer, simulator, config, r, run.sign
         )
         out.rounds.append(rnd)
-        if scored is not None:
-            current, score, kept, out.scores_after = rnd.revised, rnd.score_revised, scored, rnd.scores_revised
-    out.final_explanation, out.score_after = current, score
+        if chosen is not None:
+            current, score = rnd.revised, rnd.score_revised
+    out.final_explanation, out.score_after, kept = current, out.score_before, None
+    if current != out.original_explanation:
+        kept, out.scores_after = await _score_on(simulator, current, windows, record.max_activation)
+        out.score_after = out.scores_after.top_and_random
     skipped = [rnd.skipped_reason for rnd in out.rounds if rnd.skipped_reason]
     if len(skipped) == len(out.rounds):
         out.reason = f"every round was skipped: {skipped[0]}" + (" (and others)" if len(set(skipped)) > 1 else "")

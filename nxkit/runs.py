@@ -51,14 +51,14 @@ TABLE_COLUMNS = [
     "top_and_random_flag", "random_only_flag", "shuffled_control", "shuffled_gap", "max_activation",
     "original_explanation", "original_top_and_random", "revision_status", "score_before", "score_after",
     "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens", "simulator", "formula",
-    "negative_mass_share", "negative_tail_share", *INTERVAL_COLUMNS,
+    "negative_mass_share", "negative_tail_share", "test_top_and_random", *INTERVAL_COLUMNS,
 ]  # fmt: skip
 """Columns of the run table that every run has, one row per neuron and side; each registered scorer adds its own
 (`table_columns`)."""
 NUMERIC_COLUMNS = [
     "top_and_random", "random_only", "shuffled_control", "shuffled_gap", "max_activation", "original_top_and_random",
     "score_before", "score_after", "n_windows", "n_failed", "requests", "prompt_tokens", "completion_tokens",
-    "negative_mass_share", "negative_tail_share", *INTERVAL_COLUMNS,
+    "negative_mass_share", "negative_tail_share", "test_top_and_random", *INTERVAL_COLUMNS,
 ]  # fmt: skip
 
 
@@ -414,6 +414,7 @@ def table_row(
         "formula": next((formula_text(c.formula) for c in s.candidates if c.formula and c.text == s.explanation), None),
         "negative_mass_share": s.negative_mass_share,
         "negative_tail_share": s.negative_tail_share,
+        "test_top_and_random": s.test_scores.top_and_random if s.test_scores else None,
         **_ends("top_and_random", s.scores.top_and_random_interval),
         **_ends("random_only", s.scores.random_only_interval),
         **_ends("shuffled_control", s.shuffled_control_interval),

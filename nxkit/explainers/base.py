@@ -45,6 +45,9 @@ class ExplainConfig:
     """Top and random calibration windows used to rank the candidates, each (None: the whole split)."""
     valid_windows: int | None = None
     """Top and random valid windows the chosen explanation is scored on, each (None: the whole split)."""
+    split_half: bool = True
+    """Also score the kept explanation on the `test` windows (one more simulation per neuron), for the run's
+    split-half reliability: the correlation across neurons of their valid and test scores."""
     sim_window_tokens: int | None = None
     """Crop held-out windows to this many tokens around their peaks before simulating (None: whole windows)."""
     scorers: list[str] = field(default_factory=lambda: ["simulation"])

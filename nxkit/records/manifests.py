@@ -174,6 +174,8 @@ class CollectionManifest:
     quantile_calibration_windows_used: int = 0
     gated_mlp: bool | None = None
     """True for act(gate) x up MLPs (None: collected before nxkit recorded it)."""
+    subject_init: str = "trained"
+    """`trained`, or `random:SEED` for the subject model re-initialised (a network that learnt nothing)."""
     versions: dict[str, str] = field(default_factory=dict)
     """Library versions."""
     status: str = "partial"

@@ -158,6 +158,9 @@ class NeuronSummary:
     """The best-of-k explanation before any revision."""
     original_scores: Scores | None = None
     """The original's scores (the same as `scores` until a revision is kept)."""
+    test_scores: Scores | None = None
+    """The original's scores on the `test` windows, held back from every choice and from the headline: the run's
+    split-half reliability compares them with the valid ones (None: not scored)."""
     kept: str = "original"
     """`original` or `revised`: which explanation `explanation` is."""
     window_splits: list[str] = field(default_factory=list)
@@ -284,7 +287,7 @@ class RevisionRound:
     explanation: str
     """The explanation the round started from."""
     score_explanation: float | None
-    """That explanation's top-and-random score on the held-out windows."""
+    """That explanation's top-and-random score on the calibration windows (what keep-or-revise is chosen on)."""
     proposals: dict[str, list[str]] = field(default_factory=lambda: {"fire": [], "silent": []})
     """Parsed proposals per kind (`fire`, `silent`)."""
     raw: dict[str, str | None] = field(default_factory=lambda: {"fire": None, "silent": None})
@@ -298,9 +301,9 @@ class RevisionRound:
     raw_revision: str | None = None
     """The raw revision answer."""
     scores_revised: Scores | None = None
-    """The revision's scores on the same held-out windows as the original."""
+    """The revision's scores on the same calibration windows (the choice; never the reported score)."""
     kept: str = "original"
-    """`revised` when the revision scored higher, else `original`."""
+    """`revised` when the revision scored higher on the calibration windows, else `original`."""
     skipped_reason: str | None = None
     """Why the round stopped early, when it did."""
 
@@ -325,15 +328,17 @@ class NeuronRevision:
     final_explanation: str | None = None
     """The best explanation after the last round."""
     score_before: float | None = None
-    """The original's top-and-random score."""
+    """The original's top-and-random score on the valid windows."""
     score_after: float | None = None
-    """The final explanation's score (the same windows)."""
+    """The final explanation's score on the same valid windows (it was chosen on the calibration windows)."""
     scores_after: Scores | None = None
-    """The final explanation's scores, when a revision was kept."""
+    """The final explanation's scores on the valid windows, when a revision was kept."""
     score_before_source: str = "run"
     """`run` (from the run's summary) or `rescored` (simulated again with this simulator)."""
     n_held_out_windows: int | None = None
-    """Windows both explanations were scored on."""
+    """Valid windows both explanations were scored on."""
+    n_calibration_windows: int | None = None
+    """Calibration windows every keep-or-revise choice was made on."""
     config: dict = field(default_factory=dict)
     """The revision settings."""
     rounds: list[RevisionRound] = field(default_factory=list)

@@ -316,3 +316,48 @@ def means_line(m: dict) -> str:
         f"95% interval above 0: score {m['lower_above_0']} of {m['n_top_and_random']}, gap {m['gap_lower_above_0']} "
         f"of {m['n_shuffled_gap']}"
     )
+
+
+def difference_of_means(
+    a: Sequence[float], b: Sequence[float], seed: int = 0
+) -> tuple[float | None, list[float] | None]:
+    """mean(a) - mean(b) over two sets of neurons (NaN and None left out) and its 95% interval from a seeded
+    bootstrap that resamples the neurons of each set (None when either set has fewer than two)."""
+    x = np.asarray([v for v in a if v is not None and not math.isnan(v)], dtype=np.float64)
+    y = np.asarray([v for v in b if v is not None and not math.isnan(v)], dtype=np.float64)
+    if len(x) < 2 or len(y) < 2:
+        return None, None
+    rng = np.random.default_rng(seed)
+    diffs = x[rng.integers(0, len(x), (BOOTSTRAP, len(x)))].mean(1) - y[
+        rng.integers(0, len(y), (BOOTSTRAP, len(y)))
+    ].mean(1)
+    return float(x.mean() - y.mean()), _interval(diffs)
+
+
+def split_half(valid: Sequence[float | None], test: Sequence[float | None]) -> tuple[float | None, int]:
+    """The correlation across neurons of their scores on two disjoint sets of windows (`valid` and `test`): how
+    reproducible one neuron's score is; with the number of neurons that have both."""
+    pairs = [(v, t) for v, t in zip(valid, test, strict=True) if v is not None and t is not None]
+    pairs = [(v, t) for v, t in pairs if not (math.isnan(v) or math.isnan(t))]
+    if len(pairs) < 3:
+        return None, len(pairs)
+    return correlation_score([v for v, _ in pairs], [t for _, t in pairs]).value, len(pairs)
+
+
+def baseline_line(table, baseline, label: str = "baseline") -> str:
+    """One line comparing a run's scores with a baseline run's (a random-network run, say): each mean with its count,
+    and the difference of means with its interval."""
+    done, base = table[table["status"] == "done"], baseline[baseline["status"] == "done"]
+    parts = []
+    for key, name in (("top_and_random", "score"), ("random_only", "random only")):
+        a, b = done[key].tolist(), base[key].tolist()
+        diff, interval = difference_of_means(a, b)
+        ci = f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else ""
+        na, nb = int(done[key].notna().sum()), int(base[key].notna().sum())
+        mean_a = done[key].mean() if na else None
+        mean_b = base[key].mean() if nb else None
+        parts.append(
+            f"{name} {_f(mean_a)} (n={na} of {len(done)}) vs {label} {_f(mean_b)} (n={nb} of {len(base)}): "
+            f"difference {_f(diff)}{ci}"
+        )
+    return "; ".join(parts)

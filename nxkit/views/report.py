@@ -18,7 +18,7 @@ from ..files import atomic_write
 from ..heldout import labelled_simulations
 from ..records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
 from ..runs import Run, as_run, side_by_side
-from ..scorers.correlation import OFFLINE_NOTE, mean_scores, means_line
+from ..scorers.correlation import OFFLINE_NOTE, baseline_line, mean_scores, means_line, split_half
 from . import viz
 from .viz import esc
 
@@ -203,8 +203,11 @@ def heatmap_neurons(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     return pd.concat([best, sample, worst]).sort_values("top_and_random", ascending=False, na_position="last")
 
 
-def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: int = 6) -> str:
-    """The report as one HTML string (plotly.js inlined once)."""
+def render_report(
+    run: Run | str | Path, max_neurons: int = 200, max_windows: int = 6, baseline: Run | str | Path | None = None
+) -> str:
+    """The report as one HTML string (plotly.js inlined once); with a `baseline` run (a random-network run of the same
+    method, say), its score distribution beside this run's and the difference of means with its interval."""
     run = as_run(run)
     df = run.table()
     means = mean_scores(df[df["status"] == "done"].to_dict("records"))
@@ -220,12 +223,19 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
     counts = df["status"].value_counts().to_dict()
     summary = ("positive side: " if len(run.sides()) > 1 else "") + (
         f"{len(df)} neurons ({', '.join(f'{esc(k)}: {v}' for k, v in counts.items()) or 'none yet'}) · "
-        f"{esc(means_line(means))} · above {viz.PAPER_THRESHOLD}: {share['above']} of {share['n']}"
+        f"{esc(means_line(means))} · above {viz.PAPER_THRESHOLD}: {share['above']} of {share['n']} · "
+        f"{esc(split_half_line(df))}"
     )
+    extra_figs = []
+    if baseline is not None:
+        base = as_run(baseline)
+        base_df = base.table()
+        summary += f"</p><p>Against the baseline {esc(base.path.name)}: {esc(baseline_line(df, base_df))}"
+        extra_figs.append(viz.compare_runs({run.path.name: df, f"baseline {base.path.name}": base_df}))
     note = f'<p class="nx-note">{esc(OFFLINE_NOTE)}</p>' if explain.simulator and explain.simulator.smoke_level else ""
     sides, side_figs = sides_html(run, max_neurons, max_windows)
     figs = []
-    for i, fig in enumerate(_figures(df) + side_figs):
+    for i, fig in enumerate(_figures(df) + extra_figs + side_figs):
         fig.update_layout(height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
         figs.append(fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False}))
     shown = heatmap_neurons(df, max_neurons)
@@ -239,10 +249,15 @@ def render_report(run: Run | str | Path, max_neurons: int = 200, max_windows: in
         else ""
     )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    init = (
+        ""
+        if collection.subject_init == "trained"
+        else f" · subject model re-initialised ({esc(collection.subject_init)})"
+    )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>nxkit report · {esc(run.path.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>nxkit report · {esc(run.path.name)}{init}</title>
 <style>{_CSS}</style></head><body>
-<h1>nxkit run report · {esc(run.path.name)}</h1>
+<h1>nxkit run report · {esc(run.path.name)}{init}</h1>
 <p class="nx-meta">{" · ".join(meta)} · written {stamp}</p>
 <p>{summary}</p>{note}
 <h2>Scores</h2><div class="nx-figs">{"".join(f"<div>{f}</div>" for f in figs)}</div>
@@ -265,6 +280,15 @@ def write_report(run: Run | str | Path, path: str | Path | None = None, **kwargs
 
 def _fmt(v) -> str:
     return "    —" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+
+
+def split_half_line(df: pd.DataFrame) -> str:
+    """The run's split-half reliability: the correlation across neurons of the original explanation's valid and test
+    scores (the valid one before any revision), with its count."""
+    done = df[df["status"] == "done"]
+    r, n = split_half(done["original_top_and_random"].tolist(), done["test_top_and_random"].tolist())
+    value = "n/a" if r is None else f"{r:+.2f}"
+    return f"split-half reliability (valid vs test score across neurons): r = {value} over {n} neurons with both"
 
 
 def _interval(lo, hi) -> str:
@@ -294,6 +318,7 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
     share = viz.share_above(df)
     lines.append("-" * len(head))
     lines.append(f"{means_line(m)}; above 0.8: {share['above']} of {share['n']}")
+    lines.append(split_half_line(df))
     lines += scorers.summary_lines(df)
     sims = sorted(set(df["simulator"].dropna()))
     if sims:
