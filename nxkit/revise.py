@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
@@ -294,19 +295,27 @@ def revise_round(
     config: ReviseConfig,
     round_index: int = 0,
     sign: str = POSITIVE,
+    probe: Probe | None = None,
 ) -> tuple[RevisionRound, ScoredSimulation | None]:
     """One propose-probe-revise-score round from `explanation` (whose score on `windows` is `score`), on the side
-    `sign` of the neuron (`record` is that side's).
+    `sign` of the neuron (`record` is that side's). The proposals' real activations come from the subject `model`,
+    or from `probe` (proposals per kind -> probed texts per kind) when given.
 
     Returns the round and, when the revision was kept, its scored simulation.
     """
     return run_sync(
-        _revise_round(model, record, explanation, score, windows, explainer, simulator, config, round_index, sign)
+        _revise_round(
+            model, record, explanation, score, windows, explainer, simulator, config, round_index, sign, probe
+        )
     )
 
 
+Probe = Callable[[dict[str, list[str]]], dict[str, list[ProbedText]]]
+"""Real activations of proposals: texts per kind (`fire`, `silent`) -> probed texts per kind."""
+
+
 async def _revise_round(
-    model, record, explanation, score, windows, explainer, simulator, config, round_index=0, sign=POSITIVE
+    model, record, explanation, score, windows, explainer, simulator, config, round_index=0, sign=POSITIVE, probe=None
 ) -> tuple[RevisionRound, ScoredSimulation | None]:
     nid = record.neuron_id
     rnd = RevisionRound(round=round_index, explanation=explanation, score_explanation=score)
@@ -315,9 +324,12 @@ async def _revise_round(
         rnd.skipped_reason = reason
         return rnd, None
     max_act = record.max_activation
-    rnd.probes = await asyncio.to_thread(  # the subject model's forward pass, off the event loop
-        probe_proposals, model, nid.layer_index, nid.neuron_index, rnd.proposals, max_act, sign
-    )
+    if probe is None:
+        rnd.probes = await asyncio.to_thread(  # the subject model's forward pass, off the event loop
+            probe_proposals, model, nid.layer_index, nid.neuron_index, rnd.proposals, max_act, sign
+        )
+    else:
+        rnd.probes = probe(rnd.proposals)
     rnd.mismatches = find_mismatches(rnd.probes, max_act, config.fire_threshold)
     if not rnd.mismatches:
         rnd.skipped_reason = "no mismatches: every proposal behaved as the explanation predicted"
@@ -398,6 +410,37 @@ async def _revise_neuron(
     return out
 
 
+async def revise_record(
+    record: NeuronRecord,
+    original: str,
+    valid: list[HeldOutWindow],
+    calibration: list[HeldOutWindow],
+    model,
+    explainer: Backend,
+    simulator: Simulator,
+    config: ReviseConfig,
+    sign: str = POSITIVE,
+    probe: Probe | None = None,
+) -> tuple[list[RevisionRound], str, ScoredSimulation | None, Scores | None]:
+    """`config.rounds` rounds from `original`, each revision kept only when it beats the current explanation on the
+    `calibration` windows; the final explanation is then scored on the `valid` windows, which no choice saw. Returns
+    the rounds, the final explanation, and its scored simulation and scores on `valid` (None when the original
+    stays)."""
+    _, start = await _score_on(simulator, original, calibration, record.max_activation)
+    current, score, rounds = original, start.top_and_random, []
+    for r in range(config.rounds):
+        rnd, chosen = await _revise_round(
+            model, record, current, score, calibration, explainer, simulator, config, r, sign, probe
+        )
+        rounds.append(rnd)
+        if chosen is not None:
+            current, score = rnd.revised, rnd.score_revised
+    if current == original:
+        return rounds, current, None, None
+    kept, scores = await _score_on(simulator, current, valid, record.max_activation)
+    return rounds, current, kept, scores
+
+
 async def _revise_rounds(
     out: NeuronRevision, run: Run, model, explainer, simulator, config: ReviseConfig
 ) -> ScoredSimulation | None:
@@ -414,19 +457,10 @@ async def _revise_rounds(
         _, rescored = await _score_on(simulator, out.original_explanation, windows, record.max_activation)
         out.score_before = rescored.top_and_random
         out.score_before_source = "rescored"
-    _, original = await _score_on(simulator, out.original_explanation, calibration, record.max_activation)
-    current, score = out.original_explanation, original.top_and_random
-    for r in range(config.rounds):
-        rnd, chosen = await _revise_round(
-            model, record, current, score, calibration, explainer, simulator, config, r, run.sign
-        )
-        out.rounds.append(rnd)
-        if chosen is not None:
-            current, score = rnd.revised, rnd.score_revised
-    out.final_explanation, out.score_after, kept = current, out.score_before, None
-    if current != out.original_explanation:
-        kept, out.scores_after = await _score_on(simulator, current, windows, record.max_activation)
-        out.score_after = out.scores_after.top_and_random
+    out.rounds, out.final_explanation, kept, out.scores_after = await revise_record(
+        record, out.original_explanation, windows, calibration, model, explainer, simulator, config, run.sign
+    )
+    out.score_after = out.scores_after.top_and_random if out.scores_after else out.score_before
     skipped = [rnd.skipped_reason for rnd in out.rounds if rnd.skipped_reason]
     if len(skipped) == len(out.rounds):
         out.reason = f"every round was skipped: {skipped[0]}" + (" (and others)" if len(set(skipped)) > 1 else "")

@@ -97,4 +97,11 @@ def test_a_run_with_detection_and_fuzzing_against_the_loopback_server(tiny_colle
     table = run.table()
     assert table["detection_accuracy"].notna().sum() == len(done)
     assert "detection: mean balanced accuracy" in summary_table(run)
-    assert "detection AUC" in render_report(run)
+    page = render_report(run)
+    assert "detection bal. acc." in page and "detection AUC" not in page
+    assert all(s.detection.auc is None for s in done)  # 0/1 answers rank nothing: no AUC, and it says why
+    graded = [s for s in done if s.detection.balanced_accuracy is not None]
+    assert graded and all(s.detection.auc_flag == "binary_answers" for s in graded)
+    assert "detection: mean balanced accuracy" in summary_table(
+        run
+    ) and "(no AUC: the answers are 0/1)" in summary_table(run)

@@ -133,6 +133,9 @@ class ClassifierScore:
     """Of them, those whose right answer is 1."""
     n_failed: int = 0
     """Items the answer gave no 0/1 for (left out of the scores, never counted as wrong)."""
+    auc_flag: str | None = None
+    """Why there is no AUC although there are answers: `binary_answers` (0/1 answers rank nothing: their AUC would
+    only repeat the balanced accuracy; a graded answer needs the probability of yes)."""
 
 
 @register

@@ -74,6 +74,9 @@ async def classify(
     said = prompts.parse_labels(answer.text, len(items))
     kept = [(label, s) for (_, label), s in zip(items, said, strict=True) if s is not None]
     values, flag = classification_scores([label for label, _ in kept], [s for _, s in kept])
+    auc_flag = None
+    if all(s in (0, 1) for _, s in kept) and values.get("auc") is not None:
+        values["auc"], auc_flag = None, "binary_answers"  # 0/1 answers: an AUC would repeat the balanced accuracy
     failures = []
     if len(kept) < len(items):
         failures.append(Failure(kind, f"no 0/1 answer for {len(items) - len(kept)} of {len(items)} items", answer.text))
@@ -84,6 +87,7 @@ async def classify(
         n_items=len(items),
         n_positive=sum(lbl for _, lbl in items),
         n_failed=len(items) - len(kept),
+        auc_flag=auc_flag,
     )
     return score, failures
 
@@ -106,13 +110,11 @@ class ClassifierScorer:
 
     def summary_line(self, table: pd.DataFrame) -> str | None:
         auc = table[f"{self.name}_auc"].dropna()
-        if not len(auc) and not table[f"{self.name}_flag"].notna().any():
+        if not table[f"{self.name}_balanced_accuracy"].notna().any() and not table[f"{self.name}_flag"].notna().any():
             return None
         bal = table[f"{self.name}_balanced_accuracy"].dropna()
-        return (
-            f"{self.name}: mean balanced accuracy {_fmt(bal.mean() if len(bal) else None)}, "
-            f"AUC {_fmt(auc.mean() if len(auc) else None)} over {len(auc)} neurons"
-        )
+        auc_part = f", AUC {_fmt(auc.mean())} over {len(auc)} neurons" if len(auc) else " (no AUC: the answers are 0/1)"
+        return f"{self.name}: mean balanced accuracy {_fmt(bal.mean() if len(bal) else None)} over {len(bal)} neurons{auc_part}"
 
 
 def _fmt(x: float | None) -> str:
