@@ -1,11 +1,18 @@
-"""Which windows a neuron is explained from and scored on, and each scored window's label: the one module that
-deals a neuron's records into splits and says where every held-out window came from.
+"""The protocol of windows, written down once: which windows a neuron is explained from, chosen on and scored on,
+and each scored window's label.
 
-A neuron's top windows are dealt round-robin into `train / calibration / valid / test`, its random windows into
-`calibration / valid / test` (interleaving gives every split windows from the whole range of strengths, as in the
-public release). The explainer sees `train`; best-of-k is chosen on `calibration`; scores are on `valid`. Every
-held-out window carries its label (`top` or `random`) from the moment it is chosen; on disk the labels sit in the
-neuron's summary, beside the release-schema explanation file, and `scored_windows` puts them back on.
+- A neuron's top windows are dealt round-robin into `train / calibration / valid / test`, its random windows into
+  `calibration / valid / test` (interleaving gives every split windows from the whole range of strengths, as in the
+  public release). A random window is never one of the neuron's own top or most negative windows (the collection
+  reader drops those by window id).
+- The explainer sees `train` alone, and the compositional search fits its beam on `train` alone.
+- Every choice is made on `calibration`: best-of-k among candidates (the search's formulas included), and
+  keep-or-revise in revision.
+- The headline score is on `valid`, which nothing chose on; the shuffled control is scored on the same valid windows.
+- `test` is held back: the kept explanation is scored on it too, for the run's split-half reliability.
+
+Every held-out window carries its label (`top` or `random`) from the moment it is chosen; on disk the labels sit in
+the neuron's summary, beside the release-schema explanation file, and `scored_windows` puts them back on.
 """
 
 from __future__ import annotations

@@ -194,16 +194,10 @@ def _asked(kind: str, config: ReviseConfig) -> int:
     return config.n_fire if kind == "fire" else config.n_silent
 
 
-def propose(
-    explainer: Backend, explanation: str, config: ReviseConfig, round_index: int = 0
-) -> tuple[dict[str, list[str]], dict[str, str | None]]:
-    """Ask for fire and silent texts; returns (parsed proposals per kind, raw answers per kind)."""
-    return run_sync(_propose(explainer, explanation, config, round_index))
-
-
 async def _propose(
     explainer: Backend, explanation: str, config: ReviseConfig, round_index: int = 0
 ) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+    """Ask for fire and silent texts; returns (parsed proposals per kind, raw answers per kind)."""
     proposals: dict[str, list[str]] = {}
     raw: dict[str, str | None] = {}
     for k, kind in enumerate(KINDS):
@@ -245,16 +239,10 @@ def unparsable_reason(proposals: dict[str, list[str]], config: ReviseConfig) -> 
     return None
 
 
-def ask_revision(
-    explainer: Backend, explanation: str, mismatches: list[Mismatch], windows, config: ReviseConfig, round_index: int
-) -> tuple[str | None, str]:
-    """Ask for a revised explanation; returns (parsed text or None, raw answer)."""
-    return run_sync(_ask_revision(explainer, explanation, mismatches, windows, config, round_index))
-
-
 async def _ask_revision(
     explainer: Backend, explanation: str, mismatches: list[Mismatch], windows, config: ReviseConfig, round_index: int
 ) -> tuple[str | None, str]:
+    """Ask for a revised explanation; returns (parsed text or None, raw answer)."""
     answer = await explainer.chat(
         prompts.revision_messages(explanation, mismatches, windows),
         max_tokens=config.revision_max_tokens,

@@ -156,3 +156,27 @@ def test_negative_side_of_a_collection_without_it_is_a_clear_error(tmp_path, cap
     assert not (run_dir / "negative").exists()
     assert main([*args, "--sign", "negative"]) == 2
     assert "kept no most-negative windows; use --sign positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_random_network_baseline_from_the_command_line(tmp_path, capsys):
+    """`--subject-init random` runs the method on the re-initialised model (recorded, and a resume must match);
+    `--baseline RUN` prints a run's scores beside it with the difference of means."""
+    import numpy as np
+
+    small = ["--collect.layers", "0", "--sample", "4", "--max-tokens", "4096", "--corpus", "fortunes", "--collect.top-k",
+             "8", "--collect.n-random", "6", "--collect.no-compile", "--sign", "positive", "--no-report"]  # fmt: skip
+    random_dir, trained_dir = tmp_path / "random", tmp_path / "trained"
+    assert main(["run", "--run-dir", str(random_dir), "--subject-init", "random", *small]) == 0
+    base = Run(random_dir)
+    assert base.collection_manifest().subject_init == "random:0"
+    assert main(["run", "--run-dir", str(trained_dir), *small, "--baseline", str(random_dir), "--report"]) == 0
+    out = capsys.readouterr().out
+    assert f"against the baseline {random_dir}: score" in out and "difference" in out
+    trained = Run(trained_dir)
+    assert trained.collection_manifest().subject_init == "trained"
+    a, b = trained.activations(), base.activations()  # the same windows, another network
+    assert np.array_equal(a.windows, b.windows) and not np.allclose(a._array(0, "moments"), b._array(0, "moments"))
+    assert "subject model re-initialised (random:0)" not in trained.report_path.read_text()
+    assert main(["run", "--run-dir", str(random_dir), *small]) == 2  # a resume must match the init
+    assert "random-network baseline needs a run of its own" in capsys.readouterr().err
