@@ -119,9 +119,10 @@ def main() -> None:
             before.mkdir(parents=True, exist_ok=True)
             (before / "activations").symlink_to((trained.path / "activations").resolve(), target_is_directory=True)
         env = {**os.environ, "PYTHONPATH": str(Path(args.before_tree).resolve())}
-        cmd = [sys.executable, "-m", "nxkit.cli", "run", "--run-dir", str(before), "--max-tokens", str(args.max_tokens),
-               "--sample", str(args.sample), "--no-report"]  # fmt: skip
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "nxkit.cli", "run", "--run-dir", str(before.resolve()), "--max-tokens",
+               str(args.max_tokens), "--sample", str(args.sample), "--no-report"]  # fmt: skip
+        # run from inside that checkout: `python -m` puts the working directory before PYTHONPATH
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=args.before_tree)
         old = describe("before the protocol change (same collection, same neurons)", Run(before))
         for sign in old:
             for key in ("top_and_random", "random_only", "shuffled_gap"):
