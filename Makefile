@@ -15,7 +15,7 @@ LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
 LLAMA_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-test demo test bench bench-scores bench-quality bench-search train lint clean-demo
+.PHONY: setup setup-test demo test bench bench-scores bench-quality bench-search bench-trust train lint clean-demo
 
 # $(call apt,PACKAGE:FILE ...,what the kit does without them): Debian packages whose FILE is missing,
 # installed with apt-get when it is there and we are root; otherwise the kit says what it does instead
@@ -87,6 +87,10 @@ train: setup
 # SmolLM2 beside it on 8 of them, seconds per neuron
 bench-search: setup
 	$(BIN)/python bench/search.py
+
+# scores to trust: 300 neurons of the trained and of the re-initialised SmolLM2 side by side (about 20 minutes on a CPU)
+bench-trust: setup
+	$(BIN)/python bench/trust.py
 
 # held-out synthetic neurons: nxkit-sim against the prompted SmolLM2 (true and shuffled explanations, speed)
 bench-quality: setup

@@ -52,7 +52,7 @@ class ExplainConfig:
     """Crop held-out windows to this many tokens around their peaks before simulating (None: whole windows)."""
     scorers: list[str] = field(default_factory=lambda: ["simulation"])
     """Scorers of the kept explanation, by name: `simulation` (correlation; always run), the cheaper `detection` and
-    `fuzzing` (one LLM request each per neuron: accuracy, balanced accuracy and AUC), or any registered scorer
+    `fuzzing` (one LLM request each per neuron: accuracy and balanced accuracy), or any registered scorer
     (`nxkit.scorers.register_scorer`)."""
     max_neurons_in_flight: int = 32
     """Neurons in progress at once when the explainer and simulator talk to a server (bounds memory; requests in

@@ -3,7 +3,7 @@
 *Detection*: the LLM reads the explanation and a shuffled mix of the neuron's held-out top windows and its
 held-out random windows, and says which ones make the neuron fire. *Fuzzing*: the LLM reads the explanation and
 the held-out top windows twice, once with the tokens where the neuron fires marked and once with as many tokens
-marked at random, and says which markings fit the explanation. Each gives accuracy, balanced accuracy and AUC
+marked at random, and says which markings fit the explanation. Each gives accuracy and balanced accuracy (an AUC only from graded answers)
 (`classification_scores`, below); items the answer leaves out are recorded as failed, never scored as wrong.
 """
 
@@ -93,7 +93,7 @@ async def classify(
 
 
 class ClassifierScorer:
-    """Detection or fuzzing as a `Scorer`: one LLM request per neuron, accuracy, balanced accuracy and AUC."""
+    """Detection or fuzzing as a `Scorer`: one LLM request per neuron, accuracy and balanced accuracy."""
 
     columns = ("accuracy", "balanced_accuracy", "auc", "flag")
 
