@@ -494,11 +494,14 @@ def mark_tokens(tokens: list[str], marked: list[bool]) -> str:
     return "".join(out).replace("\n", " ")
 
 
-def parse_labels(text: str, n: int) -> list[int | None]:
-    """The 0/1 answer for each of `n` numbered texts (None where no `N: 0|1` line answers it)."""
-    out: list[int | None] = [None] * n
-    for line in text.splitlines():
+def parse_label_positions(text: str, n: int) -> list[tuple[int | None, int | None]]:
+    """For each of `n` numbered texts, its 0/1 answer and the character offset of that digit in `text` (where the
+    answer's log-probabilities say how sure it was); (None, None) where no `N: 0|1` line answers it."""
+    out: list[tuple[int | None, int | None]] = [(None, None)] * n
+    pos = 0
+    for line in text.splitlines(keepends=True):
         m = re.match(r"^\s*(\d+)\s*[:.)-]?\s*([01])\s*$", line)
-        if m and 1 <= int(m.group(1)) <= n and out[int(m.group(1)) - 1] is None:
-            out[int(m.group(1)) - 1] = int(m.group(2))
+        if m and 1 <= int(m.group(1)) <= n and out[int(m.group(1)) - 1][0] is None:
+            out[int(m.group(1)) - 1] = (int(m.group(2)), pos + m.start(2))
+        pos += len(line)
     return out

@@ -29,7 +29,10 @@ def test_marking_and_parsing_answers():
     assert prompts.mark_tokens(["The", " cat", " sat", "\n", " on"], [False, True, True, False, True]) == (
         "The <<cat sat>>  <<on>>"
     )
-    assert prompts.parse_labels("1: 1\n2. 0\nsomething else\n3 1\n9: 1\n2: 1", 4) == [1, 0, 1, None]
+    text = "1: 1\n2. 0\nsomething else\n3 1\n9: 1\n2: 1"
+    said = prompts.parse_label_positions(text, 4)
+    assert [label for label, _ in said] == [1, 0, 1, None]
+    assert [text[o] if o is not None else None for _, o in said] == ["1", "0", "1", None]  # where each digit is
     messages = prompts.detection_messages("numbers", ["a 1", "b"])
     assert messages[-1]["content"] == "Explanation: numbers\nTexts:\n1. a 1\n2. b"
     assert messages[2]["content"] == "1: 1\n2: 0\n3: 1" and "fires" in messages[0]["content"]
@@ -105,3 +108,30 @@ def test_a_run_with_detection_and_fuzzing_against_the_loopback_server(tiny_colle
     assert "detection: mean balanced accuracy" in summary_table(
         run
     ) and "(no AUC: the answers are 0/1)" in summary_table(run)
+
+
+def test_a_graded_answer_gives_an_auc_and_a_binary_one_none():
+    import math
+
+    from nxkit.llm.base import TokenLogprob
+
+    items = detection_items(WINDOWS, 2.0, seed=0)
+    labels = [label for _, label in items]
+    # every answer says 1 (accuracy 0.5), but how sure it is ranks the windows that fire first: a perfect AUC
+    answer = "\n".join(f"{i + 1}: 1" for i in range(4))
+    sure = {1: 0.9, 0: 0.6}
+    tokens = []
+    for i in range(4):
+        p = sure[labels[i]]
+        tokens += [TokenLogprob(f"{i + 1}", -0.1), TokenLogprob(":", -0.1), TokenLogprob(" ", -0.1),
+                   TokenLogprob("1", math.log(p), {"1": math.log(p), "0": math.log(1 - p)})]  # fmt: skip
+        if i < 3:
+            tokens.append(TokenLogprob("\n", -0.1))
+    assert "".join(t.token for t in tokens) == answer
+    graded, _ = run_sync(classify("detection", ScriptedLLM(answer, tokens=tokens), "numbers", WINDOWS, 2.0, seed=0))
+    assert graded.accuracy == 0.5 and graded.auc == 1.0 and graded.auc_flag is None
+    binary, _ = run_sync(classify("detection", ScriptedLLM(answer), "numbers", WINDOWS, 2.0, seed=0))
+    assert binary.accuracy == 0.5 and binary.auc is None  # one class answered: no AUC either way
+    mixed = "\n".join(f"{i + 1}: {label}" for i, label in enumerate(labels))
+    plain, _ = run_sync(classify("detection", ScriptedLLM(mixed), "numbers", WINDOWS, 2.0, seed=0))
+    assert plain.balanced_accuracy == 1.0 and plain.auc is None and plain.auc_flag == "binary_answers"

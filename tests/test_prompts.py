@@ -106,7 +106,7 @@ def test_every_prompt_the_kit_sends_is_built_in_prompts():
         "simulate_messages",
     ]  # fmt: skip
     for name in [*builders, "simulate_prefix", "simulate_window_text", "parse_proposals", "parse_explanation",
-                 "parse_labels", "mark_tokens"]:  # fmt: skip
+                 "parse_label_positions", "mark_tokens"]:  # fmt: skip
         assert f"prompts.{name}(" in sources, f"prompts.{name} is never sent"
 
 

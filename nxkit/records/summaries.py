@@ -134,8 +134,9 @@ class ClassifierScore:
     n_failed: int = 0
     """Items the answer gave no 0/1 for (left out of the scores, never counted as wrong)."""
     auc_flag: str | None = None
-    """Why there is no AUC although there are answers: `binary_answers` (0/1 answers rank nothing: their AUC would
-    only repeat the balanced accuracy; a graded answer needs the probability of yes)."""
+    """Why there is no AUC although there are answers: `binary_answers` (the backend gave no log-probabilities at the
+    answer digits, and 0/1 answers rank nothing: their AUC would only repeat the balanced accuracy). With them, the
+    AUC ranks the items by the probability of 1 against 0."""
 
 
 @register

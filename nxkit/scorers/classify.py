@@ -9,6 +9,7 @@ marked at random, and says which markings fit the explanation. Each gives accura
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -70,12 +71,16 @@ async def classify(
         messages = prompts.detection_messages(explanation, texts)
     else:
         messages = prompts.fuzzing_messages(explanation, texts)
-    answer = await backend.chat(messages, max_tokens=6 * len(items) + 8)
-    said = prompts.parse_labels(answer.text, len(items))
-    kept = [(label, s) for (_, label), s in zip(items, said, strict=True) if s is not None]
-    values, flag = classification_scores([label for label, _ in kept], [s for _, s in kept])
+    graded = backend.capabilities.generated_logprobs
+    answer = await backend.chat(messages, max_tokens=6 * len(items) + 8, top_logprobs=5 if graded else 0)
+    said = prompts.parse_label_positions(answer.text, len(items))
+    yes = yes_probabilities(answer, [offset for _, offset in said])
+    kept = [(label, s, p) for (_, label), (s, _), p in zip(items, said, yes, strict=True) if s is not None]
+    values, flag = classification_scores([label for label, _, _ in kept], [s for _, s, _ in kept])
     auc_flag = None
-    if all(s in (0, 1) for _, s in kept) and values.get("auc") is not None:
+    if kept and all(p is not None for _, _, p in kept):  # a graded answer: the probability of yes ranks the items
+        values["auc"] = classification_scores([label for label, _, _ in kept], [p for _, _, p in kept])[0]["auc"]
+    elif values.get("auc") is not None:
         values["auc"], auc_flag = None, "binary_answers"  # 0/1 answers: an AUC would repeat the balanced accuracy
     failures = []
     if len(kept) < len(items):
@@ -90,6 +95,28 @@ async def classify(
         auc_flag=auc_flag,
     )
     return score, failures
+
+
+def yes_probabilities(answer, offsets: list[int | None]) -> list[float | None]:
+    """The probability of 1 against 0 at each answer digit (`offsets` into the answer's text), from the answer's
+    top log-probabilities; None where the backend gave none there, or neither digit is among them."""
+    starts, pos = {}, 0
+    for j, t in enumerate(answer.tokens or []):
+        starts[pos] = j
+        pos += len(t.token)
+    out = []
+    for offset in offsets:
+        j = starts.get(offset) if offset is not None else None
+        if j is None:
+            out.append(None)
+            continue
+        tok = answer.tokens[j]
+        top = {k.strip(): v for k, v in tok.top.items()}
+        if tok.logprob is not None:
+            top.setdefault(tok.token.strip(), tok.logprob)
+        p1, p0 = math.exp(top["1"]) if "1" in top else 0.0, math.exp(top["0"]) if "0" in top else 0.0
+        out.append(p1 / (p1 + p0) if p1 + p0 > 0 else None)
+    return out
 
 
 class ClassifierScorer:
