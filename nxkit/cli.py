@@ -91,7 +91,7 @@ def cmd_run(config: PipelineConfig) -> None:
     print("\n" + summary_table(result.run, result.neurons))
     if config.baseline:
         from .runs import Run
-        from .scorers.correlation import baseline_line
+        from .views.report import baseline_line
 
         base = Run(config.baseline)
         if not base.neurons():

@@ -59,13 +59,15 @@ async def simulate_and_score(
     windows: list[HeldOutWindow],
     max_activation: float,
     stage: str = "simulate",
+    intervals: bool = True,
 ) -> tuple[ScoredSimulation, Scores, list[Failure]]:
     """Simulate `windows` from `explanation` and score them; returns the scored simulation, its scores (top-and-random
-    and random-only from the windows' labels) and the failed windows."""
+    and random-only from the windows' labels, with their bootstrap intervals unless `intervals` is False: a choice
+    reads only the score) and the failed windows."""
     sims = await simulator.simulate_many(Candidate.of(explanation), [w.tokens for w in windows])
     failures = [Failure(stage, s.reason, s.raw) for s in sims if isinstance(s, SimulationFailure)]
     scored = score_simulation(windows, sims, max_activation)
-    return scored, scores(scored, [w.split for w in windows]), failures
+    return scored, scores(scored, [w.split for w in windows], intervals=intervals), failures
 
 
 async def _rank_candidates(
@@ -79,7 +81,7 @@ async def _rank_candidates(
     if len(candidates) > 1:
         calib = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
         scored = await asyncio.gather(
-            *(simulate_and_score(simulator, c, calib, record.max_activation) for c in candidates)
+            *(simulate_and_score(simulator, c, calib, record.max_activation, intervals=False) for c in candidates)
         )
         for cand, (_, s, fails) in zip(candidates, scored, strict=True):
             cand.calibration_score, cand.calibration_flag = s.top_and_random, s.top_and_random_flag
@@ -110,7 +112,9 @@ async def process_neuron(
     test_scores = None
     if config.split_half:
         test = held_out(record, "test", config.valid_windows, config.sim_window_tokens)
-        _, test_scores, test_fails = await simulate_and_score(simulator, best, test, record.max_activation, "test")
+        _, test_scores, test_fails = await simulate_and_score(
+            simulator, best, test, record.max_activation, "test", intervals=False
+        )
         fails = fails + test_fails
     results = {}
     for name in dict.fromkeys(k for k in config.scorers if k != scorers.SIMULATION):
@@ -251,7 +255,8 @@ async def _control(flight: _Flight, simulator: Simulator, summary: NeuronSummary
     results = flight.run.read_results(summary.neuron_id)
     real = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
     kept = [i for i, s in enumerate(real) if s.simulation.expected_activations]
-    windows = [w for i, w in enumerate(scored_windows(results, summary.window_splits)) if i in kept]
+    every = scored_windows(results, summary.window_splits)
+    windows = [every[i] for i in kept]
     tried, last = 0, None
     async for found in flight.partners(summary):
         if found is PENDING:

@@ -78,18 +78,15 @@ def held_out(record: NeuronRecord, split: str, n: int | None, crop: int | None =
 def scored_windows(results: NeuronSimulationResults, splits: list[str]) -> list[HeldOutWindow]:
     """The windows an explanation file was scored on (its first explanation's), each with its label: the one place
     labels stored beside the release-schema file are put back on its windows."""
-    seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
-    if len(splits) != len(seqs):
-        raise ValueError(f"{len(splits)} split labels for {len(seqs)} scored windows")
     return [
-        HeldOutWindow(list(s.simulation.tokens), list(s.true_activations), split)
-        for s, split in zip(seqs, splits, strict=True)
+        HeldOutWindow(list(w.simulation.simulation.tokens), list(w.simulation.true_activations), w.split)
+        for w in labelled_simulations(results, splits)
     ]
 
 
 def labelled_simulations(results: NeuronSimulationResults, splits: list[str]) -> list[ScoredWindow]:
-    """The kept explanation's scored windows, each with its label (for the views and the inspector): the same one
-    place as `scored_windows` puts the labels back."""
+    """The kept explanation's scored windows, each with its label and its simulation (the views and the inspector
+    read these; `scored_windows` is the same windows as held-out windows)."""
     seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations
     if len(splits) != len(seqs):
         raise ValueError(f"{len(splits)} split labels for {len(seqs)} scored windows")

@@ -260,9 +260,9 @@ def score_on(
 
 
 async def _score_on(
-    simulator: Simulator, explanation: str, windows: list[HeldOutWindow], max_activation: float
+    simulator: Simulator, explanation: str, windows: list[HeldOutWindow], max_activation: float, intervals: bool = True
 ) -> tuple[ScoredSimulation, Scores]:
-    scored, scores, _ = await simulate_and_score(simulator, explanation, windows, max_activation)
+    scored, scores, _ = await simulate_and_score(simulator, explanation, windows, max_activation, intervals=intervals)
     return scored, scores
 
 
@@ -331,7 +331,7 @@ async def _revise_round(
     if rnd.revised.strip().lower() == explanation.strip().lower():
         rnd.skipped_reason = "the revision repeats the current explanation"
         return rnd, None
-    scored, rnd.scores_revised = await _score_on(simulator, rnd.revised, windows, max_act)
+    scored, rnd.scores_revised = await _score_on(simulator, rnd.revised, windows, max_act, intervals=False)
     if not _better(rnd.score_revised, score):
         return rnd, None
     rnd.kept = "revised"
@@ -414,7 +414,7 @@ async def revise_record(
     `calibration` windows; the final explanation is then scored on the `valid` windows, which no choice saw. Returns
     the rounds, the final explanation, and its scored simulation and scores on `valid` (None when the original
     stays)."""
-    _, start = await _score_on(simulator, original, calibration, record.max_activation)
+    _, start = await _score_on(simulator, original, calibration, record.max_activation, intervals=False)
     current, score, rounds = original, start.top_and_random, []
     for r in range(config.rounds):
         rnd, chosen = await _revise_round(

@@ -254,9 +254,9 @@ def paired_difference(
     return value, _interval(diffs) if value is not None else None
 
 
-def scores(scored: ScoredSimulation, splits: Sequence[str], seed: int = 0) -> Scores:
-    """Top-and-random and random-only correlation with their flags and their bootstrap intervals, as the summary
-    records them."""
+def scores(scored: ScoredSimulation, splits: Sequence[str], seed: int = 0, intervals: bool = True) -> Scores:
+    """Top-and-random and random-only correlation with their flags and (unless `intervals` is False) their bootstrap
+    intervals, as the summary records them."""
     seqs = scored.scored_sequence_simulations
     both = correlation_score(*_predicted(seqs))
     rand = split_correlation(scored, splits, RANDOM)
@@ -268,8 +268,8 @@ def scores(scored: ScoredSimulation, splits: Sequence[str], seed: int = 0) -> Sc
         random_only_flag=rand.flag,
         n_windows=len(seqs),
         n_failed=sum(not s.simulation.expected_activations for s in seqs),
-        top_and_random_interval=bootstrap_interval(seqs, seed) if both.value is not None else None,
-        random_only_interval=bootstrap_interval(random_seqs, seed) if rand.value is not None else None,
+        top_and_random_interval=bootstrap_interval(seqs, seed) if intervals and both.value is not None else None,
+        random_only_interval=bootstrap_interval(random_seqs, seed) if intervals and rand.value is not None else None,
     )
 
 
@@ -342,22 +342,3 @@ def split_half(valid: Sequence[float | None], test: Sequence[float | None]) -> t
     if len(pairs) < 3:
         return None, len(pairs)
     return correlation_score([v for v, _ in pairs], [t for _, t in pairs]).value, len(pairs)
-
-
-def baseline_line(table, baseline, label: str = "baseline") -> str:
-    """One line comparing a run's scores with a baseline run's (a random-network run, say): each mean with its count,
-    and the difference of means with its interval."""
-    done, base = table[table["status"] == "done"], baseline[baseline["status"] == "done"]
-    parts = []
-    for key, name in (("top_and_random", "score"), ("random_only", "random only")):
-        a, b = done[key].tolist(), base[key].tolist()
-        diff, interval = difference_of_means(a, b)
-        ci = f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else ""
-        na, nb = int(done[key].notna().sum()), int(base[key].notna().sum())
-        mean_a = done[key].mean() if na else None
-        mean_b = base[key].mean() if nb else None
-        parts.append(
-            f"{name} {_f(mean_a)} (n={na} of {len(done)}) vs {label} {_f(mean_b)} (n={nb} of {len(base)}): "
-            f"difference {_f(diff)}{ci}"
-        )
-    return "; ".join(parts)

@@ -18,7 +18,7 @@ from ..files import atomic_write
 from ..heldout import labelled_simulations
 from ..records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
 from ..runs import Run, as_run, side_by_side
-from ..scorers.correlation import OFFLINE_NOTE, baseline_line, mean_scores, means_line, split_half
+from ..scorers.correlation import OFFLINE_NOTE, difference_of_means, mean_scores, means_line, split_half
 from . import viz
 from .viz import esc
 
@@ -280,6 +280,25 @@ def write_report(run: Run | str | Path, path: str | Path | None = None, **kwargs
 
 def _fmt(v) -> str:
     return "    —" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+
+
+def baseline_line(table, baseline, label: str = "baseline") -> str:
+    """One line comparing a run's scores with a baseline run's (a random-network run, say): each mean with its count,
+    and the difference of means with its interval."""
+    done, base = table[table["status"] == "done"], baseline[baseline["status"] == "done"]
+    parts = []
+    for key, name in (("top_and_random", "score"), ("random_only", "random only")):
+        a, b = done[key].tolist(), base[key].tolist()
+        diff, interval = difference_of_means(a, b)
+        ci = f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else ""
+        na, nb = int(done[key].notna().sum()), int(base[key].notna().sum())
+        mean_a = done[key].mean() if na else None
+        mean_b = base[key].mean() if nb else None
+        parts.append(
+            f"{name} {_fmt(mean_a).strip()} (n={na} of {len(done)}) vs {label} {_fmt(mean_b).strip()} (n={nb} of {len(base)}): "
+            f"difference {_fmt(diff).strip()}{ci}"
+        )
+    return "; ".join(parts)
 
 
 def split_half_line(df: pd.DataFrame) -> str:
