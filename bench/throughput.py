@@ -1,53 +1,102 @@
 """How busy the pipeline keeps a large server: explain, calibrate, score and control >= 64 neurons against a loopback
-OpenAI-compatible server that answers every request after a fixed latency whatever the load (`nxkit.llm.loopback`).
+OpenAI-compatible server in a process of its own, answering every request after a fixed latency whatever the load
+(`nxkit.llm.loopback`), in both of its modes:
 
-    .venv/bin/python bench/throughput.py [--neurons 64] [--latency 0.2] [--best-of 3]
+- `realistic` (the default): answers as a real server sends them; the simulator runs all at once, and every
+  simulation request's answer echoes the whole prompt with its top-20 log-probabilities (about 380 KB);
+- `short`: chat answers with no log-probabilities; the simulator writes its digits (`chat_text`).
 
-Runs the same neurons twice in one go: one neuron at a time (`--explain.max-neurons-in-flight 1`), then many in
-flight (the default, requests bounded by `--max-concurrency 64`), and prints for each the requests, the most in
-flight, the wall time and the effective concurrency (requests x latency / wall time; target >= 32 at 64 neurons),
-then requests, tokens and response-cache bytes per neuron, and the projection for the paper's 307,200 neurons.
+    .venv/bin/python bench/throughput.py [--neurons 64] [--latency 0.2] [--best-of 3] [--modes realistic,short]
+        [--client-tree DIR]   # also run the client of another checkout (e.g. `git worktree add /tmp/old HEAD~5`)
+
+Prints per mode and client: requests, the most in flight, wall time, effective concurrency (requests x latency /
+wall time; target >= 32), client CPU per request (this process's user+system time over the requests; target
+<= 3 ms), the server's CPU, requests per second (target >= 200 with realistic answers), the response cache's bytes
+per request, whether the results equal the first client's, and the projection for the paper's 307,200 neurons.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import random
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from nxkit.explain_score import explain_and_score
-from nxkit.explainers.base import ExplainConfig
-from nxkit.llm.loopback import MODEL, LoopbackServer
-from nxkit.llm.server import OpenAIBackend
-from nxkit.notebook import ensure_collection
-from nxkit.records import NeuronId
-from nxkit.runs import Run
-from nxkit.simulators import make_simulator
-from nxkit.simulators.prompted import SimulateConfig
-
 PAPER_NEURONS = 307_200
 
 
-def one_pass(collection: Path, neurons, latency: float, config: ExplainConfig, concurrency: int, cache: Path | None):
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def client_pass(args) -> dict:
+    """One run of the pipeline against `args.url`, in this process: what it sent, how long, at what CPU."""
+    from nxkit.explain_score import explain_and_score
+    from nxkit.explainers.base import ExplainConfig
+    from nxkit.llm.cache import ResponseCache
+    from nxkit.llm.loopback import MODEL
+    from nxkit.llm.server import OpenAIBackend
+    from nxkit.records import NeuronId
+    from nxkit.runs import Run
+    from nxkit.simulators import make_simulator
+    from nxkit.simulators.prompted import SimulateConfig
+
+    neurons = [NeuronId(*n) for n in json.loads(args.neuron_list)]
     tmp = Path(tempfile.mkdtemp(prefix="nxkit-throughput-"))
     run = Run(tmp / "run")
     run.path.mkdir()
-    (run.path / "activations").symlink_to(collection.resolve(), target_is_directory=True)
-    with LoopbackServer(latency=latency) as server:
-        backend = OpenAIBackend(
-            MODEL, base_url=server.base_url, api_key="local", max_concurrency=concurrency, prompt_logprobs=False,
-            cache=cache is not None, cache_root=cache,
-        )  # fmt: skip
-        sim = make_simulator(backend, SimulateConfig(mode="chat_text"))
-        t0 = time.perf_counter()
-        explain_and_score(run, neurons, backend, sim, config, progress=False)
-        wall = time.perf_counter() - t0
+    (run.path / "activations").symlink_to(Path(args.collection).resolve(), target_is_directory=True)
+    cache = tmp / "cache"
+    realistic = args.mode == "realistic"
+    backend = OpenAIBackend(
+        MODEL, base_url=args.url, api_key="local", max_concurrency=args.max_concurrency, prompt_logprobs=realistic,
+        cache_root=cache,
+    )  # fmt: skip
+    sim = make_simulator(backend, SimulateConfig(mode="all_at_once" if realistic else "chat_text"))
+    config = ExplainConfig(
+        max_neurons_in_flight=args.in_flight, best_of=args.best_of, sim_window_tokens=32,
+        scorers=["simulation", "detection", "fuzzing"],
+    )  # fmt: skip
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    explain_and_score(run, neurons, backend, sim, config, progress=False)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     summaries = run.summaries()
+    outcome = sorted(
+        (str(s.neuron_id), s.status, s.explanation, repr(s.scores), str(s.shuffled_control)) for s in summaries
+    )
+    store = ResponseCache(cache)
+    cache_bytes, entries = store.size_bytes(), len(store)
     shutil.rmtree(tmp, ignore_errors=True)
-    return server, backend, wall, summaries
+    u = backend.usage
+    return {
+        "wall": wall, "cpu": cpu, "requests": u.requests, "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens, "cache_bytes": cache_bytes, "cache_entries": entries,
+        "neurons": len(summaries), "done": sum(s.status == "done" for s in summaries),
+        "outcome": hashlib.sha256(json.dumps(outcome).encode()).hexdigest()[:12],
+    }  # fmt: skip
+
+
+def measure(args, mode: str, url: str, tree: str | None) -> dict:
+    """`client_pass` in a fresh process (this checkout's nxkit, or `tree`'s), so each client's CPU is its own."""
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = str(Path(tree).resolve())
+    cmd = [sys.executable, __file__, "--client", "--mode", mode, "--url", url, "--collection", args.collection,
+           "--neuron-list", args.neuron_list, "--best-of", str(args.best_of), "--in-flight", str(args.in_flight),
+           "--max-concurrency", str(args.max_concurrency)]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree or None)
+    if out.returncode:
+        raise SystemExit(f"the client in {tree or 'this checkout'} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -57,57 +106,59 @@ def main() -> None:
     ap.add_argument("--best-of", type=int, default=3)
     ap.add_argument("--max-concurrency", type=int, default=64)
     ap.add_argument("--in-flight", type=int, default=32, help="neurons in progress at once")
+    ap.add_argument("--modes", default="realistic,short")
+    ap.add_argument("--client-tree", help="another checkout whose client to measure too (the 'before')")
     ap.add_argument("--run", default="runs/bench-throughput", help="where the small collection is kept")
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--collection", help=argparse.SUPPRESS)
+    ap.add_argument("--neuron-list", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client:
+        print(json.dumps(client_pass(args)))
+        return
+
+    from nxkit.llm.loopback import LoopbackProcess
+    from nxkit.notebook import ensure_collection
 
     run = ensure_collection(args.run, layers=[0, 5], max_tokens=64 * 256, source="default")
     acts = run.activations()
     rng = random.Random(0)
-    neurons = sorted(
-        NeuronId(layer, n) for layer in acts.layers for n in rng.sample(range(acts.d_mlp), args.neurons // 2)
-    )
-    base = dict(best_of=args.best_of, sim_window_tokens=32, scorers=["simulation", "detection", "fuzzing"])
+    neurons = sorted((layer, n) for layer in acts.layers for n in rng.sample(range(acts.d_mlp), args.neurons // 2))
+    args.collection, args.neuron_list = str(Path(run.activations_dir).resolve()), json.dumps(neurons)
     print(f"{len(neurons)} neurons, best of {args.best_of}, calibration 5+5 windows, valid 10+10, control 10+10, "
-          f"detection and fuzzing on the valid windows, server latency {args.latency} s")  # fmt: skip
-
-    rows = {}
-    for label, in_flight in (("one neuron at a time", 1), (f"{args.in_flight} neurons in flight", args.in_flight)):
-        cache = Path(tempfile.mkdtemp(prefix="nxkit-cache-")) if in_flight > 1 else None
-        config = ExplainConfig(max_neurons_in_flight=in_flight, **base)
-        server, backend, wall, summaries = one_pass(
-            run.activations_dir, neurons, args.latency, config, args.max_concurrency, cache
-        )
-        effective = server.requests * args.latency / wall
-        rows[label] = (server, backend, wall, effective, summaries, cache)
-        print(f"{label:>24}: {server.requests:,} requests, at most {server.max_in_flight} in flight, "
-              f"{wall:.1f} s, effective concurrency {effective:.1f}")  # fmt: skip
-
-    (_, _, wall1, eff1, _, _), (server, backend, wall, eff, summaries, cache) = rows.values()
-    print(f"speed-up: {wall1 / wall:.1f}x; effective concurrency {eff:.1f} (target >= 32)")
-    done = [s for s in summaries if s.status == "done"]
-    n = len(summaries)
-    req = backend.usage.requests / n
-    prompt, completion = backend.usage.prompt_tokens / n, backend.usage.completion_tokens / n
-    from nxkit.llm.cache import ResponseCache
-
-    store = ResponseCache(cache) if cache else None
-    cache_bytes = store.size_bytes() if store else 0
-    print(f"per neuron (all scorers, {len(done)} of {n} done): {req:.1f} requests, {prompt:,.0f} prompt and "
-          f"{completion:,.0f} completion tokens; response cache {cache_bytes / n / 1024:.1f} KB "
-          f"({len(store) if store else 0:,} entries in one SQLite file)")  # fmt: skip
-    for kind, (r, p, c) in sorted(server.by_kind.items()):
-        scorer = {"explain": "explanation (best of k)", "simulate": "simulation (calibration, valid, control)"}
-        print(f"  {scorer.get(kind, kind + ' scorer'):<42} {r / n:6.1f} requests, {p / n:8,.0f} prompt and "
-              f"{c / n:6,.0f} completion tokens per neuron")  # fmt: skip
-    rate = server.requests / wall
-    hours = PAPER_NEURONS * req / rate / 3600
-    print(
-        f"projection for {PAPER_NEURONS:,} neurons at the measured {rate:.0f} requests/s: {PAPER_NEURONS * req:,.0f} "
-        f"requests, {PAPER_NEURONS * (prompt + completion) / 1e9:.2f}B tokens, {hours:.1f} hours; response cache "
-        f"{PAPER_NEURONS * cache_bytes / n / 1e9:.0f} GB"
+          f"detection and fuzzing on the valid windows, server latency {args.latency} s, {args.in_flight} neurons "
+          f"and at most {args.max_concurrency} requests in flight; {os.cpu_count()} cores, the server in a process "
+          "of its own")  # fmt: skip
+    clients = [("this checkout", None)] + (
+        [(f"client of {args.client_tree}", args.client_tree)] if args.client_tree else []
     )
-    if cache:
-        shutil.rmtree(cache, ignore_errors=True)
+    for mode in args.modes.split(","):
+        first = None
+        for label, tree in clients:
+            with LoopbackProcess(latency=args.latency, answers=mode) as server:
+                before = server.stats()
+                r = measure(args, mode, server.base_url, tree)
+                after = server.stats()
+            requests = after["requests"] - before["requests"]
+            server_cpu = after["cpu_s"] - before["cpu_s"]
+            effective = requests * args.latency / r["wall"]
+            rate = requests / r["wall"]
+            same = "" if first is None else ("; results identical" if r["outcome"] == first else "; RESULTS DIFFER")
+            first = first or r["outcome"]
+            print(f"{mode:>9} answers, {label}: {requests:,} requests ({after['bytes_sent'] / max(requests, 1) / 1024:.0f} KB "
+                  f"per answer), at most {after['max_in_flight']} in flight, {r['wall']:.1f} s, effective concurrency "
+                  f"{effective:.1f}, {rate:.0f} requests/s, client CPU {1000 * r['cpu'] / max(requests, 1):.1f} ms per "
+                  f"request, server CPU {server_cpu:.1f} s; cache {r['cache_bytes'] / max(r['cache_entries'], 1) / 1024:.1f} KB "
+                  f"per answer; {r['done']} of {r['neurons']} done{same}")  # fmt: skip
+            n = r["neurons"]
+            per = requests / n
+            hours = PAPER_NEURONS * per / rate / 3600
+            print(f"{'':>11}projection for {PAPER_NEURONS:,} neurons at {rate:.0f} requests/s: "
+                  f"{PAPER_NEURONS * per:,.0f} requests, {hours:,.1f} hours ({hours / 24:.1f} days) of client time; "
+                  f"{PAPER_NEURONS * (r['prompt_tokens'] + r['completion_tokens']) / n / 1e9:.2f}B tokens; response "
+                  f"cache {PAPER_NEURONS * r['cache_bytes'] / n / 1e9:.0f} GB")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from .explain_score import simulate_and_score
 from .explainers import as_explainer
 from .explainers.base import train_windows
 from .heldout import held_out, scored_windows
-from .llm.base import Backend, LLMError, run_sync
+from .llm.base import Backend, LLMError, run_sync, unusable
 from .offline import SubjectError
 from .prompts import KINDS
 from .records import (
@@ -213,6 +213,8 @@ async def _propose(
         )
         raw[kind] = answer.text
         proposals[kind] = prompts.parse_proposals(answer.text, n, config.max_text_chars)
+        if not proposals[kind]:
+            unusable(answer)
     return proposals, raw
 
 
@@ -249,7 +251,10 @@ async def _ask_revision(
         temperature=config.temperature,
         seed=mix_seed(config.seed, round_index, 2),
     )
-    return prompts.parse_explanation(answer.text), answer.text
+    parsed = prompts.parse_explanation(answer.text)
+    if parsed is None:
+        unusable(answer)
+    return parsed, answer.text
 
 
 def score_on(

@@ -28,11 +28,14 @@ def make_run(tmp_path, collection, name: str) -> Run:
 
 
 def llms(server: LoopbackServer, max_concurrency: int):
+    """A backend on the loopback server, whose answers are a real server's (echoed prompts with their top-20
+    log-probabilities), and the simulator a real server gets: all at once."""
     backend = OpenAIBackend(
-        MODEL, base_url=server.base_url, api_key="local", cache=False, max_concurrency=max_concurrency,
-        prompt_logprobs=False, backoff=0.05,
+        MODEL, base_url=server.base_url, api_key="local", cache=False, max_concurrency=max_concurrency, backoff=0.05,
     )  # fmt: skip
-    return backend, make_simulator(backend, SimulateConfig(mode="chat_text"))
+    sim = make_simulator(backend, SimulateConfig())
+    assert sim.mode == "all_at_once"
+    return backend, sim
 
 
 def outcome(run: Run) -> dict:

@@ -128,6 +128,7 @@ def test_retries_rate_limits_and_server_errors_then_caches(scripted, tmp_path):
     assert server.calls == 3 and b.usage.cache_hits == 1
     # the key went to the server, never to disk
     assert server.auth[0] == "Bearer sk-secret-test-key"
+    b.cache.flush()
     for f in (tmp_path / "cache").rglob("*"):
         if f.is_file():
             assert b"sk-secret-test-key" not in f.read_bytes()
@@ -194,25 +195,162 @@ def test_local_chat_is_seeded_and_returns_logprobs(local_backend: LocalBackend):
     assert "".join(t.token for t in a.tokens).strip() == a.text.strip()
 
 
-def test_response_cache_keeps_what_is_read_back_compressed_in_one_bounded_store(tmp_path):
-    from nxkit.llm.cache import ResponseCache, slim_response
+def test_response_cache_is_one_bounded_store_that_counts_a_replaced_entry_once(tmp_path):
+    from nxkit.llm.cache import ResponseCache
 
-    big = {
-        "id": "x", "model": "m", "system_fingerprint": "fp" * 500,
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "fires on cats"},
-                     "logprobs": {"content": [{"token": "fires", "logprob": -0.1, "bytes": [1] * 50,
-                                               "top_logprobs": [{"token": "fires", "logprob": -0.1, "bytes": [1]}]}]}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"x": 1}},
-    }  # fmt: skip
-    slim = slim_response(big)
-    assert slim["choices"][0]["message"]["content"] == "fires on cats" and "system_fingerprint" not in slim
-    assert slim["choices"][0]["logprobs"]["content"][0] == {
-        "token": "fires", "logprob": -0.1, "top_logprobs": [{"token": "fires", "logprob": -0.1}]
-    }  # fmt: skip
+    answer = {"text": "fires on cats " * 20, "finish_reason": "stop", "tokens": None}
     cache = ResponseCache(tmp_path, max_bytes=20_000)
     for i in range(2_000):
-        cache.put(cache.key({"i": i}), big)
-    assert cache.get(cache.key({"i": 1999}))["choices"][0]["message"]["content"] == "fires on cats"
+        if cache.put(cache.key({"i": i}), {**answer, "i": i}):
+            cache.flush()
+    assert cache.get(cache.key({"i": 1999}))["i"] == 1999  # still pending or written: read either way
+    cache.flush()
     assert cache.get(cache.key({"i": 0})) is None  # the oldest went first
     assert 0 < cache.size_bytes() <= 20_000 and len(cache) < 2_000
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".sqlite"] == ["responses.sqlite"]  # one file
+    # the same key written again replaces its entry: the size is counted once
+    roomy = ResponseCache(tmp_path / "roomy")
+    for _ in range(50):
+        roomy.put("k", answer)
+        roomy.flush()
+    assert roomy._size == roomy.size_bytes() and len(roomy) == 1
+    roomy.discard("k")
+    assert roomy.get("k") is None and roomy._size == roomy.size_bytes() == 0
+
+
+class BodyServer:
+    """A loopback server whose chat answers are scripted bodies (bytes), to check how the client reads them."""
+
+    def __init__(self, bodies: list[bytes]):
+        self.bodies, self.calls = list(bodies), 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, data: bytes):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(json.dumps({"object": "list", "data": [{"id": "m", "owned_by": "t"}]}).encode())
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                owner.calls += 1
+                self._send(owner.bodies.pop(0) if owner.bodies else json.dumps(_chat_body("hello")).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"choices": []}', b'{"choices": [{"message": 3}]}', b"[1, 2]", b'{"choices": [{"text": "x"}]}'],
+    ids=["not-json", "no-choices", "message-not-object", "a-list", "completion-shape"],
+)
+def test_a_malformed_200_is_retried_never_cached_and_named(tmp_path, body):
+    server = BodyServer([body] * 3)
+    b = backend(server.url, tmp_path, max_retries=2)
+    with pytest.raises(LLMError, match="giving up after 3 attempts.*cannot read"):
+        run_sync(b.chat(MSG))
+    assert server.calls == 3 and b.usage.malformed == 3
+    b.cache.flush()
+    assert len(b.cache) == 0  # nothing cached: the next run asks again
+    fresh = backend(server.url, tmp_path)
+    assert run_sync(fresh.chat(MSG)).text == "hello" and server.calls == 4
+    # one bad answer among good ones: retried, and the run goes on
+    server.bodies = [body]
+    assert run_sync(fresh.chat(MSG + [{"role": "user", "content": "again"}])).text == "hello"
+    assert fresh.usage.retries == 1
+
+
+def test_an_unparsable_answer_is_dropped_from_the_cache(scripted, tmp_path):
+    from nxkit.llm.base import unusable
+
+    server = scripted([])
+    b = backend(server.url, tmp_path)
+    answer = run_sync(b.chat(MSG))
+    assert run_sync(b.chat(MSG)).text == "hello" and server.calls == 1  # cached
+    unusable(answer)
+    assert run_sync(b.chat(MSG)).text == "hello" and server.calls == 2  # asked again
+
+
+def test_credentials_in_base_url_never_reach_the_manifest_or_the_cache_key(scripted, tmp_path):
+    from nxkit.llm.base import redact_url
+
+    assert redact_url("https://user:sk-abc@host.example/v1") == "https://user:***@host.example/v1"
+    assert redact_url("https://sk-abc@host/v1?api_key=sk-abc&x=1") == "https://***@host/v1?api_key=***&x=1"
+    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    b = OpenAIBackend("m", base_url="https://user:sk-abc@host.example/v1", api_key="k", cache=False)
+    assert "sk-abc" not in repr(b.describe()) and b.describe().base_url == "https://user:***@host.example/v1"
+    assert "sk-abc" not in repr(b) and "sk-abc" not in b.url
+
+
+def test_the_cache_never_answers_for_another_model_under_the_same_name(tmp_path):
+    a = BodyServer([])
+    first = backend(a.url, tmp_path)
+    run_sync(first.chat(MSG))
+    first.cache.flush()  # answers are written in batches (and at exit)
+    assert a.calls == 1
+    again = backend(a.url, tmp_path)
+    run_sync(again.chat(MSG))
+    assert a.calls == 1  # the same model: served from the cache
+    a.server.RequestHandlerClass.do_GET = lambda self: self._send(
+        json.dumps({"object": "list", "data": [{"id": "m", "owned_by": "t", "root": "/models/other.gguf"}]}).encode()
+    )
+    other = backend(a.url, tmp_path)
+    run_sync(other.chat(MSG))
+    assert a.calls == 2  # the server now lists another model under the name: asked again
+
+
+def test_the_small_cached_form_gives_the_same_simulation_as_the_whole_echo(tmp_path):
+    """The all-at-once simulator keeps a few hundred numbers of a 100 KB echo; what it computes from them (fresh, and
+    again from the cache) equals what the whole echoed prompt gives."""
+    from nxkit import prompts
+    from nxkit.llm.base import logprobs_at
+    from nxkit.llm.loopback import MODEL, LoopbackServer
+    from nxkit.simulators import make_simulator
+    from nxkit.simulators.prompted import DIGITS, SimulateConfig
+
+    tokens = [" The", " cat", " sat", " on", " the", " mat", ".", "\n", " A", " dog"]
+    with LoopbackServer(latency=0.0) as server:
+        b = OpenAIBackend(MODEL, base_url=server.base_url, api_key="local", cache_root=tmp_path / "c")
+        sim = make_simulator(b, SimulateConfig())
+        assert sim.mode == "all_at_once"
+        small = run_sync(sim.simulate_many("the word cat", [tokens]))[0]
+        prefix = prompts.simulate_prefix("the word cat")
+        text, places = prompts.simulate_window_text(tokens)
+        full = run_sync(b.prompt_logprobs(prefix + text, top=20))  # the whole echo, read the long way
+        assert len(full.tokens) > 300
+        whole = logprobs_at(full, [len(prefix) + o for o in places], DIGITS)
+        kept = run_sync(b.placeholder_logprobs(prefix, text, places, DIGITS, top=20))
+        assert kept == whole
+        sent = server.requests
+        again = OpenAIBackend(MODEL, base_url=server.base_url, api_key="local", cache_root=tmp_path / "c")
+        b.cache.flush()
+        cached = run_sync(make_simulator(again, SimulateConfig()).simulate_many("the word cat", [tokens]))[0]
+        assert server.requests == sent and again.usage.cache_hits == 2  # the shift probe and the window
+    assert cached == small
+    assert small.expected_activations[1] > 8 and small.expected_activations[8] < 1  # " cat" fires, " A" does not
+    store = b.cache
+    assert store.size_bytes() / len(store) < 4_000  # bytes per answer: the small form, not the echo
+
+
+def test_a_cache_from_an_older_nxkit_is_named_and_not_read(tmp_path, caplog):
+    import sqlite3
+
+    from nxkit.llm.cache import ResponseCache
+
+    (tmp_path / "old").mkdir()
+    with sqlite3.connect(tmp_path / "old" / "responses.sqlite") as db:
+        db.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, value BLOB, used REAL)")
+        db.execute("INSERT INTO responses VALUES ('k', x'00', 0)")
+    with caplog.at_level("WARNING"):
+        assert ResponseCache(tmp_path / "old").get("other") is None
+    assert "written by an older nxkit" in caplog.text and "responses.sqlite" in caplog.text

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from .. import prompts
-from ..llm.base import Backend
+from ..llm.base import Backend, unusable
 from ..records import (
     Candidate,
     Failure,
@@ -63,6 +63,7 @@ async def explain_neuron(
     for answer in answers:
         parsed = prompts.parse_explanation(answer.text)
         if parsed is None:
+            unusable(answer)
             failures.append(Failure("explain", "unparsable explanation", answer.text))
         else:
             explanations.append(parsed)

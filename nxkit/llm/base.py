@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -13,6 +14,25 @@ from ..records import Component, Usage
 
 class LLMError(RuntimeError):
     """An LLM backend that cannot be reached, configured or understood."""
+
+
+def redact_url(url: str) -> str:
+    """`url` with any credentials replaced by `***`: the password (or a lone user name) of `user:key@host`, and the
+    values of query parameters that look like keys (`key`, `api_key`, `token`, `secret`, `password`, `sig`)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = parts.query
+    if query:
+        secret = ("key", "token", "secret", "password", "sig", "auth")
+        pairs = [(k, "***" if any(s in k.lower() for s in secret) else v) for k, v in parse_qsl(query, True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,15 @@ class Completion:
     text: str
     tokens: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    forget: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    """Drops this answer from the backend's cache (None when nothing cached it): a caller that cannot use the
+    answer calls `unusable(answer)`, so that a rerun (`--retry-failed`) asks again instead of replaying it."""
+
+
+def unusable(answer: Completion) -> None:
+    """Tell the backend that `answer` could not be used (unparsable): it is not served from the cache again."""
+    if answer.forget is not None:
+        answer.forget()
 
 
 @dataclass

@@ -14,21 +14,36 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..records import Component, Usage
-from .base import Capabilities, Completion, LLMError, PromptLogprobs, TokenLogprob, count, logprobs_at
+from .answers import (
+    CACHE_FORMAT,
+    CACHE_FORMAT_KEY,
+    MalformedResponse,
+    as_int,
+    read_chat,
+    read_echo,
+    read_own_logprobs,
+)
+from .base import (
+    Capabilities,
+    Completion,
+    LLMError,
+    PromptLogprobs,
+    TokenLogprob,
+    count,
+    logprobs_at,
+    redact_url,
+)
 from .cache import ResponseCache
 
 log = logging.getLogger(__name__)
-
-
-# --- on-disk response cache --------------------------------------------------------------------
-
-
-# --- OpenAI-compatible servers -----------------------------------------------------------------
 
 
 @dataclass
@@ -67,6 +82,10 @@ class OpenAIConfig:
             raise LLMError("max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0 are required")
 
 
+VOLATILE_MODEL_FIELDS = ("created", "object", "permission", "permissions")
+"""Fields of a /models entry that change when the same model is served again (vLLM's `created` is the start time)."""
+
+
 class OpenAIBackend:
     """Any OpenAI-compatible endpoint through the `openai` async client."""
 
@@ -91,6 +110,7 @@ class OpenAIBackend:
         self.usage = Usage()
         self._per_loop: dict[int, tuple[Any, Any, asyncio.Semaphore]] = {}
         self._checked = False
+        self._served: dict[str, Any] = {}
         self._pause_until = 0.0  # time.monotonic() before which no request is sent (shared backoff)
         self._shift: int | None = self.config.prompt_logprobs_shift
         url = self.config.base_url or "https://api.openai.com/v1"
@@ -102,11 +122,13 @@ class OpenAIBackend:
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.config.model!r}, base_url={self.config.base_url!r})"
+        return f"OpenAIBackend(model={self.config.model!r}, base_url={self.url!r})"
 
     @property
     def url(self) -> str:
-        return self.config.base_url or "https://api.openai.com/v1"
+        """The server's URL as nxkit writes and prints it: any credentials in it (`user:key@`, a `key=` query)
+        are replaced by `***`."""
+        return redact_url(self.config.base_url or "https://api.openai.com/v1")
 
     def _client(self):
         """One client and semaphore per event loop (an httpx pool cannot cross loops)."""
@@ -128,49 +150,78 @@ class OpenAIBackend:
             "nxkit at another one with base_url= (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1"
         )
 
-    async def models(self) -> list[str]:
-        """Model names the server lists at /models."""
+    async def _models(self) -> list[dict]:
+        import httpx
         import openai
 
         client, _ = self._client()
         try:
-            page = await client.models.list()
+            response = await client.get("/models", cast_to=httpx.Response)
         except openai.APIConnectionError as exc:
             raise self._unreachable(exc) from exc
         except openai.AuthenticationError as exc:
             raise LLMError(
                 f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key="
             ) from exc
-        return [m.id for m in page.data]
+        try:
+            data = orjson.loads(response.content)["data"]
+            assert isinstance(data, list) and all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:
+            raise LLMError(
+                f"the server at {self.url} answered /models with something that is not a model list "
+                f"({response.content[:80]!r}); is base_url an OpenAI-compatible /v1 endpoint?"
+            ) from exc
+        return data
+
+    async def models(self) -> list[str]:
+        """Model names the server lists at /models."""
+        return [m["id"] for m in await self._models()]
 
     async def check(self) -> None:
-        """Fail early with a clear message when the server is down or does not serve this model."""
+        """Fail early with a clear message when the server is down or does not serve this model; note what the
+        server says of the model (its listing minus the start time) so that the cache never answers for another
+        model served under the same name."""
         if self._checked:
             return
-        names = await self.models()
+        listed = await self._models()
+        names = [m["id"] for m in listed]
         if names and self.config.model not in names:
             raise LLMError(f"the server at {self.url} does not serve model {self.config.model!r}; it lists: {names}")
+        entry = next((m for m in listed if m["id"] == self.config.model), {})
+        self._served = {k: v for k, v in entry.items() if k not in VOLATILE_MODEL_FIELDS}
         self._checked = True
 
-    async def _call(self, endpoint: str, params: dict[str, Any]) -> dict:
-        """Send one request (or serve it from the cache) with retries; returns the response as a dict."""
+    def _request(self, endpoint: str, params: dict[str, Any]) -> dict[str, Any]:
+        """What the cache key is made of: the endpoint, the server (credentials removed), the model as the server
+        lists it, and the request's parameters."""
         request = {"endpoint": endpoint, "base_url": self.url, "model": self.config.model, **params}
-        key = ResponseCache.key(request)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            count(self.usage, cache_hits=1)
-            return hit
+        if self._served:
+            request["served"] = self._served
+        return request
+
+    def _forget(self, endpoint: str, params: dict[str, Any]) -> Callable[[], None] | None:
+        if self.cache is None:
+            return None
+        cache, key = self.cache, ResponseCache.key(self._request(endpoint, params))
+        return lambda: cache.discard(key)
+
+    async def _call(self, endpoint: str, params: dict[str, Any], read, view: dict | None = None):
+        """One request's answer as `read` makes it from the server's JSON (the small form the kit keeps), from the
+        cache or from the server. `view` names what `read` keeps when it is only part of the answer (the cache key
+        then holds it). A response `read` cannot read is retried and never cached; a cache written by an older nxkit
+        is not read (`ResponseCache` says so once)."""
         await self.check()
-        data = await self._send(endpoint, params)
-        usage = data.get("usage") or {}
-        count(
-            self.usage,
-            requests=1,
-            prompt_tokens=usage.get("prompt_tokens") or 0,
-            completion_tokens=usage.get("completion_tokens") or 0,
-        )
+        request = self._request(endpoint, params)
+        key = ResponseCache.key(request if view is None else {**request, "view": view})
         if self.cache is not None:
-            self.cache.put(key, data)
-        return data
+            hit = self.cache.get(key)
+            if isinstance(hit, dict) and hit.get(CACHE_FORMAT_KEY) == CACHE_FORMAT:
+                count(self.usage, cache_hits=1)
+                return hit["value"]
+        value = await self._send(endpoint, params, read)
+        if self.cache is not None and self.cache.put(key, {CACHE_FORMAT_KEY: CACHE_FORMAT, "value": value}):
+            await asyncio.to_thread(self.cache.flush)
+        return value
 
     async def _wait_out_pause(self) -> None:
         while (wait := self._pause_until - time.monotonic()) > 0:
@@ -186,18 +237,40 @@ class OpenAIBackend:
         except ValueError:
             return None
 
-    async def _send(self, endpoint: str, params: dict[str, Any]) -> dict:
-        """The request itself, retried on what a retry can fix. Backoff is shared: a 429 (its `Retry-After`, else
-        exponential backoff with jitter) pauses every request of this backend, not just the one that got it."""
+    async def _send(self, endpoint: str, params: dict[str, Any], read):
+        """The request itself, retried on what a retry can fix, read into its small form. Backoff is shared: a 429
+        (its `Retry-After`, else exponential backoff with jitter) pauses every request of this backend, not just the
+        one that got it. The body is read as raw JSON (no client-side model objects); one attempt, waiting for a
+        slot excluded, takes at most `timeout` seconds however slowly the server sends its bytes."""
+        import httpx
+
         client, sem = self._client()
-        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        path = "/chat/completions" if endpoint == "chat" else "/completions"
+        body = {"model": self.config.model, **params}
         for attempt in range(self.config.max_retries + 1):
             await self._wait_out_pause()
             try:
                 async with sem:
                     await self._wait_out_pause()  # a pause that began while this request waited for a slot
-                    resp = await create(model=self.config.model, **params)
-                return resp.model_dump()
+                    raw = await asyncio.wait_for(self._post(client, path, body, httpx), self.config.timeout)
+                try:
+                    data = orjson.loads(raw)
+                    usage = data.get("usage") if isinstance(data, dict) else None
+                    value = read(data)
+                except (orjson.JSONDecodeError, MalformedResponse, AttributeError) as exc:
+                    count(self.usage, requests=1, malformed=1)
+                    raise MalformedResponse(
+                        f"{len(raw):,} bytes that are not a {endpoint} response ({type(exc).__name__}: {exc}); "
+                        f"they begin {raw[:80]!r}"
+                    ) from exc
+                usage = usage if isinstance(usage, dict) else {}
+                count(
+                    self.usage,
+                    requests=1,
+                    prompt_tokens=as_int(usage.get("prompt_tokens")),
+                    completion_tokens=as_int(usage.get("completion_tokens")),
+                )
+                return value
             except Exception as exc:
                 error = self._fatal(exc, last=attempt == self.config.max_retries, attempts=attempt + 1)
                 if error is not None:
@@ -209,6 +282,11 @@ class OpenAIBackend:
                 count(self.usage, retries=1)
                 log.warning("%s from %s; every request waits %.1f s", type(exc).__name__, self.url, delay)
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    @staticmethod
+    async def _post(client, path: str, body: dict, httpx) -> bytes:
+        response = await client.post(path, body=body, cast_to=httpx.Response)
+        return response.content
 
     def _fatal(self, exc: Exception, last: bool, attempts: int) -> Exception | None:
         """The error to raise for `exc`, or None when the request should be retried."""
@@ -223,6 +301,15 @@ class OpenAIBackend:
             )
         if isinstance(exc, openai.AuthenticationError):
             return LLMError(f"the server at {self.url} refused the API key (401): check OPENAI_API_KEY or api_key=")
+        if isinstance(exc, MalformedResponse | asyncio.TimeoutError):
+            if not last:
+                return None
+            what = (
+                "answered in a form nxkit cannot read"
+                if isinstance(exc, MalformedResponse)
+                else (f"did not finish answering within {self.config.timeout:g} s (timeout=)")
+            )
+            return LLMError(f"giving up after {attempts} attempts: the server at {self.url} {what}: {exc}")
         retryable = (
             openai.RateLimitError,
             openai.InternalServerError,
@@ -256,31 +343,25 @@ class OpenAIBackend:
             params["seed"] = seed
         if top_logprobs:
             params.update(logprobs=True, top_logprobs=top_logprobs)
-        data = await self._call("chat", params)
-        choice = data["choices"][0]
+        answer = await self._call("chat", params, read_chat)
         tokens = None
-        if top_logprobs and (lp := choice.get("logprobs")) and lp.get("content"):
-            tokens = [
-                TokenLogprob(
-                    t["token"], t.get("logprob"), {a["token"]: a["logprob"] for a in t.get("top_logprobs") or []}
-                )
-                for t in lp["content"]
-            ]
+        if top_logprobs and answer["tokens"]:
+            tokens = [TokenLogprob(t, lp, top) for t, lp, top in answer["tokens"]]
         return Completion(
-            text=choice["message"].get("content") or "", tokens=tokens, finish_reason=choice.get("finish_reason")
+            text=answer["text"],
+            tokens=tokens,
+            finish_reason=answer["finish_reason"],
+            forget=self._forget("chat", params),
         )
 
-    async def _echo(self, prompt: str, top: int) -> dict:
-        data = await self._call(
-            "completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": top}
+    def _echo_params(self, prompt: str, top: int) -> dict[str, Any]:
+        return {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": top}
+
+    def _no_echo(self) -> LLMError:
+        return LLMError(
+            f"the server at {self.url} returned no prompt log-probabilities with echo=True; pass "
+            "prompt_logprobs=False to OpenAIBackend, or use SimulateConfig(mode='chat_logprobs')"
         )
-        lp = data["choices"][0].get("logprobs") or {}
-        if not lp.get("tokens") or lp.get("text_offset") is None or lp.get("top_logprobs") is None:
-            raise LLMError(
-                f"the server at {self.url} returned no prompt log-probabilities with echo=True; pass "
-                "prompt_logprobs=False to OpenAIBackend, or use SimulateConfig(mode='chat_logprobs')"
-            )
-        return lp
 
     async def prompt_shift(self) -> int:
         """Detect (once) whether echoed log-probabilities at token i predict token i (0) or token i+1 (1).
@@ -289,8 +370,10 @@ class OpenAIBackend:
         and very low when it is really the chance of the token repeating.
         """
         if self._shift is None:
-            lp = await self._echo(" ".join(str(i) for i in range(1, 40)), 1)
-            own = [v for v in lp.get("token_logprobs") or [] if v is not None][4:]
+            own = await self._call(
+                "completions", self._echo_params(" ".join(str(i) for i in range(1, 40)), 1), read_own_logprobs
+            )
+            own = [v for v in own if v is not None][4:]
             if not own:
                 raise LLMError(f"the server at {self.url} returned no token log-probabilities with echo=True")
             self._shift = 0 if sum(own) / len(own) > -4.0 else 1
@@ -298,15 +381,15 @@ class OpenAIBackend:
         return self._shift
 
     async def prompt_logprobs(self, prompt: str, top: int = 5) -> PromptLogprobs:
-        """Top log-probabilities predicting every prompt token (OpenAI semantics), via /completions with echo=True."""
+        """Top log-probabilities predicting every prompt token (OpenAI semantics), via /completions with echo=True.
+        The whole echo is kept (and cached): for the simulator's hot path use `placeholder_logprobs`."""
         if not self.capabilities.prompt_logprobs:
             raise LLMError(f"{self} does not return prompt log-probabilities; use a chat simulator mode")
         shift = await self.prompt_shift()
-        lp = await self._echo(prompt, top)
-        tops = list(lp["top_logprobs"])
+        tokens, offsets, tops = await self._call("completions", self._echo_params(prompt, top), read_echo)
         if shift:
             tops = [None, *tops[:-1]]
-        return PromptLogprobs(tokens=list(lp["tokens"]), offsets=list(lp["text_offset"]), top=tops)
+        return PromptLogprobs(tokens=list(tokens), offsets=list(offsets), top=tops)
 
     async def placeholder_logprobs(
         self, prefix: str, text: str, offsets: list[int], candidates: list[str], top: int = 20
@@ -314,10 +397,22 @@ class OpenAIBackend:
         """Log-probabilities of `candidates` as the next token at each character offset of `text` (after `prefix`).
 
         Per offset: the candidates among the server's top `top` alternatives there (possibly none), or
-        None when no prompt token starts at that offset.
+        None when no prompt token starts at that offset. Only these few hundred numbers are kept of the
+        echoed prompt (and cached, keyed by the request and the offsets and candidates asked for).
         """
-        lp = await self.prompt_logprobs(prefix + text, top=top)
-        return logprobs_at(lp, [len(prefix) + o for o in offsets], candidates)
+        if not self.capabilities.prompt_logprobs:
+            raise LLMError(f"{self} does not return prompt log-probabilities; use a chat simulator mode")
+        shift = await self.prompt_shift()
+        at = [len(prefix) + o for o in offsets]
+        view = {"placeholders": at, "candidates": list(candidates), "shift": shift}
+
+        def read(data):
+            tokens, starts, tops = read_echo(data)
+            if shift:
+                tops = [None, *tops[:-1]]
+            return logprobs_at(PromptLogprobs(tokens, starts, tops), at, candidates)
+
+        return await self._call("completions", self._echo_params(prefix + text, top), read, view=view)
 
     def describe(self) -> Component:
         """What the manifest records of this backend (never the key)."""

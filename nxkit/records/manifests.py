@@ -28,7 +28,9 @@ class Usage:
     reused_prompt_tokens: int = 0
     """Prompt tokens whose keys and values were reused from a shared prefix (local backend)."""
     retries: int = 0
-    """Requests sent again after a rate limit, a server error or a timeout."""
+    """Requests sent again after a rate limit, a server error, a timeout or a malformed answer."""
+    malformed: int = 0
+    """Answers with status 200 that could not be read (not JSON, the wrong shape): retried, never cached."""
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

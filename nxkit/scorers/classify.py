@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import prompts
-from ..llm.base import Backend
+from ..llm.base import Backend, unusable
 from ..records import FIRES, RANDOM, ClassifierScore, Failure, HeldOutWindow
 from .base import ScoringContext
 
@@ -84,6 +84,7 @@ async def classify(
         values["auc"], auc_flag = None, "binary_answers"  # 0/1 answers: an AUC would repeat the balanced accuracy
     failures = []
     if len(kept) < len(items):
+        unusable(answer)
         failures.append(Failure(kind, f"no 0/1 answer for {len(items) - len(kept)} of {len(items)} items", answer.text))
     score = ClassifierScore(
         kind,

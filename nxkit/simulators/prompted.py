@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import prompts
-from ..llm.base import Backend, Capabilities
+from ..llm.base import Backend, Capabilities, unusable
 from ..records import (
     SIMULATED_NORMALIZED_ACTIVATIONS,
     Candidate,
@@ -177,6 +177,7 @@ class ChatSimulator(_Prompted):
         lines = prompts.align_lines(tokens, prompts.parse_simulation_lines(answer.text))
         missing = sum(line is None for line in lines)
         if missing:
+            unusable(answer)
             return SimulationFailure(
                 f"{missing} of {len(tokens)} tokens have no `token<TAB>digit` line in the answer", answer.text
             )

@@ -1,0 +1,104 @@
+"""Reading an OpenAI-compatible server's JSON answer into the small form the kit keeps (and caches).
+
+Every reader takes the decoded JSON of a response and returns
+plain lists and dicts, or raises `MalformedResponse` naming what is missing, so a wrong shape is never cached and
+never surfaces as a `KeyError` deep in a stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import LLMError
+
+CACHE_FORMAT_KEY = "nxkit_answer"
+CACHE_FORMAT = 2
+"""Cached entries are `{CACHE_FORMAT_KEY: CACHE_FORMAT, "value": small form}`."""
+
+
+class MalformedResponse(LLMError):
+    """A 200 answer that is not the response asked for (not JSON, or the wrong shape)."""
+
+
+def _choice(data: Any) -> dict:
+    if not isinstance(data, dict):
+        raise MalformedResponse(f"the answer is a JSON {type(data).__name__}, not an object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedResponse("the answer has no `choices` list with an object in it")
+    return choices[0]
+
+
+def _number(value: Any, what: str) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise MalformedResponse(f"{what} is {value!r}, not a number")
+
+
+def read_chat(data: Any) -> dict:
+    """A chat completion's answer: `{"text", "finish_reason", "tokens"}`, tokens as `[token, logprob, {alt: lp}]`
+    (None without log-probabilities)."""
+    choice = _choice(data)
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise MalformedResponse("the chat answer's first choice has no `message` object")
+    text = message.get("content")
+    if text is not None and not isinstance(text, str):
+        raise MalformedResponse(f"the message content is a {type(text).__name__}, not text")
+    tokens = None
+    lp = choice.get("logprobs")
+    if isinstance(lp, dict) and lp.get("content"):
+        content = lp["content"]
+        if not isinstance(content, list):
+            raise MalformedResponse("`logprobs.content` is not a list")
+        tokens = []
+        for t in content:
+            if not isinstance(t, dict) or not isinstance(t.get("token"), str):
+                raise MalformedResponse(f"a generated token's log-probabilities are {str(t)[:80]!r}")
+            alts = t.get("top_logprobs") or []
+            if not isinstance(alts, list) or not all(isinstance(a, dict) and "token" in a for a in alts):
+                raise MalformedResponse("`top_logprobs` of a generated token is not a list of {token, logprob}")
+            tokens.append(
+                [t["token"], _number(t.get("logprob"), "a logprob"), {a["token"]: a.get("logprob") for a in alts}]
+            )
+    finish = choice.get("finish_reason")
+    return {"text": text or "", "finish_reason": finish if isinstance(finish, str) else None, "tokens": tokens}
+
+
+def read_echo(data: Any) -> tuple[list[str], list[int], list[dict[str, float] | None]]:
+    """A completion with `echo=True`: every prompt token, its start offset, and its top log-probabilities."""
+    lp = _choice(data).get("logprobs")
+    if (
+        not isinstance(lp, dict)
+        or not lp.get("tokens")
+        or lp.get("text_offset") is None
+        or lp.get("top_logprobs") is None
+    ):
+        raise MalformedResponse(
+            "the completion has no prompt log-probabilities (`logprobs.tokens`, `text_offset`, `top_logprobs`)"
+        )
+    tokens, offsets, tops = lp["tokens"], lp["text_offset"], lp["top_logprobs"]
+    if not (isinstance(tokens, list) and isinstance(offsets, list) and isinstance(tops, list)):
+        raise MalformedResponse("`logprobs.tokens`, `text_offset` and `top_logprobs` must be lists")
+    if not len(tokens) == len(offsets) == len(tops):
+        raise MalformedResponse(
+            f"{len(tokens)} echoed tokens, {len(offsets)} offsets and {len(tops)} top log-probabilities: "
+            "a truncated or inconsistent answer"
+        )
+    if not all(isinstance(o, int) for o in offsets) or not all(t is None or isinstance(t, dict) for t in tops):
+        raise MalformedResponse("echoed offsets must be integers and top log-probabilities objects (or null)")
+    return tokens, offsets, tops
+
+
+def read_own_logprobs(data: Any) -> list[float | None]:
+    """A completion with `echo=True`: each prompt token's own log-probability."""
+    lp = _choice(data).get("logprobs")
+    own = lp.get("token_logprobs") if isinstance(lp, dict) else None
+    if not isinstance(own, list):
+        raise MalformedResponse("the completion has no `logprobs.token_logprobs` list")
+    return [_number(v, "a token's logprob") for v in own]
+
+
+def as_int(value: Any) -> int:
+    """A usage count as an integer (0 when the server left it out or sent something else)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
