@@ -19,14 +19,16 @@ from .collection.corpus import CorpusError
 from .explainers.base import ExplainError
 from .llm.base import LLMError
 from .offline import SubjectError
-from .pipeline import PipelineConfig, PipelineError, SourceConfig
+from .pipeline import PipelineConfig, PipelineError, SourceConfig, deferred_checks
 from .revise import ReviseError
+from .rundir import RunFileError, RunLockedError
 from .simulators.base import SimulateError
 from .simulators.trained import TrainError
 from .training.train import SimTrainConfig
 
 ERRORS = (
-    SubjectError, CorpusError, CollectError, PipelineError, LLMError, ExplainError, SimulateError, ReviseError, TrainError
+    SubjectError, CorpusError, CollectError, PipelineError, LLMError, ExplainError, SimulateError, ReviseError, TrainError,
+    RunFileError, RunLockedError,
 )  # fmt: skip
 """Errors that are the user's to fix: printed as one line, exit status 2."""
 Flat = tyro.conf.OmitArgPrefixes
@@ -112,7 +114,8 @@ def cmd_collect(command: Collect) -> None:
 
     config = PipelineConfig(source=command.source, collect=command.collect)
     run = Run(command.source.path)
-    prepare_collection(config, run)
+    with run.lock():
+        prepare_collection(config, run)
     print(f"activations: {run.activations_dir}")
 
 
@@ -121,7 +124,7 @@ def cmd_top(command: Top) -> None:
     from .pipeline import SourceConfig
     from .views.viz import describe_top
 
-    path = SourceConfig(name=command.name, run_dir=command.run_dir).path
+    path = SourceConfig(name=command.name, run_dir=command.run_dir).path  # checks the name
     print(describe_top(Activations(path / "activations"), command.layers, command.per_layer))
 
 
@@ -136,12 +139,17 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        command = tyro.extras.subcommand_cli_from_dict(
-            {name: cls for name, (cls, _) in COMMANDS.items()}, prog="nxkit", args=argv, description=__doc__
-        )
+        with deferred_checks():  # checked below, so that a bad value is one line naming the fix
+            command = tyro.extras.subcommand_cli_from_dict(
+                {name: cls for name, (cls, _) in COMMANDS.items()}, prog="nxkit", args=argv, description=__doc__
+            )
     except SystemExit as exc:  # --help, or a flag or value tyro refused (it printed why)
         return int(exc.code or 0)
     try:
+        if isinstance(command, PipelineConfig):
+            command.check()
+        elif isinstance(command, Collect):
+            command.source.check()
         handler = next(h for cls, h in COMMANDS.values() if type(command) is cls)
         handler(command)
     except ERRORS as exc:

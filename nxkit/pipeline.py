@@ -10,11 +10,14 @@ it was. The settings are saved in the run manifest under `pipeline`.
 from __future__ import annotations
 
 import random
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from . import files
 from .collection.collect import CollectConfig
 from .explainers import SEARCH
 from .explainers.base import ExplainConfig
@@ -31,6 +34,64 @@ SIDES = {POSITIVE: [POSITIVE], NEGATIVE: [NEGATIVE], BOTH: [POSITIVE, NEGATIVE]}
 
 class PipelineError(ValueError):
     """A run that cannot start as configured."""
+
+
+_DEFERRED: list[bool] = []
+"""Non-empty while the command line is parsed: the configs' checks run after parsing (`deferred_checks`)."""
+
+
+@contextmanager
+def deferred_checks():
+    """Build configs without checking them (the caller calls `check()`): how `nxkit` turns a bad flag into one line
+    rather than the argument parser's box."""
+    _DEFERRED.append(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.pop()
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A run name: a plain folder name under runs/ (no separators, no `..`)."""
+
+
+def check_corpus_spec(spec: str) -> None:
+    """Fail early, naming the fix, on a corpus that cannot be read (before a model is loaded)."""
+    from .collection.corpus import SOURCES
+
+    if spec in ("default", "fortunes", "pydoc"):
+        return
+    if spec.startswith("hf:"):
+        if len(spec) <= 3 or any(not part for part in spec[3:].split(":")[:1]):
+            raise PipelineError(
+                f"corpus {spec!r}: write hf:DATASET[:CONFIG][:SPLIT], e.g. hf:wikitext:wikitext-2-raw-v1"
+            )
+        return
+    if spec.endswith((".txt", ".jsonl")):
+        if not Path(spec).is_file():
+            raise PipelineError(f"corpus file {spec} does not exist; give the path of a .txt or .jsonl file")
+        return
+    raise PipelineError(f"unknown corpus {spec!r}; choose one of: {', '.join(SOURCES)}")
+
+
+def check_base_url(name: str, url: str | None) -> None:
+    """A server URL must be http(s)://HOST[:PORT]/...; anything else is named before a request is made."""
+    if url is None:
+        return
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        from .llm.base import redact_url
+
+        raise PipelineError(
+            f"{name} {redact_url(url)!r} is not a server URL; write http(s)://HOST[:PORT]/v1, e.g. "
+            "http://127.0.0.1:8000/v1"
+        )
 
 
 @dataclass
@@ -60,8 +121,19 @@ class SourceConfig:
     """Seed of the random re-initialisation."""
 
     def __post_init__(self):
+        if not _DEFERRED:
+            self.check()
+
+    def check(self) -> None:
+        """Fail on settings that cannot work, naming the fix (`nxkit` calls it after parsing, for a one-line error)."""
         if self.max_tokens < self.window or self.window < 2:
             raise PipelineError(f"max_tokens ({self.max_tokens}) must be >= window ({self.window}) >= 2")
+        if self.run_dir is None and not RUN_NAME.fullmatch(self.name or ""):
+            raise PipelineError(
+                f"run name {self.name!r} is not a plain name (letters, digits, '.', '_' and '-', starting with a letter "
+                "or digit); it names a folder under runs/. For a run elsewhere, give its path with --run-dir"
+            )
+        check_corpus_spec(self.corpus)
 
     @property
     def path(self) -> Path:
@@ -124,6 +196,12 @@ class PipelineConfig:
     """Progress bars and stage headers."""
 
     def __post_init__(self):
+        if not _DEFERRED:
+            self.check()
+
+    def check(self) -> None:
+        """Fail on settings that cannot work, naming the fix (`nxkit` calls it after parsing, for a one-line error)."""
+        self.source.check()
         if self.sample < 1 and not self.neurons:
             raise PipelineError("sample must be >= 1 when no neurons are listed; or list them with --neurons")
         parse_neurons(self.neurons or [], [0])  # validates the syntax early
@@ -132,6 +210,10 @@ class PipelineConfig:
         for name in ("max_requests", "max_tokens_spent"):
             if (value := getattr(self, name)) is not None and value < 1:
                 raise PipelineError(f"{name} must be None or >= 1, got {value}")
+        check_base_url("base_url", self.base_url)
+        check_base_url("simulator_base_url", self.simulator_base_url)
+        if self.explain_layers is not None and any(layer < 0 for layer in self.explain_layers):
+            raise PipelineError(f"explain_layers {self.explain_layers}: layers are numbered from 0")
         if self.sign is not None and self.sign not in SIDES:
             raise PipelineError(f"sign must be positive, negative or both (or None: automatic), got {self.sign!r}")
 
@@ -219,6 +301,7 @@ class _Stages:
     def start(self, name: str, text: str) -> None:
         self.i += 1
         self.name, self.t0 = name, time.perf_counter()
+        files.STAGE = name  # what the crash harness's census says of each write
         if self.progress:
             print(f"\n[{self.i}/{self.n}] {text}", flush=True)
 
@@ -228,9 +311,15 @@ class _Stages:
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run (or resume) every stage; returns what was done. Prints a stage header and progress for each."""
-    from .explain_score import shuffled_controls
 
     run = Run(config.source.path)
+    with run.lock():  # a second process on this run stops at once; a crashed one's half-done writes are finished
+        return _run_pipeline(config, run)
+
+
+def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:
+    from .explain_score import shuffled_controls
+
     revise = bool(config.revise.rounds) and config.explainer != SEARCH
     stages = _Stages(4 + revise, config.progress)
     explainer, simulator = make_llms(config)  # fails before the collection when a server is unreachable
@@ -249,6 +338,9 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         f"explanation and scoring, {which} side{'s' * (len(sides) > 1)}: {todo} of {len(neurons) * len(sides)} "
         f"neuron sides to do (best of {config.explain.best_of})",
     )
+    from .explain_score import Budget, _sum_usage
+
+    budget, start = Budget(config.max_requests, config.max_tokens_spent), _sum_usage(explainer.usage, simulator.usage)
     stopped = explain_sides(config, sides, neurons, explainer, simulator)
     stages.stop()
 
@@ -264,7 +356,11 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     elif revise:
         stages.start("revision", f"revision: {config.revise.rounds} round(s) of counterexamples per neuron side")
         for side in sides:
-            model = revise_stage(config, side, model, explainer, simulator, neurons)
+            left = budget.remaining(_sum_usage(explainer.usage, simulator.usage).minus(start))
+            if left is None:
+                print("revision stopped: the budget is spent; run the same command again to resume", flush=True)
+                break
+            model = revise_stage(config, side, model, explainer, simulator, neurons, left)
         stages.stop()
     elif config.revise.rounds and config.progress:
         print(
@@ -273,6 +369,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             flush=True,
         )
 
+    files.STAGE = "compaction"
     for side in sides:
         side.compact_table()
     report = None
@@ -384,7 +481,7 @@ def choose_neurons(config: PipelineConfig, run: Run) -> list[NeuronId]:
     return neurons
 
 
-def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, neurons: list[NeuronId]):
+def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, neurons: list[NeuronId], budget=None):
     """Counterexample revision of every chosen neuron not revised yet, on the run's side (the subject model loads
     only if needed); returns the subject model, when loaded."""
     from .collection.subject import load_subject
@@ -395,7 +492,7 @@ def revise_stage(config: PipelineConfig, run: Run, model, explainer, simulator, 
         model = load_subject(src.model, device=src.device, init=src.subject_init, init_seed=src.subject_init_seed)
     revise_run(
         run, model, explainer.llm, simulator, config.revise, neurons=neurons, progress=config.progress,
-        retry_failed=config.retry_failed,
+        retry_failed=config.retry_failed, budget=budget,
     )  # fmt: skip
     return model
 

@@ -500,7 +500,7 @@ def parse_label_positions(text: str, n: int) -> list[tuple[int | None, int | Non
     out: list[tuple[int | None, int | None]] = [(None, None)] * n
     pos = 0
     for line in text.splitlines(keepends=True):
-        m = re.match(r"^\s*(\d+)\s*[:.)-]?\s*([01])\s*$", line)
+        m = re.match(r"^\s*(\d+)(?:\s*[:.)-]\s*|\s+)([01])\s*$", line)  # "10" is item 10, not item 1 = 0
         if m and 1 <= int(m.group(1)) <= n and out[int(m.group(1)) - 1][0] is None:
             out[int(m.group(1)) - 1] = (int(m.group(2)), pos + m.start(2))
         pos += len(line)

@@ -66,6 +66,10 @@ _SUFFIX = {EXPLANATIONS: ".jsonl", ACTIVATIONS: ".json"}
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
+MAX_FILE_BYTES = 64 * 2**20
+"""The most one neuron's file may take (the release's largest are a few MB): a larger answer is refused."""
+
+
 class PublicDataError(RuntimeError):
     """A file of the public dataset that could not be fetched or parsed; names the neuron and URL."""
 
@@ -308,9 +312,18 @@ class PublicDataset:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    data = response.read()
+                    data = response.read(MAX_FILE_BYTES + 1)
+                if len(data) > MAX_FILE_BYTES:
+                    raise FetchFailed(
+                        f"could not fetch {what}: it is over {MAX_FILE_BYTES // 2**20} MB, far larger than any file of "
+                        "the release; check base= (it points at something else)",
+                        nid,
+                        url,
+                    )
                 _check_complete(part, data)
                 return data
+            except FetchFailed:
+                raise
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     raise NeuronNotFound(

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import prompts
 from .collection.probe import ProbeError, probe_many
-from .explain_score import simulate_and_score
+from .explain_score import Budget, _sum_usage, simulate_and_score
 from .explainers import as_explainer
 from .explainers.base import train_windows
 from .heldout import held_out, scored_windows
@@ -469,11 +469,13 @@ def revise_run(
     neurons: list[NeuronId] | None = None,
     progress: bool = True,
     retry_failed: bool = False,
+    budget: Budget | None = None,
 ) -> list[NeuronRevision]:
     """Revise `neurons` (default: every neuron the run scored); returns their revision records.
 
     Neurons that already have a revision file are read back, not redone (a stopped run resumes);
-    `retry_failed` redoes those that failed.
+    `retry_failed` redoes those that failed. With a `budget`, no neuron starts once this call's traffic reached it:
+    the rest wait for a later call (the manifest says why) and are not returned.
     """
     run, config = as_run(run), config or ReviseConfig()
     if neurons is None:
@@ -487,12 +489,18 @@ def revise_run(
     explainer_llm = as_explainer(explainer)
     in_flight = config.max_neurons_in_flight if concurrent(explainer_llm, simulator) else 1
     done: dict[NeuronId, NeuronRevision] = {n: run.read_revision(n) for n in neurons if n not in todo}
+    usages = [c.llm.usage for c in (explainer_llm, simulator) if c.llm is not None]
+    start, stopped = _sum_usage(*usages), []
 
     async def go() -> None:  # many neurons in flight on the one event loop, as explain_and_score does
         slots = asyncio.Semaphore(in_flight)
 
         async def one(nid: NeuronId) -> None:
             async with slots:
+                if budget is not None and (why := budget.reached(_sum_usage(*usages).minus(start))):
+                    stopped.append(why)
+                    bar.update(1)
+                    return
                 done[nid] = await _revise_neuron(
                     run, model, nid.layer_index, nid.neuron_index, explainer, simulator, config
                 )
@@ -512,7 +520,9 @@ def revise_run(
 
     with tqdm(total=len(todo), desc="revise", unit="neuron", disable=not progress) as bar:
         run_sync(go())
-    return [done[n] for n in neurons]
+    if stopped:
+        run.update_manifest(stopped=f"revision: {stopped[0]}")
+    return [done[n] for n in neurons if done.get(n) is not None]
 
 
 def pending(run: Run, neurons: list[NeuronId], retry_failed: bool = False) -> list[NeuronId]:
@@ -552,21 +562,13 @@ def proposals_table(round_: RevisionRound, max_activation: float, fire_threshold
     """A round's probed proposals as a pandas table: kind, text, peak (units and 0-10), fired, mismatch."""
     import pandas as pd
 
+    columns = ["kind", "text", "peak", "peak 0-10", "fired", "mismatch"]
     rows = []
     for kind in KINDS:
         for p in round_.probes.get(kind, []):
             fired = p.max_activation >= fire_threshold * max_activation
-            rows.append(
-                {
-                    "kind": kind,
-                    "text": p.text,
-                    "peak": p.max_activation,
-                    "peak 0-10": p.max_normalized,
-                    "fired": fired,
-                    "mismatch": fired != (kind == "fire"),
-                }
-            )
-    return pd.DataFrame(rows, columns=["kind", "text", "peak", "peak 0-10", "fired", "mismatch"])
+            rows.append([kind, p.text, p.max_activation, p.max_normalized, fired, fired != (kind == "fire")])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def score_on_split(

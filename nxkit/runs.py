@@ -16,12 +16,15 @@ Files are written atomically, summary last, so a neuron is finished exactly when
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import scorers
-from .files import atomic_write
+from .files import append_line, atomic_write, crash_point, read_lines
 from .records import (
     NEGATIVE,
     POSITIVE,
@@ -38,9 +41,9 @@ from .records import (
     dumps,
     from_json_obj,
     load_simulation_results,
-    loads,
     to_json_obj,
 )
+from .rundir import RunFileError, hold_directory, read_json, read_typed
 
 FINISHED = ("done", "dead", "failed")
 INTERVAL_COLUMNS = [f"{k}_{end}" for k in ("top_and_random", "random_only", "shuffled_control", "shuffled_gap")
@@ -73,13 +76,7 @@ _TABLE_LOCK = threading.RLock()
 """The table's journal and Parquet file are written by one thread at a time (revision runs in threads)."""
 
 
-def _read_typed(path: Path, cls: type) -> Any:
-    if not path.exists():
-        return None
-    obj = loads(path.read_text(encoding="utf-8"))
-    if not isinstance(obj, cls):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}; it was written by another tool")
-    return obj
+log = logging.getLogger(__name__)
 
 
 class Run:
@@ -145,7 +142,7 @@ class Run:
         """The run's manifest (an empty one before anything was recorded); older plain-dict manifests read too."""
         if not self.manifest_path.exists():
             return RunManifest()
-        obj = from_json_obj(json.loads(self.manifest_path.read_text()))
+        obj = from_json_obj(read_json(self.manifest_path))
         return obj if isinstance(obj, RunManifest) else RunManifest.from_json_obj(obj)
 
     def update_manifest(self, **sections: Any) -> RunManifest:
@@ -169,7 +166,7 @@ class Run:
     def collection_manifest(self) -> CollectionManifest | None:
         """The collection's manifest (model, corpus, settings), None when there is none."""
         path = self.activations_dir / "manifest.json"
-        return CollectionManifest.from_json_obj(json.loads(path.read_text())) if path.exists() else None
+        return CollectionManifest.from_json_obj(read_json(path)) if path.exists() else None
 
     def activations(self):
         from .collection.activations import Activations
@@ -178,12 +175,67 @@ class Run:
 
     # --- per-neuron records ---
 
-    def write_neuron(self, summary: NeuronSummary, results: NeuronSimulationResults | None = None) -> None:
-        """Write the explanation file (if any) and then the summary, each atomically."""
+    # --- the lock, and what a crash left half done ---
+
+    @contextmanager
+    def lock(self):
+        """Hold the run directory for this process (an `fcntl` lock on `.lock`, released when the process ends,
+        however it ends): a second process stops at once, naming the holder. Re-entrant within a process. On taking
+        it, finishes what a killed process left half written (`recover`)."""
+        with hold_directory(self.root) as first:
+            if first:
+                for side in self.sides_on_disk():
+                    side.recover()
+            yield self
+
+    def sides_on_disk(self) -> list[Run]:
+        """Both sides of this run whose folders exist."""
+        return [r for r in (self.side(POSITIVE), self.side(NEGATIVE)) if r.path.exists()]
+
+    def _pending_path(self, nid: NeuronId) -> Path:
+        return self.path / "pending" / f"{nid.layer_index}.{nid.neuron_index}"
+
+    def recover(self) -> list[NeuronId]:
+        """Finish the neuron writes a killed process left half done: each neuron whose write began (a `pending/`
+        marker) gets its table row from the files on disk. Returns those neurons."""
+        root = self.path / "pending"
+        if not root.exists():
+            return []
+        out = []
+        for marker in sorted(root.iterdir()):
+            layer, _, neuron = marker.name.partition(".")
+            if not (layer.isdigit() and neuron.isdigit()):
+                continue
+            nid = NeuronId(int(layer), int(neuron))
+            summary = self.read_neuron(nid)
+            if summary is not None:
+                self.append_row(summary)
+            marker.unlink()
+            out.append(nid)
+        if out:
+            log.info("%s: finished the table rows of %d neurons a stopped process was writing", self.path, len(out))
+        return out
+
+    def write_neuron(
+        self,
+        summary: NeuronSummary,
+        results: NeuronSimulationResults | None = None,
+        revision: NeuronRevision | None = None,
+    ) -> None:
+        """Write a neuron's explanation file (if any), its summary, its revision file (if any) and its table row.
+        Each file is atomic; a marker in `pending/` spans them, so that a crash in between is finished on resume
+        (`recover`): the revision file, which resume reads as "revised", is written after what it changes."""
+        nid = summary.neuron_id
+        marker = self._pending_path(nid)
+        atomic_write(marker, "")
         if results is not None:
-            atomic_write(self.explanation_path(summary.neuron_id), dump_simulation_results(results) + "\n")
-        atomic_write(self.summary_path(summary.neuron_id), dumps(summary))
-        self.append_row(summary)
+            atomic_write(self.explanation_path(nid), dump_simulation_results(results) + "\n")
+        atomic_write(self.summary_path(nid), dumps(summary))
+        if revision is not None:
+            atomic_write(self.revision_path(nid), dumps(revision))
+        self.append_row(summary, revision)
+        marker.unlink()
+        crash_point("marker-removed", marker)
 
     # --- the run table: Parquet, with a journal of the rows written since it was last compacted ---
 
@@ -195,22 +247,57 @@ class Run:
     def journal_path(self) -> Path:
         return self.path / "table.journal.jsonl"
 
-    def append_row(self, summary: NeuronSummary) -> None:
+    def append_row(self, summary: NeuronSummary, revision: NeuronRevision | None = None) -> None:
         """Record a neuron's current row (a later row of the same neuron supersedes it): one appended line, so a
-        killed run's table holds exactly the neurons written; compacted into the Parquet file every
-        `JOURNAL_ROWS` rows."""
-        row = table_row(summary, self.read_revision(summary.neuron_id), self.label, self.sign)
+        killed run's table holds exactly the neurons written (a line torn by a crash is left out on reading);
+        compacted into the Parquet file every `JOURNAL_ROWS` rows."""
+        revision = revision if revision is not None else self.read_revision(summary.neuron_id)
+        row = table_row(summary, revision, self.label, self.sign)
         line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
         with _TABLE_LOCK:
-            with open(self.journal_path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
+            self._end_journal_cleanly()
+            append_line(self.journal_path, line)
             if self._journal_rows is None:
                 self._journal_rows = sum(1 for _ in open(self.journal_path, encoding="utf-8"))
             else:
                 self._journal_rows += 1
             if self._journal_rows >= JOURNAL_ROWS:
                 self._compact()
+
+    def _journal_rows_on_disk(self) -> list[dict]:
+        """The journal's complete rows (a torn last line, from a crash mid-append, is left out and said)."""
+        if not (self.journal_path.exists() and self.journal_path.stat().st_size):
+            return []
+        lines, torn = read_lines(self.journal_path)
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RunFileError(
+                    f"{self.journal_path} line {i + 1} is damaged ({exc}); delete the journal and run "
+                    "`nxkit run` again: its rows are rebuilt from the neurons' summaries"
+                ) from exc
+        if torn:
+            log.warning("%s: the last line was cut off by a stopped process; it is left out", self.journal_path)
+        return rows
+
+    def _end_journal_cleanly(self) -> None:
+        """Cut a torn last line off the journal before appending after it (its neuron is rewritten by `recover`)."""
+        if not self.journal_path.exists():
+            return
+        size = self.journal_path.stat().st_size
+        if not size:
+            return
+        with open(self.journal_path, "rb+") as f:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            data = f.read()
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
 
     def compact_table(self) -> Path:
         """Fold the journal into `table.parquet` (atomic replace); returns its path."""
@@ -239,8 +326,8 @@ class Run:
         parts = []
         if self.table_path.exists():
             parts.append(pd.read_parquet(self.table_path))
-        if self.journal_path.exists() and self.journal_path.stat().st_size:
-            rows = [json.loads(line) for line in self.journal_path.read_text(encoding="utf-8").splitlines() if line]
+        rows = self._journal_rows_on_disk()
+        if rows:
             parts.append(pd.DataFrame(rows))
         if not parts:
             return None
@@ -249,14 +336,22 @@ class Run:
         return _typed(df.reindex(columns=_columns_of(df)))
 
     def read_neuron(self, nid: NeuronId) -> NeuronSummary | None:
-        return _read_typed(self.summary_path(nid), NeuronSummary)
+        return read_typed(self.summary_path(nid), NeuronSummary)
 
     def read_results(self, nid: NeuronId) -> NeuronSimulationResults | None:
         path = self.explanation_path(nid)
-        return load_simulation_results(path.read_text().splitlines()[0]) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return load_simulation_results(path.read_text(encoding="utf-8").splitlines()[0])
+        except (json.JSONDecodeError, UnicodeDecodeError, IndexError, KeyError, TypeError) as exc:
+            raise RunFileError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}); move it away together with the neuron's summary "
+                f"{self.summary_path(nid)} and run again: the neuron is redone"
+            ) from exc
 
     def read_revision(self, nid: NeuronId) -> NeuronRevision | None:
-        return _read_typed(self.revision_path(nid), NeuronRevision)
+        return read_typed(self.revision_path(nid), NeuronRevision)
 
     def write_revision(self, revision: NeuronRevision, kept: ScoredSimulation | None = None) -> None:
         """Write a neuron's revision file and show its outcome in the summary and the explanation file.
@@ -266,9 +361,9 @@ class Run:
         the revision first and the original after it. Otherwise the original stays (or is put back).
         """
         nid = revision.neuron_id
-        atomic_write(self.revision_path(nid), dumps(revision))
         summary, results = self.read_neuron(nid), self.read_results(nid)
         if summary is None or summary.status != "done" or results is None:
+            atomic_write(self.revision_path(nid), dumps(revision))
             return
         original = next(
             (e for e in results.scored_explanations if e.explanation == summary.original_explanation),
@@ -288,7 +383,7 @@ class Run:
                 "original",
             )
             explanations = [original]
-        self.write_neuron(summary, NeuronSimulationResults(nid, explanations))
+        self.write_neuron(summary, NeuronSimulationResults(nid, explanations), revision)
 
     def neurons(self) -> list[NeuronId]:
         """Every neuron with a summary, sorted."""

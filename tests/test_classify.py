@@ -33,6 +33,10 @@ def test_marking_and_parsing_answers():
     said = prompts.parse_label_positions(text, 4)
     assert [label for label, _ in said] == [1, 0, 1, None]
     assert [text[o] if o is not None else None for _, o in said] == ["1", "0", "1", None]  # where each digit is
+    # a bare "10" or "11" line is item 10 or 11 with no answer, never item 1 answered 0 or 1
+    assert prompts.parse_label_positions("10\n11\n1: 1", 12)[0] == (1, 9)
+    assert [label for label, _ in prompts.parse_label_positions("10\n11", 12)] == [None] * 12
+    assert [label for label, _ in prompts.parse_label_positions("10: 1\n11 0", 12)][9:11] == [1, 0]
     messages = prompts.detection_messages("numbers", ["a 1", "b"])
     assert messages[-1]["content"] == "Explanation: numbers\nTexts:\n1. a 1\n2. b"
     assert messages[2]["content"] == "1: 1\n2: 0\n3: 1" and "fires" in messages[0]["content"]

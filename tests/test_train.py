@@ -185,6 +185,16 @@ def test_real_explanations_from_the_public_layout_and_from_a_run_train_on_their_
         assert all(tuple(w) in own for w in ex.windows)
     with pytest.raises(TrainError, match="explanations/ folder"):
         real_records(from_public=str(tmp_path))
+    # no window a later score reads: the records keep the explainer's train split only
+    from nxkit.heldout import split_records
+
+    acts = run.activations()
+    for _, rec in ours:
+        full = acts.neuron_record(rec.neuron_id.layer_index, rec.neuron_id.neuron_index)
+        held = {tuple(r.tokens) for split in ("calibration", "valid", "test") for r in split_records(full, split)}
+        kept = {tuple(r.tokens) for r in (*rec.most_positive_activation_records, *rec.random_sample)}
+        assert kept and not kept & held
+        assert kept == {tuple(r.tokens) for r in split_records(full, "train")}
 
 
 HELD_OUT_CONCEPTS = ("edible_fruit.n.01", "vegetable.n.01", "bird.n.01", "dog.n.01", "body_part.n.01", "meat.n.01")

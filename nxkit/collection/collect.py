@@ -407,7 +407,7 @@ def _write_inputs(out: Path, model, windows: Windows) -> None:
         if not np.array_equal(np.load(windows_path, mmap_mode="r"), tokens_np):
             raise CollectError(f"{windows_path} holds other windows; delete {out} to start over")
     else:
-        np.save(windows_path, tokens_np)
+        atomic_write(windows_path, lambda f: np.save(f, tokens_np))
     strings_path = out / "token_strings.json"
     if not strings_path.exists():
         tok = model.tokenizer
@@ -456,7 +456,15 @@ class _Pass:
 
     def load(self, path: Path, device) -> int:
         """Restore a checkpoint; returns the windows it had done."""
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        import pickle
+
+        try:
+            ckpt = torch.load(path, map_location=device, weights_only=True)  # plain tensors: no code runs on load
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise CollectError(
+                f"{path} is not a checkpoint of plain tensors (damaged, or it holds objects that would run code when "
+                f"loaded: {str(exc).splitlines()[0][:160]}); delete it to start the pass over"
+            ) from exc
         for layer in self.layers:
             self.states[layer].load(ckpt["layers"][layer])
         return ckpt["done_windows"]
@@ -571,7 +579,8 @@ def _write_layer(path: Path, st: LayerState) -> None:
     if st.boundaries is not None:
         arrays["quantile_boundaries"] = st.boundaries
     for name, tensor in arrays.items():
-        np.save(path / f"{name}.npy", tensor.cpu().numpy())
+        array = tensor.cpu().numpy()
+        atomic_write(path / f"{name}.npy", lambda f, a=array: np.save(f, a))
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import LLMError
+import orjson
+
+from .base import LLMError, PromptLogprobs, logprobs_at
 
 CACHE_FORMAT_KEY = "nxkit_answer"
 CACHE_FORMAT = 2
@@ -102,3 +104,31 @@ def read_own_logprobs(data: Any) -> list[float | None]:
 def as_int(value: Any) -> int:
     """A usage count as an integer (0 when the server left it out or sent something else)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def read_placeholders(data: Any, at: list[int], candidates: list[str], shift: int) -> list[dict[str, float] | None]:
+    """A completion with `echo=True`, kept only at the prompt offsets `at`: the log-probabilities of `candidates`
+    there (None where no token starts). `shift` 1: the server's entry i predicts token i+1 (llama-cpp-python)."""
+    tokens, starts, tops = read_echo(data)
+    if shift:
+        tops = [None, *tops[:-1]]
+    return logprobs_at(PromptLogprobs(tokens, starts, tops), at, candidates)
+
+
+READERS = {"chat": read_chat, "echo": read_echo, "own": read_own_logprobs, "placeholders": read_placeholders}
+"""What `parse` can read an answer into, by name (a name and plain arguments travel to a parsing worker)."""
+
+
+def parse(reader: tuple, raw: bytes) -> tuple[Any, dict]:
+    """Decode one answer and read it with `READERS[reader[0]](data, *reader[1:])`: (small form, usage). Runs in the
+    calling process or in a parsing worker; raises `MalformedResponse` for anything it cannot read."""
+    try:
+        data = orjson.loads(raw)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        value = READERS[reader[0]](data, *reader[1:])
+    except (orjson.JSONDecodeError, MalformedResponse) as exc:
+        raise MalformedResponse(
+            f"{len(raw):,} bytes that are not the answer asked for ({type(exc).__name__}: {exc}); they begin "
+            f"{raw[:60]!r}"
+        ) from None
+    return value, usage if isinstance(usage, dict) else {}

@@ -6,6 +6,7 @@ import atexit
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -28,13 +29,14 @@ FLUSH_SECONDS = 0.5
 
 
 class ResponseCache:
-    """Answers on disk, keyed by a hash of the request (which never holds the API key): one SQLite file holding
+    """Answers on disk (under `root`, else `$NXKIT_LLM_CACHE`, else the kit's cache folder's `llm/`), keyed by a hash of the request (which never holds the API key): one SQLite file holding
     millions of entries, each only the small form the kit reads back, zlib-compressed; the least recently used
     entries go first when the store outgrows `max_bytes`. Writes are batched (`put` says when a batch is due and
     `flush` writes it; the batch is also written at exit). Safe across threads and processes (WAL)."""
 
     def __init__(self, root: str | Path | None = None, max_bytes: int = 4 * 1024**3):
-        self.root = Path(root) if root is not None else cache_dir() / "llm"
+        default = os.environ.get("NXKIT_LLM_CACHE") or cache_dir() / "llm"
+        self.root = Path(root) if root is not None else Path(default)
         self.max_bytes = max_bytes
         self.path = self.root / "responses.sqlite"
         self._db = None

@@ -22,15 +22,7 @@ from typing import Any
 import orjson
 
 from ..records import Component, Usage
-from .answers import (
-    CACHE_FORMAT,
-    CACHE_FORMAT_KEY,
-    MalformedResponse,
-    as_int,
-    read_chat,
-    read_echo,
-    read_own_logprobs,
-)
+from .answers import CACHE_FORMAT, CACHE_FORMAT_KEY, MalformedResponse, as_int, parse
 from .base import (
     Capabilities,
     Completion,
@@ -38,7 +30,6 @@ from .base import (
     PromptLogprobs,
     TokenLogprob,
     count,
-    logprobs_at,
     redact_url,
 )
 from .cache import ResponseCache
@@ -62,6 +53,9 @@ class OpenAIConfig:
     """Seconds before one request times out."""
     backoff: float = 1.0
     """First retry delay in seconds; doubles each retry, with jitter."""
+    deadline: float = 600.0
+    """Seconds one request may take in all, its retries and waits included, before it fails with a named error (each
+    attempt also stops after `timeout`, however slowly the server sends its bytes)."""
     cache: bool = True
     """Keep responses on disk so a re-run sends nothing it already sent."""
     cache_max_bytes: int = 4 * 1024**3
@@ -69,6 +63,9 @@ class OpenAIConfig:
     prompt_logprobs: bool | None = None
     """Whether /completions with echo=True returns prompt log-probabilities (vLLM, llama.cpp: yes; OpenAI: no).
     None guesses from base_url: True for any server that is not api.openai.com."""
+    parse_workers: int | None = None
+    """Processes that decode long answers (echoed prompts), so that the event loop's process is not the limit; None:
+    one per core beyond the first (at most 4); 0: decode in this process."""
     prompt_logprobs_shift: int | None = None
     """0 when the server's echoed top log-probabilities at token i predict token i (OpenAI, vLLM); 1 when they
     predict token i+1 (llama-cpp-python 0.3). None detects it once with a counting probe."""
@@ -80,6 +77,43 @@ class OpenAIConfig:
             raise LLMError("prompt_logprobs_shift must be None, 0 or 1")
         if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.backoff < 0:
             raise LLMError("max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0 are required")
+
+
+POOL_MIN_BYTES = 32 * 1024
+"""Answers at least this long (an echoed prompt with its log-probabilities) are decoded in a parsing worker."""
+_POOL: tuple[int, Any] | None = None
+
+
+def parse_pool(workers: int | None):
+    """The parsing workers this process shares (started on first use, `spawn`ed: this process has threads); None
+    when there is no core to spare or `workers` is 0. `workers` None: one per core beyond the first, at most 4."""
+    global _POOL
+    n = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else workers
+    if n == 0:
+        return None
+    if _POOL is None or _POOL[0] != n:
+        import concurrent.futures
+        import multiprocessing
+
+        if _POOL is not None:
+            _POOL[1].shutdown(wait=False)
+        pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        _POOL = (n, pool)
+    return _POOL[1]
+
+
+def parse_workers_cpu() -> float:
+    """CPU seconds the parsing workers of this process have used (read from /proc; 0 where it cannot be read)."""
+    if _POOL is None:
+        return 0.0
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in list(_POOL[1]._processes or {}):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 VOLATILE_MODEL_FIELDS = ("created", "object", "permission", "permissions")
@@ -205,9 +239,9 @@ class OpenAIBackend:
         cache, key = self.cache, ResponseCache.key(self._request(endpoint, params))
         return lambda: cache.discard(key)
 
-    async def _call(self, endpoint: str, params: dict[str, Any], read, view: dict | None = None):
-        """One request's answer as `read` makes it from the server's JSON (the small form the kit keeps), from the
-        cache or from the server. `view` names what `read` keeps when it is only part of the answer (the cache key
+    async def _call(self, endpoint: str, params: dict[str, Any], read: tuple, view: dict | None = None):
+        """One request's answer as the reader `read` (a name in `answers.READERS` and its arguments) makes it from
+        the server's JSON (the small form the kit keeps), from the cache or from the server. `view` names what `read` keeps when it is only part of the answer (the cache key
         then holds it). A response `read` cannot read is retried and never cached; a cache written by an older nxkit
         is not read (`ResponseCache` says so once)."""
         await self.check()
@@ -237,7 +271,7 @@ class OpenAIBackend:
         except ValueError:
             return None
 
-    async def _send(self, endpoint: str, params: dict[str, Any], read):
+    async def _send(self, endpoint: str, params: dict[str, Any], read: tuple):
         """The request itself, retried on what a retry can fix, read into its small form. Backoff is shared: a 429
         (its `Retry-After`, else exponential backoff with jitter) pauses every request of this backend, not just the
         one that got it. The body is read as raw JSON (no client-side model objects); one attempt, waiting for a
@@ -247,23 +281,26 @@ class OpenAIBackend:
         client, sem = self._client()
         path = "/chat/completions" if endpoint == "chat" else "/completions"
         body = {"model": self.config.model, **params}
+        give_up_at = time.monotonic() + self.config.deadline
         for attempt in range(self.config.max_retries + 1):
             await self._wait_out_pause()
+            if time.monotonic() > give_up_at:
+                raise LLMError(
+                    f"one request to {self.url} took over {self.config.deadline:g} s in all ({attempt} attempts, "
+                    "retries and waits included; deadline=): the server is overloaded or stalled"
+                )
             try:
                 async with sem:
                     await self._wait_out_pause()  # a pause that began while this request waited for a slot
                     raw = await asyncio.wait_for(self._post(client, path, body, httpx), self.config.timeout)
                 try:
-                    data = orjson.loads(raw)
-                    usage = data.get("usage") if isinstance(data, dict) else None
-                    value = read(data)
-                except (orjson.JSONDecodeError, MalformedResponse, AttributeError) as exc:
+                    if len(raw) >= POOL_MIN_BYTES and (pool := parse_pool(self.config.parse_workers)) is not None:
+                        value, usage = await asyncio.get_running_loop().run_in_executor(pool, parse, read, raw)
+                    else:
+                        value, usage = parse(read, raw)
+                except MalformedResponse:
                     count(self.usage, requests=1, malformed=1)
-                    raise MalformedResponse(
-                        f"{len(raw):,} bytes that are not a {endpoint} response ({type(exc).__name__}: {exc}); "
-                        f"they begin {raw[:80]!r}"
-                    ) from exc
-                usage = usage if isinstance(usage, dict) else {}
+                    raise
                 count(
                     self.usage,
                     requests=1,
@@ -343,7 +380,7 @@ class OpenAIBackend:
             params["seed"] = seed
         if top_logprobs:
             params.update(logprobs=True, top_logprobs=top_logprobs)
-        answer = await self._call("chat", params, read_chat)
+        answer = await self._call("chat", params, ("chat",))
         tokens = None
         if top_logprobs and answer["tokens"]:
             tokens = [TokenLogprob(t, lp, top) for t, lp, top in answer["tokens"]]
@@ -371,7 +408,7 @@ class OpenAIBackend:
         """
         if self._shift is None:
             own = await self._call(
-                "completions", self._echo_params(" ".join(str(i) for i in range(1, 40)), 1), read_own_logprobs
+                "completions", self._echo_params(" ".join(str(i) for i in range(1, 40)), 1), ("own",)
             )
             own = [v for v in own if v is not None][4:]
             if not own:
@@ -386,7 +423,7 @@ class OpenAIBackend:
         if not self.capabilities.prompt_logprobs:
             raise LLMError(f"{self} does not return prompt log-probabilities; use a chat simulator mode")
         shift = await self.prompt_shift()
-        tokens, offsets, tops = await self._call("completions", self._echo_params(prompt, top), read_echo)
+        tokens, offsets, tops = await self._call("completions", self._echo_params(prompt, top), ("echo",))
         if shift:
             tops = [None, *tops[:-1]]
         return PromptLogprobs(tokens=list(tokens), offsets=list(offsets), top=tops)
@@ -405,13 +442,7 @@ class OpenAIBackend:
         shift = await self.prompt_shift()
         at = [len(prefix) + o for o in offsets]
         view = {"placeholders": at, "candidates": list(candidates), "shift": shift}
-
-        def read(data):
-            tokens, starts, tops = read_echo(data)
-            if shift:
-                tops = [None, *tops[:-1]]
-            return logprobs_at(PromptLogprobs(tokens, starts, tops), at, candidates)
-
+        read = ("placeholders", at, list(candidates), shift)
         return await self._call("completions", self._echo_params(prefix + text, top), read, view=view)
 
     def describe(self) -> Component:

@@ -160,10 +160,25 @@ class RealNeuron:
         return got
 
 
+def train_split_only(record):
+    """`record` with only the windows the held-out protocol gives the explainer (the top windows' `train` split; no
+    random window, all of which are held out): what a simulator may train on without seeing a window that scores
+    this neuron later (`heldout.py`)."""
+    from dataclasses import replace
+
+    from ..heldout import top_splits
+
+    return replace(
+        record, most_positive_activation_records=top_splits(record)["train"], random_sample=[],
+        random_sample_by_quantile=None,
+    )  # fmt: skip
+
+
 def real_records(from_public: str | None = None, from_run: str | None = None, limit: int | None = None) -> list:
     """(RealNeuron, record) of every neuron with an explanation and activation records in a copy of OpenAI's
     release (`from_public`: its `explanations/` and `collated-activations/` folders) and in a run of ours
-    (`from_run`), at most `limit` (the first ones, public first)."""
+    (`from_run`), at most `limit` (the first ones, public first). Each record keeps its `train` windows only
+    (`train_split_only`): re-scoring these neurons with the trained simulator reads windows it never saw."""
     out = []
     if from_public:
         from ..public import PublicDataset
@@ -174,10 +189,9 @@ def real_records(from_public: str | None = None, from_run: str | None = None, li
         files = sorted(data.local.glob("explanations/*/*.jsonl"), key=lambda f: (int(f.parent.name), int(f.stem)))
         for f in files:
             neuron = data.neuron(int(f.parent.name), int(f.stem))
-            if neuron.record is not None and neuron.explanation and neuron.record.max_activation > 0:
-                out.append(
-                    (RealNeuron(f"public:{f.parent.name}/{f.stem}", neuron.explanation, neuron.record), neuron.record)
-                )
+            record = train_split_only(neuron.record) if neuron.record is not None else None
+            if record is not None and neuron.explanation and record.max_activation > 0:
+                out.append((RealNeuron(f"public:{f.parent.name}/{f.stem}", neuron.explanation, record), record))
     if from_run:
         from ..runs import Run
 
@@ -187,7 +201,7 @@ def real_records(from_public: str | None = None, from_run: str | None = None, li
         acts = run.activations()
         for summary in run.summaries(("done",)):
             nid = summary.neuron_id
-            record = acts.neuron_record(nid.layer_index, nid.neuron_index)
+            record = train_split_only(acts.neuron_record(nid.layer_index, nid.neuron_index))
             if summary.explanation and record.max_activation > 0:
                 out.append(
                     (RealNeuron(f"run:{nid.layer_index}/{nid.neuron_index}", summary.explanation, record), record)
@@ -270,7 +284,9 @@ def sample_example(
     # families first: there are hundreds of concept neurons and a few dozen of each other kind
     i = rng.choice(pools.by_family[rng.choices(families, [FAMILY_WEIGHTS[f] for f in families])[0]])
     neuron, rec = records[i]
-    pools_w = [rec.most_positive_activation_records] * per_side + [rec.random_sample] * per_side
+    # a real neuron keeps no random window (all are held out): its quiet side comes from its train windows too
+    quiet = rec.random_sample or rec.most_positive_activation_records
+    pools_w = [rec.most_positive_activation_records] * per_side + [quiet] * per_side
     if not isinstance(neuron, RealNeuron):  # a rule labels any window; a real neuron only its own
         for _ in range(per_side):
             if pools.near[i] and rng.random() < hard_negatives:
@@ -324,7 +340,15 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
     step, ckpt, spent, start_time = 0, out / "checkpoint.pt", 0.0, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        import pickle
+
+        try:
+            state = torch.load(ckpt, weights_only=True)  # plain tensors and settings: no code runs on load
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise TrainError(
+                f"{ckpt} is not a checkpoint of plain tensors (damaged, or it holds objects that would run code when "
+                f"loaded: {str(exc).splitlines()[0][:160]}); delete it to start training over"
+            ) from exc
         if state["config"] != asdict(config):
             raise TrainError(f"{ckpt} was made with other settings; delete it to start over, or use the same ones")
         model.load_trainable(state["model"])
@@ -378,8 +402,10 @@ def train_simulator(config: SimTrainConfig, progress: bool = True) -> Path:
                      "seconds": spent + time.perf_counter() - start_time}  # fmt: skip
             atomic_write(ckpt, lambda f, state=state: torch.save(state, f))
     bar.close()
+    real = [n.name for n, _ in records if isinstance(n, RealNeuron)]
     settings = {**asdict(config), "n_training_neurons": len(records), "base": "SmolLM2-135M-Instruct (frozen)",
-                "train_seconds": round(spent + time.perf_counter() - start_time)}  # fmt: skip
+                "train_seconds": round(spent + time.perf_counter() - start_time), "real_neurons": real,
+                "real_windows": "train split only (top windows; no random window)"}  # fmt: skip
     save_weights(model, out, settings)
     ckpt.unlink(missing_ok=True)
     return out
