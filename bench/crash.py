@@ -49,9 +49,16 @@ def command(run_dir: Path, url: str) -> list[str]:
 
 
 def child(run_dir: Path, url: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """One `nxkit run` in a process of its own; its output goes to a file beside the run (a pipe would wait for any
+    process the child started, and a killed child's are the point)."""
     full = {**os.environ, "OPENAI_API_KEY": "local", "NXKIT_LLM_CACHE": str(run_dir.parent / "llm-cache"), **env}
-    full.pop("NXKIT_CRASH_AT", None) if "NXKIT_CRASH_AT" not in env else None
-    return subprocess.run(command(run_dir, url), env=full, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if "NXKIT_CRASH_AT" not in env:
+        full.pop("NXKIT_CRASH_AT", None)
+    log = run_dir.parent / f"{run_dir.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as out:
+        done = subprocess.run(command(run_dir, url), env=full, stdout=out, stderr=out, cwd=ROOT, timeout=900)
+    return subprocess.CompletedProcess(done.args, done.returncode, "", log.read_text(encoding="utf-8"))
 
 
 def _strip(obj):

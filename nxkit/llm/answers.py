@@ -132,3 +132,18 @@ def parse(reader: tuple, raw: bytes) -> tuple[Any, dict]:
             f"{raw[:60]!r}"
         ) from None
     return value, usage if isinstance(usage, dict) else {}
+
+
+def watch_parent(parent: int) -> None:
+    """A parsing worker's initializer: exit as soon as the process that started it is gone (killed, however), so that
+    no worker outlives its run."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="nxkit-parent-watch").start()

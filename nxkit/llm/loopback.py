@@ -16,7 +16,8 @@ Two kinds of answers (`answers=`):
   real llama.cpp server answers 129 KB and 393 KB for the same prompt).
 - `short`: chat completions only, no log-probabilities (the kit's chat simulators).
 
-Faults (`fault=`, on every `fault_every`-th completion request; `fault_limit` of them at most): `malformed_json`,
+Faults (`fault=`, on every request, or with `fault_every=N` on the first attempt of every N-th distinct request, so
+that a retry gets through; `fault_limit` of them at most): `malformed_json`,
 `truncated` (the body ends early), `wrong_shape` (valid JSON, no choices), `http_500`, `http_429` (a storm with
 `Retry-After`), `trickle` (the body sent a few bytes at a time, slower than any timeout). Also `storm=(start, end)`:
 every request in that window of seconds answers 429.
@@ -190,6 +191,7 @@ class LoopbackServer:
         """Per kind of prompt (`explain`, `simulate`, `detection`, `fuzzing`, `revise`, `propose`): [requests, prompt
         tokens, completion tokens] answered (the tokens as this server counts them: characters / 4)."""
         self._t0: float | None = None
+        self._seen: set[bytes] = set()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -273,6 +275,10 @@ class LoopbackServer:
             request_queue_size = 1024  # the listen backlog: many clients connect at once
             daemon_threads = True
 
+            def handle_error(self, request, client_address):  # a client that hung up (a timeout, a cut body)
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
         self._httpd = Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
@@ -282,12 +288,19 @@ class LoopbackServer:
             self._httpd.shutdown()
             self._httpd.server_close()
 
-    def _fault_now(self) -> str | None:
-        """The fault this request gets (counted under the lock by the caller)."""
-        if self.fault is None or (self.requests - 1) % self.fault_every:
+    def _fault_now(self, request: dict) -> str | None:
+        """The fault this request gets (called under the lock). `fault_every` 1: every request. Otherwise the first
+        attempt of every `fault_every`-th distinct request, and never a request sent again: a client that retries
+        gets through, whatever order requests arrive in."""
+        if self.fault is None or (self.fault_limit is not None and self.faults >= self.fault_limit):
             return None
-        if self.fault_limit is not None and self.faults >= self.fault_limit:
-            return None
+        if self.fault_every > 1:
+            key = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+            if key in self._seen:
+                return None
+            self._seen.add(key)
+            if len(self._seen) % self.fault_every:
+                return None
         self.faults += 1
         return self.fault
 
@@ -304,7 +317,7 @@ class LoopbackServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             storming = self.storm is not None and self.storm[0] <= now - self._t0 < self.storm[1]
-            fault = self._fault_now()
+            fault = self._fault_now(request)
         try:
             time.sleep(self.latency)
             if storming or fault == "http_429":

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..records import Component, Usage
-from .answers import CACHE_FORMAT, CACHE_FORMAT_KEY, MalformedResponse, as_int, parse
+from .answers import CACHE_FORMAT, CACHE_FORMAT_KEY, MalformedResponse, as_int, parse, watch_parent
 from .base import (
     Capabilities,
     Completion,
@@ -97,7 +97,9 @@ def parse_pool(workers: int | None):
 
         if _POOL is not None:
             _POOL[1].shutdown(wait=False)
-        pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        pool = concurrent.futures.ProcessPoolExecutor(
+            n, mp_context=multiprocessing.get_context("spawn"), initializer=watch_parent, initargs=(os.getpid(),)
+        )
         _POOL = (n, pool)
     return _POOL[1]
 
