@@ -109,6 +109,37 @@ def census(run_dir: Path, url: str, start_from: Path | None) -> list[tuple[int, 
     return points
 
 
+def _finished(run_dir: Path) -> set[str]:
+    """The work a killed run had finished, per side: neurons explained (explanation file and summary written, no
+    pending marker) and neurons revised (revision file written, no pending marker)."""
+    out = set()
+    for side in (run_dir, run_dir / "negative"):
+        for kind in ("explanations", "revisions"):
+            for path in (side / kind).glob("*/*.json*"):
+                layer, neuron = path.parent.name, path.name.split(".")[0]
+                summary = side / "neurons" / layer / f"{neuron}.json"
+                if summary.exists() and not (side / "pending" / f"{layer}.{neuron}").exists():
+                    out.add(str(path.relative_to(run_dir)))
+    return out
+
+
+def _redone(run_dir: Path, listing: Path) -> set[str]:
+    """The work a resumed run did: explanation files written while explaining, and revision files (a control
+    rewrites a summary without redoing the explanation, so summaries do not count)."""
+    out = set()
+    for line in listing.read_text().splitlines() if listing.exists() else []:
+        _, _, what, path = line.split("\t")
+        rel = Path(path).relative_to(run_dir) if path.startswith(str(run_dir)) else None
+        if (
+            what == "after-rename"
+            and rel is not None
+            and len(rel.parts) >= 3
+            and rel.parts[-3] in ("explanations", "revisions")
+        ):
+            out.add(str(rel))
+    return out
+
+
 def one_case(work: Path, case: int, point: int, start_from: Path | None, reference: dict) -> dict:
     from nxkit.llm.loopback import LoopbackServer
 
@@ -121,11 +152,15 @@ def one_case(work: Path, case: int, point: int, start_from: Path | None, referen
         killed = child(run_dir, server.base_url, {"NXKIT_CRASH_AT": str(point), "NXKIT_CRASH_CENSUS": str(listing)})
         sent_before = server.requests
         last = listing.read_text().splitlines()[-1].split("\t") if listing.exists() else ["", "?", "?", "?"]
-        resumed = child(run_dir, server.base_url, {})
+        finished = _finished(run_dir)
+        again = run_dir.parent / "resumed.census"
+        resumed = child(run_dir, server.base_url, {"NXKIT_CRASH_CENSUS": str(again)})
         sent_after = server.requests - sent_before
+    redone = _redone(run_dir, again)
     result = {"case": case, "point": point, "stage": last[1] or "start", "what": last[2], "path": last[3],
               "killed": killed.returncode == -9, "resumed_ok": resumed.returncode == 0, "requests": sent_before,
-              "requests_after_resume": sent_after}  # fmt: skip
+              "requests_after_resume": sent_after, "recomputed": len(redone),
+              "recomputed_finished": len(redone & finished)}  # fmt: skip
     if resumed.returncode:
         result["error"] = resumed.stderr.strip().splitlines()[-1:] or ["?"]
         return result
@@ -181,21 +216,27 @@ def main() -> None:
             results.append(r)
             state = "identical" if r.get("identical") else ("RESUME FAILED" if not r["resumed_ok"] else "DIFFERS")
             print(f"  point {r['point']:>4} ({r['stage']}, {r['what']} {Path(r['path']).name}): killed "
-                  f"{r['killed']}, {state}, {r['requests_after_resume']} requests after resume "
+                  f"{r['killed']}, {state}, {r['requests_after_resume']} requests and {r.get('recomputed', 0)} neuron "
+                  f"sides redone after resume "
                   f"{r.get('differs') or r.get('error') or ''}", flush=True)  # fmt: skip
     per_stage = Counter(r["stage"] for r in results)
     identical = sum(bool(r.get("identical")) for r in results)
     killed = sum(r["killed"] for r in results)
     resent = [r["requests"] + r["requests_after_resume"] - (later_requests if r["stage"] != "collection" else reference_requests) for r in results]  # fmt: skip
+    recomputed = [r.get("recomputed", 0) for r in results]
+    again = sum(r.get("recomputed_finished", 0) for r in results)
     summary = {
         "seed": args.seed, "points": len(results), "killed": killed, "per_stage": dict(per_stage),
         "identical": identical, "lost": len(results) - identical, "requests_resent_total": sum(resent),
         "requests_resent_max": max(resent, default=0), "reference_requests": later_requests,
+        "recomputed_neurons": sum(recomputed), "recomputed_finished_neurons": again,
     }  # fmt: skip
     print(f"crash harness (seed {args.seed}): {len(results)} kill points ({killed} killed), per stage "
-          f"{dict(per_stage)}; {identical} of {len(results)} resumed runs identical to the uninterrupted one; requests "
-          f"re-sent after a resume: {sum(resent)} in all, at most {max(resent, default=0)} in one (an uninterrupted run "
-          f"sends {later_requests} from a finished collection); lost: {len(results) - identical}")  # fmt: skip
+          f"{dict(per_stage)}; {identical} of {len(results)} resumed runs identical to the uninterrupted one; neuron "
+          f"sides explained or revised after a resume: {sum(recomputed)} in all, at most {max(recomputed, default=0)} "
+          f"in one, {again} of them finished before the kill; requests re-sent: {sum(resent)} in all, at most "
+          f"{max(resent, default=0)} in one (an uninterrupted run sends {later_requests} from a finished collection); "
+          f"lost: {len(results) - identical}")  # fmt: skip
     print(json.dumps(summary))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

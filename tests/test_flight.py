@@ -208,3 +208,21 @@ def test_revision_of_many_neurons_in_flight_gives_the_same_records(tiny_collecti
         records[label] = [(r.neuron_id, r.status, r.final_explanation, r.score_after, len(r.rounds)) for r in revisions]
     assert records["one"] == records["many"] and any(r[1] == "done" for r in records["many"])
     assert busiest["many"] > busiest["one"]
+
+
+def test_revision_stops_at_its_budget_and_a_later_call_finishes(tiny_collection, subject, tmp_path):
+    from nxkit.revise import ReviseConfig, pending, revise_run
+
+    run = make_run(tmp_path, tiny_collection, "revise-budget")
+    neurons = NEURONS[8:12]
+    with LoopbackServer(latency=0.0) as server:
+        backend, sim = llms(server, 8)
+        explain_and_score(run, neurons, backend, sim, ExplainConfig(**CONFIG), progress=False)
+        config = ReviseConfig(n_fire=2, n_silent=2, max_neurons_in_flight=1)
+        first = revise_run(run, subject, backend, sim, config, progress=False, budget=Budget(max_requests=1))
+        assert 1 <= len(first) < len(neurons)  # the first neuron spends the budget; no other starts
+        assert run.manifest().stopped.startswith("revision: the request budget is spent")
+        left = pending(run, neurons)
+        assert len(left) == len(neurons) - len(first)
+        rest = revise_run(run, subject, backend, sim, config, progress=False)
+    assert len(rest) == len(neurons) and not pending(run, neurons)

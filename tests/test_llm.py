@@ -354,3 +354,15 @@ def test_a_cache_from_an_older_nxkit_is_named_and_not_read(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert ResponseCache(tmp_path / "old").get("other") is None
     assert "written by an older nxkit" in caplog.text and "responses.sqlite" in caplog.text
+
+
+def test_one_request_has_a_deadline_over_all_its_retries(scripted, tmp_path):
+    import time
+
+    server = scripted([500] * 50)
+    b = backend(server.url, tmp_path, max_retries=40, deadline=0.4)
+    b.config.backoff = 0.1
+    t0 = time.perf_counter()
+    with pytest.raises(LLMError, match=r"took over 0.4 s in all .*deadline="):
+        run_sync(b.chat(MSG))
+    assert time.perf_counter() - t0 < 5 and server.calls < 40

@@ -147,6 +147,7 @@ class OpenAIBackend:
         self._per_loop: dict[int, tuple[Any, Any, asyncio.Semaphore]] = {}
         self._checked = False
         self._served: dict[str, Any] = {}
+        self._in_flight: dict[str, asyncio.Future] = {}  # requests on their way, by cache key (one event loop)
         self._pause_until = 0.0  # time.monotonic() before which no request is sent (shared backoff)
         self._shift: int | None = self.config.prompt_logprobs_shift
         url = self.config.base_url or "https://api.openai.com/v1"
@@ -254,7 +255,24 @@ class OpenAIBackend:
             if isinstance(hit, dict) and hit.get(CACHE_FORMAT_KEY) == CACHE_FORMAT:
                 count(self.usage, cache_hits=1)
                 return hit["value"]
-        value = await self._send(endpoint, params, read)
+        waiting = self._in_flight.get(key)
+        if waiting is not None:  # the same request is already on its way: share its answer, send nothing
+            count(self.usage, cache_hits=1)
+            return await asyncio.shield(waiting)
+        future = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            value = await self._send(endpoint, params, read)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        future.set_result(value)
         if self.cache is not None and self.cache.put(key, {CACHE_FORMAT_KEY: CACHE_FORMAT, "value": value}):
             await asyncio.to_thread(self.cache.flush)
         return value
