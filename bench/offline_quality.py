@@ -24,18 +24,20 @@ from nxkit.heldout import held_out
 from nxkit.llm.base import run_sync
 from nxkit.simulators import make_simulator
 from nxkit.simulators.trained import shipped_dir
-from nxkit.training.train import SimTrainConfig, corpus_token_windows, synthetic_records
+from nxkit.training.train import SimTrainConfig, corpus_token_windows, synthetic_records, windows_apart
 
 FAMILIES = ("concept", "surface", "context", "mixture")
 
 
 def synthetic_neurons(n: int, seed: int, held_out_side: bool = True, max_concepts: int | None = None):
-    """`n` synthetic neurons with their records over windows that training never used (corpus seed `seed + 1`):
+    """`n` synthetic neurons with their records over windows that training never used (corpus seed `seed + 1`, and no
+    window sharing a 16-token span with a training window):
     held-out kinds and WordNet subtrees, or (`held_out_side=False`) training kinds on new windows."""
     from nxkit.offline import load_offline_hf
 
     tok = load_offline_hf()[1]
-    windows = corpus_token_windows(tok, 1500, seed=seed + 1)  # other windows than training's (seed 0)
+    training = corpus_token_windows(tok, SimTrainConfig().corpus_windows, seed=0)  # what nxkit-sim trained on
+    windows = windows_apart(corpus_token_windows(tok, 3000, seed=seed + 1), training)[:1500]  # no 16-token span shared
     config = SimTrainConfig(seed=seed, n_mixtures=40, max_concepts=max_concepts)
     records = synthetic_records(windows, config, held_out=held_out_side)
     rng = random.Random(seed)

@@ -194,3 +194,12 @@ def test_bad_input_is_a_one_line_error_naming_the_problem(argv, named, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("nxkit: error:") and named in err and len(err.splitlines()) == 1, err
     assert "sk-secret" not in err
+
+
+def test_nxkit_run_on_a_damaged_collection_manifest_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "run" / "activations").mkdir(parents=True)
+    (tmp_path / "run" / "activations" / "manifest.json").write_text('{"status": "comp', encoding="utf-8")
+    assert main(["run", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nxkit: error:") and "activations/manifest.json is damaged" in err, err
+    assert len(err.splitlines()) == 1

@@ -511,3 +511,12 @@ def test_reachable_and_table_rows(server, dataset, tmp_path):
         "random_windows": 3,
     }
     assert rows[2]["neuron"] == 2 and rows[2]["explanation"] is None and rows[2]["score"] is None
+
+
+def test_a_file_far_larger_than_any_of_the_release_is_refused(server, dataset, monkeypatch):
+    import nxkit.public as public
+    from nxkit.public import FetchFailed
+
+    monkeypatch.setattr(public, "MAX_FILE_BYTES", 64)  # the fixture's files are larger than this
+    with pytest.raises(FetchFailed, match="over 0 MB, far larger than any file of the release"):
+        dataset.neuron(0, 1)

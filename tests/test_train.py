@@ -231,3 +231,13 @@ def test_the_shipped_weights_read_explanations():
             out.append(scores.top_and_random)
     gap = float(np.mean(true) - np.mean(shuffled))
     assert gap > 0.1, f"true {np.mean(true):+.3f} vs shuffled {np.mean(shuffled):+.3f}"
+
+
+def test_new_windows_share_no_span_with_the_training_windows():
+    from nxkit.training.train import windows_apart
+
+    training = [[f"t{i}" for i in range(64)]]
+    same_passage = [f"t{i}" for i in range(40, 64)] + [f"n{i}" for i in range(40)]  # 24 tokens of it, shifted
+    short_overlap = [f"t{i}" for i in range(50, 64)] + [f"n{i}" for i in range(50)]  # 14 tokens: under the span
+    fresh = [f"n{i}" for i in range(64)]
+    assert windows_apart([same_passage, short_overlap, fresh], training) == [short_overlap, fresh]

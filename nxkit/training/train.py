@@ -109,6 +109,13 @@ def corpus_token_windows(tokenizer, n_windows: int, seed: int = 0) -> list[list[
     return out
 
 
+def windows_apart(windows: list[list[str]], training: list[list[str]], span: int = 16) -> list[list[str]]:
+    """The windows of `windows` that share no run of `span` tokens with any window of `training`: new text, not the
+    same passage cut at another place (the corpus is the same whatever the seed)."""
+    seen = {tuple(w[i : i + span]) for w in training for i in range(len(w) - span + 1)}
+    return [w for w in windows if not any(tuple(w[i : i + span]) in seen for i in range(len(w) - span + 1))]
+
+
 def synthetic_records(windows: list[list[str]], config: SimTrainConfig, held_out: bool = False) -> list[tuple]:
     """(neuron, record) of the synthetic neurons on one side of the held-out split, over `windows`: every surface
     and context kind, at most `config.max_concepts` concepts and `config.n_mixtures` mixtures (seeded)."""
