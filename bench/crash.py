@@ -198,7 +198,6 @@ def main() -> None:
     stages = sorted({p[1] for p in later})
     rng = random.Random(args.seed)
     n_collect = max(1, round(args.points * 0.2))
-    chosen = [(p[0], reference_dir) for p in []]
     chosen = [(p[0], None) for p in rng.sample(collection, min(n_collect, len(collection)))]
     rest = args.points - len(chosen)
     by_stage = {s: [p for p in later if p[1] == s] for s in stages}

@@ -27,7 +27,7 @@ def outcome(run) -> dict:
     return {s.neuron_id: (s.status, s.explanation, s.scores, s.shuffled_control) for s in run.summaries()}
 
 
-def one_run(collection: Path, work: Path, neurons, fault: str, every: int, port: int = 0) -> dict:
+def one_run(collection: Path, work: Path, neurons, fault: str, every: int) -> dict:
     """One run against a server with `fault` on every `every`-th request, then a rerun on a healthy one."""
     from nxkit.explain_score import explain_and_score
     from nxkit.explainers.base import ExplainConfig
