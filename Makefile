@@ -58,12 +58,12 @@ $(VENV)/.nxkit-test-installed: $(VENV)/.nxkit-installed
 	$(call apt,chromium:/usr/bin/chromium,the browser tests skip without /usr/bin/chromium)
 	@touch $@
 
-# every neuron (30 layers x 1,536) over 200k tokens, then explain 2 sampled neurons of every layer by
-# compositional search, score each formula exactly on held-out windows with the shuffled control, write
-# runs/demo/report.html, and print top tokens in context
+# every neuron (30 layers x 1,536) over 100k tokens, then explain 20 sampled neurons of every layer (the kit's
+# average) and the 4 most selective of every layer (kept apart), both signs, by compositional search; score each
+# formula exactly on held-out windows with the shuffled control, write runs/demo/report.html, and print each group's
+# shares and the best neurons with their top windows in context
 demo: setup
-	$(BIN)/nxkit run --name demo --max-tokens 200000 --sample 2
-	$(BIN)/nxkit top --name demo
+	$(BIN)/nxkit run --name demo --max-tokens 100000 --sample 20 --selective 4
 
 test: setup-test
 	NXKIT_SMALL=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider

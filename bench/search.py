@@ -18,6 +18,7 @@ prompted SmolLM2 explains and simulates the first `--llm-neurons` of them (it ta
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -33,6 +34,8 @@ from nxkit.formulas import Formula, Primitive
 from nxkit.heldout import held_out
 from nxkit.llm.base import run_sync
 from nxkit.records import NeuronId
+from nxkit.rules import word_spans
+from nxkit.scorers.correlation import difference_of_means
 from nxkit.simulators.exact import FormulaSimulator
 from nxkit.wordnet import is_related
 
@@ -138,7 +141,64 @@ def _top_in_context(record, width: int = 6) -> str:
     return f"{left}[[{rec.tokens[k]}]]{''.join(rec.tokens[k + 1 : k + 3])}".replace("\n", "⏎")
 
 
-def real_part(run_dir: str, per_layer: int, n_llm: int, seed: int) -> None:
+def _fragment(kind: str, arg: str, record) -> bool:
+    """A token term that is, in most of its occurrences in the neuron's top windows, part of a longer word (written
+    here, not imported, so the same measure runs on an older checkout: `--dump` before and after)."""
+    if kind != "token":
+        return False
+    inside = total = 0
+    for rec in record.most_positive_activation_records:
+        for a, b, _ in word_spans(rec.tokens):
+            hits = sum(1 for t in rec.tokens[a:b] if t == arg)
+            total += hits
+            inside += hits if b - a > 1 else 0
+    return total > 0 and inside * 2 > total
+
+
+def _configs(margin: float | None, graded: bool):
+    """The explanation and search settings of one variant (fields an older checkout lacks are left out)."""
+    extra = {} if margin is None or "term_margin" not in ExplainConfig.__dataclass_fields__ else {"term_margin": margin}
+    search = SearchConfig(graded=True) if graded else SearchConfig()
+    return ExplainConfig(best_of=3, **extra), search
+
+
+def explain_all(records, margin: float | None = None, graded: bool = False):
+    config, search = _configs(margin, graded)
+    explainer, sim = SearchExplainer(search), FormulaSimulator()
+    t0 = time.perf_counter()
+    summaries = [run_sync(process_neuron(r, explainer, sim, config))[0] for r in records]
+    return summaries, (time.perf_counter() - t0) / max(1, len(records)), config
+
+
+def quality(summaries, records) -> dict:
+    """Held-out mean with counts, share >= 0.5, and how the kept explanations read: single term or concept, naming a
+    sub-word fragment, mean number of terms."""
+    done = [(s, r) for s, r in zip(summaries, records, strict=True) if s.status == "done"]
+    scores = [s.top_and_random for s, _ in done if s.top_and_random is not None]
+    terms = [s.original_candidate.formula for s, _ in done]
+    frag = [any(_fragment(k, a, r) for _, k, a in f) for f, (_, r) in zip(terms, done, strict=True)]
+    return {
+        "neurons": len(summaries), "done": len(done), "defined": len(scores),
+        "mean": statistics.mean(scores) if scores else None, "scores": scores,
+        "at_least_0.5": sum(v >= 0.5 for v in scores), "single": sum(len(f) == 1 for f in terms),
+        "fragment": sum(frag), "mean_terms": statistics.mean(len(f) for f in terms) if terms else None,
+    }  # fmt: skip
+
+
+def quality_line(name: str, q: dict) -> str:
+    n = q["done"] or 1
+    return (
+        f"  {name:<22} mean {q['mean']:+.3f} over {q['defined']} defined of {q['done']} done "
+        f"({q['done'] - q['defined']} undefined); >= 0.5: {q['at_least_0.5']} of {q['defined']} "
+        f"({q['at_least_0.5'] / max(1, q['defined']):.1%}); single term: {q['single']} of {q['done']} "
+        f"({q['single'] / n:.1%}); names a fragment: {q['fragment']} of {q['done']} ({q['fragment'] / n:.1%}); "
+        f"mean terms {q['mean_terms']:.2f}"
+    )
+
+
+def real_part(
+    run_dir: str, per_layer: int, n_llm: int, seed: int, margins: list[float], dump: str | None, before: str | None
+) -> None:
     from nxkit.pipeline import PipelineConfig, SourceConfig, prepare_collection
     from nxkit.runs import Run
 
@@ -150,12 +210,17 @@ def real_part(run_dir: str, per_layer: int, n_llm: int, seed: int) -> None:
     rng = random.Random(seed)
     neurons = [NeuronId(layer, n) for layer in acts.layers for n in sorted(rng.sample(range(acts.d_mlp), per_layer))]
     records = [acts.neuron_record(n.layer_index, n.neuron_index) for n in neurons]
-    config = ExplainConfig(best_of=3)
-    explainer = SearchExplainer(SearchConfig())
+    summaries, per_neuron, config = explain_all(records)
     sim = FormulaSimulator()
-    t0 = time.perf_counter()
-    summaries = [run_sync(process_neuron(r, explainer, sim, config))[0] for r in records]
-    per_neuron = (time.perf_counter() - t0) / len(records)
+    if dump:
+        rows = [
+            {"layer": n.layer_index, "neuron": n.neuron_index, "status": s.status, "score": s.top_and_random,
+             "explanation": s.explanation, "formula": s.original_candidate.formula if s.status == "done" else None}
+            for n, s in zip(neurons, summaries, strict=True)
+        ]  # fmt: skip
+        with open(dump, "w") as f:
+            json.dump({"quality": quality(summaries, records), "neurons": rows}, f)
+        print(f"dumped {len(rows)} neurons to {dump}")
     control = _control(sim, summaries, records, config, seed)
     by_layer = defaultdict(list)
     for n, s in zip(neurons, summaries, strict=True):
@@ -201,6 +266,42 @@ def real_part(run_dir: str, per_layer: int, n_llm: int, seed: int) -> None:
         print(f"  {neurons[i].layer_index:>2}:{neurons[i].neuron_index:<5} {score}  {s.explanation}")
         print(f"             top: {_top_in_context(records[i])}")
 
+    print(f"\n== how the kept explanations read ({len(neurons)} neurons, the same ones in every row; held-out valid)")
+    base = quality(summaries, records)
+    fields = ExplainConfig.__dataclass_fields__
+    print(quality_line("this checkout" + (f" (margin {config.term_margin})" if "term_margin" in fields else ""), base))
+    if before:
+        with open(before) as f:
+            old = json.load(f)
+        print(quality_line("before (--before file)", old["quality"]))
+        diff, ci = difference_of_means(base["scores"], old["quality"]["scores"])
+        if diff is not None:
+            print(
+                f"  difference of means (this - before): {diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] (neurons resampled)"
+            )
+        by_id = {(r["layer"], r["neuron"]): r for r in old["neurons"]}
+        print("\n  ten neurons, before | after, with their strongest token in context:")
+        done = [i for i, s in enumerate(summaries) if s.status == "done"]
+        for i in done[:: max(1, len(done) // 10)][:10]:
+            n, s = neurons[i], summaries[i]
+            o = by_id.get((n.layer_index, n.neuron_index), {})
+            fmt = lambda v: "  —  " if v is None else f"{v:+.2f}"  # noqa: E731
+            print(f"  {n.layer_index:>2}:{n.neuron_index:<5} top: {_top_in_context(records[i])}")
+            print(f"      before {fmt(o.get('score'))}  {o.get('explanation')}")
+            print(f"      after  {fmt(s.top_and_random)}  {s.explanation}")
+    if "term_margin" in fields:
+        for m in margins:
+            q = quality(explain_all(records, margin=m)[0], records)
+            print(quality_line(f"term margin {m}", q))
+        graded, _, _ = explain_all(records, graded=True)
+        qg = quality(graded, records)
+        print(quality_line("graded form", qg))
+        diff, ci = difference_of_means(qg["scores"], base["scores"])
+        if diff is not None:
+            print(
+                f"  graded - binary: {diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] (difference of means, neurons resampled)"
+            )
+
     if n_llm:
         from nxkit.llm.local import LocalBackend
         from nxkit.simulators import make_simulator
@@ -245,11 +346,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--margins", default="0,0.05", help="other term margins to measure (comma-separated)")
+    ap.add_argument("--dump", help="write the real neurons' explanations and measures to this JSON file")
+    ap.add_argument("--before", help="a --dump file of an older checkout, printed beside this one")
     args = ap.parse_args()
     if not args.skip_synthetic:
         synthetic_part(args.synthetic, args.seed)
     if not args.skip_real:
-        real_part(args.run, args.per_layer, args.llm_neurons, args.seed)
+        margins = [float(m) for m in args.margins.split(",") if m]
+        real_part(args.run, args.per_layer, args.llm_neurons, args.seed, margins, args.dump, args.before)
 
 
 if __name__ == "__main__":

@@ -82,15 +82,21 @@ def cmd_train(command: Train) -> None:
     print(f"nxkit-sim: {train_simulator(command.config)}")
 
 
+SUMMARY_ROWS = 40
+"""Runs of more neurons print their means and best neurons, and leave the rows to the report."""
+
+
 def cmd_run(config: PipelineConfig) -> None:
     """Run or resume the pipeline, then print the summary table and the report's path."""
     from .pipeline import run_pipeline
     from .scorers.correlation import OFFLINE_NOTE
+    from .views.digest import digest_text
     from .views.report import summary_table
 
     t0 = time.perf_counter()
     result = run_pipeline(config)
-    print("\n" + summary_table(result.run, result.neurons))
+    print("\n" + summary_table(result.run, result.neurons, max_rows=SUMMARY_ROWS))
+    print("\n" + digest_text(result.run))
     if config.baseline:
         from .runs import Run
         from .views.report import baseline_line

@@ -89,6 +89,22 @@ async def _rank_candidates(
     return candidates
 
 
+def choose_candidate(candidates: list[Candidate], margin: float = 0.0) -> Candidate:
+    """The candidate kept: the best calibration score, except that a candidate costing more (`Candidate.cost`) must
+    beat the one kept so far by `margin` per unit of cost, walking from the cheapest; candidates without a cost (free
+    text) compete on score alone. With no defined calibration score, the first (the explainer's own best)."""
+    scored = [c for c in candidates if c.calibration_score is not None]
+    if not scored:
+        return candidates[0]
+    if any(c.cost is None for c in scored) or margin <= 0:
+        return max(scored, key=lambda c: c.calibration_score)
+    kept = None
+    for c in sorted(scored, key=lambda c: (c.cost, -c.calibration_score)):
+        if kept is None or c.calibration_score >= kept.calibration_score + margin * (c.cost - kept.cost):
+            kept = c
+    return kept
+
+
 async def process_neuron(
     record: NeuronRecord, explainer: Explainer | Backend, simulator: Simulator, config: ExplainConfig
 ) -> tuple[NeuronSummary, NeuronSimulationResults | None]:
@@ -106,7 +122,7 @@ async def process_neuron(
         reason = reason or f"none of {config.best_of} answers held a usable explanation"
         return NeuronSummary(status="failed", reason=reason, failures=failures, **base), None
     candidates = await _rank_candidates(candidates, record, simulator, config, failures)
-    best = max(candidates, key=lambda c: -2.0 if c.calibration_score is None else c.calibration_score)
+    best = choose_candidate(candidates, config.term_margin)
     valid = held_out(record, "valid", config.valid_windows, config.sim_window_tokens)
     scored, s, fails = await simulate_and_score(simulator, best, valid, record.max_activation)
     test_scores = None

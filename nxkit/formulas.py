@@ -92,8 +92,7 @@ class Primitive:
         if self.kind == "word":
             return f'the word "{self.arg}"'
         if self.kind == "token":
-            shown = self.arg.replace("\n", "\\n")  # its leading space kept: " th" and "th" are two tokens
-            return f'the token "{shown}"' if self.arg.strip() else f"the token {self.arg!r}"
+            return _token_noun(self.arg, examples)
         if self.kind == "after":
             return f'the word after "{self.arg}"{ex}'
         if self.kind == "before":
@@ -118,6 +117,23 @@ class Primitive:
         if self.kind == "surface" and self.arg.startswith("punct:"):
             return PUNCTUATION[self.arg[6:]][1]
         return SEARCHED[self.kind][self.arg].predicate
+
+
+def _token_noun(token: str, examples: Sequence[str] = ()) -> str:
+    """A token as a reader names it: a sub-word piece as part of the words it was seen in (`words starting with "Yog"
+    (Yoga, Yogi)`), a whole word as itself; its leading space shown when there are no examples to show it by."""
+    piece = token.strip()
+    longer = [w for w in examples if w.lower() != piece.lower()]
+    if not piece.isalnum() or not longer:
+        shown = token.replace("\n", "\\n")  # its leading space kept: " th" and "th" are two tokens
+        return f'the token "{shown}"' if token.strip() else f"the token {token!r}"
+    low = piece.lower()
+    ex = f" ({', '.join(examples)})"
+    if token[:1].isspace() or all(w.lower().startswith(low) for w in longer):
+        return f'words starting with "{piece}"{ex}'
+    if all(w.lower().endswith(low) for w in longer):
+        return f'words ending in "{piece}"{ex}'
+    return f'"{piece}" inside words{ex}'
 
 
 def fixed_primitives() -> list[Primitive]:
@@ -175,14 +191,45 @@ class Formula:
         return cls(Primitive(kind, arg), tuple((op, Primitive(k, a)) for op, k, a in rest))
 
     def render(self, examples: dict[Primitive, list[str]] | None = None) -> str:
-        """The formula as an English explanation, in our own templates (examples: words seen where a term holds)."""
+        """The formula as an English explanation, in our own templates (examples: words seen where a term holds); two
+        terms never read alike (a repeated phrase names its rule)."""
         examples = examples or {}
-        text = self.first.noun(examples.get(self.first, ()))
-        for op, prim in self.rest:
+        terms = [("", self.first), *self.rest]
+        suffixes = [f" ({', '.join(examples[p])})" if examples.get(p) else "" for _, p in terms]
+        nouns = [p.noun(examples.get(p, ())) for _, p in terms]
+        # phrases compared without their example words: `words starting with "s"` twice reads alike whatever follows
+        heads = [n[: len(n) - len(x)] if x and n.endswith(x) else n for n, x in zip(nouns, suffixes, strict=True)]
+        preds = [p.predicate() for _, p in terms]
+        same_pred = {x for x in preds if preds.count(x) > 1}
+        for i, (_, p) in enumerate(terms):
+            if heads.count(heads[i]) > 1:
+                nouns[i] = f"{heads[i]} ({_rule_name(p)})" + (nouns[i][len(heads[i]) :])
+            if preds[i] in same_pred:
+                preds[i] += f" ({_rule_name(p)})"
+        text = nouns[0]
+        for i, (op, _) in enumerate(terms[1:], start=1):
             if op == "or":
-                text += f", or {prim.noun(examples.get(prim, ()))}"
+                text += f", or {nouns[i]}"
             elif op == "and":
-                text += f", when {prim.predicate()}"
+                text += f", when {preds[i]}"
             else:
-                text += f", except when {prim.predicate()}"
+                text += f", except when {preds[i]}"
         return text
+
+
+def _rule_name(p: Primitive) -> str:
+    """What tells two primitives apart when their phrases coincide: a token's exact string, else kind and argument."""
+    if p.kind == "token":
+        return f"the exact token {p.arg!r}"
+    return f"{p.kind} {p.arg}"
+
+
+def graded_values(formula: Formula, weights: Sequence[float | None], tokens: Sequence[str]) -> np.ndarray:
+    """The graded form on one window: where the formula holds, the largest weight of the positive terms holding
+    there; 0 elsewhere."""
+    held = formula.mask(tokens)
+    out = np.zeros(len(tokens))
+    for (_, prim), w in zip([("", formula.first), *formula.rest], weights, strict=True):
+        if w is not None:
+            out = np.maximum(out, np.where(held & prim.mask(tokens), float(w), 0.0))
+    return out

@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from . import files
 from .collection.collect import CollectConfig
 from .explainers import SEARCH
 from .explainers.base import ExplainConfig
 from .explainers.search import SearchConfig
-from .records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId
+from .records import NEGATIVE, POSITIVE, SAMPLE, SELECTIVE, CollectionManifest, Component, NeuronId
 from .revise import ReviseConfig
 from .runs import Run
 from .seeds import mix_seed
@@ -153,7 +155,12 @@ class PipelineConfig:
     neurons: list[str] | None = None
     """Neurons to explain: `N` (that index in every explained layer) or `L:N`; None samples `sample` per layer."""
     sample: int = 2
-    """Neurons sampled per layer (uniformly, with the source's seed) when `neurons` is None."""
+    """Neurons sampled per layer (uniformly, with the source's seed) when `neurons` is None: group `sample`, whose
+    scores are the kit's average."""
+    selective: int = 0
+    """Also explain this many of each layer's most selective neurons (highest excess kurtosis over the corpus, not in
+    the sample): group `selective`, kept apart from the sample in every figure and mean (a chosen group's scores are
+    not the kit's average)."""
     explainer: str = SEARCH
     """`search` (compositional search over words, WordNet concepts, surface and context: no LLM), `local` (the
     offline SmolLM2 prompted, smoke-level) or a model name on an OpenAI-compatible server."""
@@ -204,6 +211,8 @@ class PipelineConfig:
         self.source.check()
         if self.sample < 1 and not self.neurons:
             raise PipelineError("sample must be >= 1 when no neurons are listed; or list them with --neurons")
+        if self.selective < 0:
+            raise PipelineError(f"selective must be >= 0 (neurons per layer), got {self.selective}")
         parse_neurons(self.neurons or [], [0])  # validates the syntax early
         if self.max_concurrency < 1:
             raise PipelineError("max_concurrency must be >= 1")
@@ -255,6 +264,20 @@ def select_neurons(
         for layer in layers
         for n in random.Random(mix_seed(seed, layer)).sample(range(d_mlp), sample)
     )
+
+
+def most_selective(acts, layers: list[int], per_layer: int, exclude: list[NeuronId] = ()) -> list[NeuronId]:
+    """Each layer's `per_layer` neurons of highest excess kurtosis over the corpus (the collection's own moments: a
+    neuron silent on most tokens and strong on a few), leaving out `exclude` (the sample)."""
+    if per_layer <= 0:
+        return []
+    skip = {(n.layer_index, n.neuron_index) for n in exclude}
+    out = []
+    for layer in layers:
+        kurt = np.nan_to_num(acts.moments(layer)[:, 3], nan=-np.inf)
+        ranked = [int(i) for i in np.argsort(-kurt, kind="stable") if (layer, int(i)) not in skip]
+        out += [NeuronId(layer, i) for i in ranked[:per_layer]]
+    return sorted(out)
 
 
 @dataclass
@@ -477,7 +500,13 @@ def choose_neurons(config: PipelineConfig, run: Run) -> list[NeuronId]:
             "choose collected layers, or collect them with --collect.layers"
         )
     neurons = select_neurons(layers, acts.d_mlp, config.neurons, config.sample, config.source.seed)
-    run.update_manifest(neurons=[[n.layer_index, n.neuron_index] for n in neurons])
+    selective = most_selective(acts, layers, config.selective, exclude=neurons)
+    groups = {"listed" if config.neurons else SAMPLE: neurons, SELECTIVE: selective}
+    neurons = sorted(neurons + selective)
+    run.update_manifest(
+        neurons=[[n.layer_index, n.neuron_index] for n in neurons],
+        groups={g: [[n.layer_index, n.neuron_index] for n in ns] for g, ns in groups.items() if ns},
+    )
     return neurons
 
 

@@ -28,6 +28,7 @@ from .files import append_line, atomic_write, crash_point, read_lines
 from .records import (
     NEGATIVE,
     POSITIVE,
+    SAMPLE,
     CollectionManifest,
     NeuronId,
     NeuronRevision,
@@ -425,6 +426,7 @@ class Run:
         if df is None:  # a run written before the table existed: built from its summaries once, then kept
             rows = [table_row(s, self.read_revision(s.neuron_id), self.label, self.sign) for s in self.summaries()]
             df = _typed(pd.DataFrame(rows, columns=table_columns()))
+        df = df.assign(group=self._groups_of(df))
         if neurons is not None:
             keep = {(n.layer_index, n.neuron_index) for n in neurons}
             df = df[[(int(a), int(b)) in keep for a, b in zip(df["layer"], df["neuron"], strict=True)]]
@@ -432,6 +434,12 @@ class Run:
         if label is not None:
             df = df.assign(run=label)
         return df
+
+    def _groups_of(self, df) -> list[str]:
+        """Each row's group (`RunManifest.groups`, kept in the positive side's manifest): `sample` unless listed."""
+        groups = Run(self.root).manifest().groups or {}
+        of = {(layer, n): g for g, ns in groups.items() for layer, n in ns}
+        return [of.get((int(a), int(b)), SAMPLE) for a, b in zip(df["layer"], df["neuron"], strict=True)]
 
     def sides_table(self, label: str | None = None, neurons: list[NeuronId] | None = None):
         """The run table of every side, one row per neuron and side (positive rows first)."""

@@ -16,7 +16,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     page = path.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     # plotly.js is inlined once; nothing is loaded from elsewhere
-    assert page.count("plotly.js v") >= 1 and len(page) > 1_000_000
+    assert page.count('id="nx-plotly-gz"') == 1 and len(page) > 1_000_000
     assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
     # the script token (corpus) and explanation (LLM) appear only escaped
     assert XSS not in page and "window.__nxkit_xss" in page
@@ -28,8 +28,9 @@ def test_report_is_self_contained_and_escaped(tmp_path):
 def test_report_has_figures_table_and_heatmaps(tmp_path):
     run = make_fake_run(tmp_path / "fake")
     page = render_report(run)
-    assert page.count('class="plotly-graph-div"') == 5  # histogram, by layer, top vs random, control, revision
-    table = page[page.index('<table class="nx-sortable">') : page.index("</table>")]
+    assert page.count('class="nx-fig"') == 5  # histogram, by layer, top vs random, control, revision
+    start = page.index('<table class="nx-sortable">')
+    table = page[start : page.index("</table>", start)]
     assert table.count("<tr>") == 1 + 8  # header and one row per neuron
     assert 'href="#n-0-2"' in table and 'id="n-0-2"' in page
     assert page.count('class="nx-window"') == 7 * 4  # 7 explained neurons, 2 top and 2 random windows each
@@ -39,7 +40,7 @@ def test_report_has_figures_table_and_heatmaps(tmp_path):
 
 def test_report_without_revisions_or_neurons(tmp_path):
     run = make_fake_run(tmp_path / "fake", revise=False)
-    assert render_report(run).count('class="plotly-graph-div"') == 4
+    assert render_report(run).count('class="nx-fig"') == 4
     from nxkit.runs import Run
 
     empty = render_report(Run(tmp_path / "empty"))

@@ -41,6 +41,10 @@ class ExplainConfig:
     seed: int = 0
     """Base seed; candidate i of a neuron samples with a seed mixed from (seed, layer, neuron, i), so the
     response cache can replay it and different neurons do not share one random stream."""
+    term_margin: float = 0.02
+    """A candidate that costs more (more formula terms; a sub-word fragment counts twice) is kept over a cheaper one
+    only if its calibration score is higher by at least this per unit of cost: fewer, whole-word terms win near-ties.
+    0 keeps the best calibration score whatever it costs; free-text candidates have no cost."""
     calibration_windows: int | None = 5
     """Top and random calibration windows used to rank the candidates, each (None: the whole split)."""
     valid_windows: int | None = None
@@ -63,6 +67,8 @@ class ExplainConfig:
             raise ExplainError("best_of, explain_windows and explanation_max_tokens must be >= 1")
         if self.temperature < 0:
             raise ExplainError("temperature must be >= 0")
+        if not 0 <= self.term_margin < 1:
+            raise ExplainError(f"term_margin must be in [0, 1), got {self.term_margin}")
         if self.max_neurons_in_flight < 1:
             raise ExplainError("max_neurons_in_flight must be >= 1")
         unknown = [k for k in self.scorers if k not in scorers.scorer_names()]

@@ -76,6 +76,9 @@ class SearchConfig:
     min_support: int = 2
     """A term joins a formula by OR only if it holds where the neuron fires in at least this many search windows
     (one window's stray word does not generalise); the first term is exempt."""
+    graded: bool = False
+    """Also fit the graded form: a weight per term (the neuron's mean activation on the search windows where the
+    formula holds through that term), so the exact simulator predicts how strongly, not only where."""
 
     def __post_init__(self):
         if self.beam < 1 or not 1 <= self.max_terms <= 3 or self.n_examples < 0:
@@ -94,6 +97,10 @@ class Found:
     """Its correlation with the neuron on the search windows."""
     text: str = ""
     """Its rendering."""
+    cost: int = 0
+    """Its terms, a sub-word fragment counting twice (`Candidate.cost`)."""
+    weights: list[float] | None = None
+    """Its graded form's weights (`SearchConfig.graded`), one per term, None for a gate."""
 
 
 @dataclass
@@ -206,11 +213,31 @@ def _firing(windows: Sequence[ActivationRecord], fraction: float) -> list[np.nda
     return out
 
 
+def is_fragment(prim: Primitive, windows: Sequence[ActivationRecord]) -> bool:
+    """A token primitive that, in most of its occurrences in `windows`, is part of a longer word (`"Yog"` of Yoga):
+    a sub-word fragment, which a reader holds less easily than a word or a concept."""
+    if prim.kind != "token":
+        return False
+    inside = total = 0
+    for rec in windows:
+        for a, b, _ in word_spans(rec.tokens):
+            hits = sum(1 for t in rec.tokens[a:b] if t == prim.arg)
+            total += hits
+            inside += hits if b - a > 1 else 0
+    return total > 0 and inside * 2 > total
+
+
+def formula_cost(formula: Formula, fragments: set[Primitive]) -> int:
+    """Its terms, each sub-word fragment counting twice."""
+    return sum(2 if p in fragments else 1 for p in formula.terms)
+
+
 def _examples(formula: Formula, windows: Sequence[ActivationRecord], firing: list[np.ndarray], n: int) -> dict:
-    """For each term that covers many words, the words seen most often where the term holds and the neuron fires."""
+    """For each term that covers many words, the words seen most often where the term holds and the neuron fires
+    (for a token, the whole words it is part of)."""
     out = {}
     for prim in formula.terms:
-        if prim.kind not in ("concept", "after", "before") and not (
+        if prim.kind not in ("concept", "after", "before", "token") and not (
             prim.kind == "surface" and prim.arg in SEARCHED["surface"]
         ):
             continue
@@ -218,13 +245,51 @@ def _examples(formula: Formula, windows: Sequence[ActivationRecord], firing: lis
         for rec, fires in zip(windows, firing, strict=True):
             m = prim.mask(rec.tokens) & fires
             if m.any():
-                seen.update(
-                    text.lower() if prim.kind != "surface" else text
-                    for a, b, text in _spans_of(rec.tokens)
-                    if m[a:b].any()
-                )
-        out[prim] = [w for w, _ in seen.most_common(n)]
+                seen.update(text for a, b, text in _spans_of(rec.tokens) if m[a:b].any())
+        out[prim] = familiar(seen, n, keep_case=prim.kind in ("surface", "token"))
     return out
+
+
+def familiar(seen: Counter, n: int, keep_case: bool = False) -> list[str]:
+    """The `n` words seen most often, each in its most frequent spelling (`Monday` rather than `monday`), case
+    folded when counting unless `keep_case`."""
+    if keep_case:
+        return [w for w, _ in seen.most_common(n)]
+    by_word: dict[str, Counter] = {}
+    for w, k in seen.items():
+        by_word.setdefault(w.lower(), Counter())[w] += k
+    ranked = sorted(by_word.values(), key=lambda c: (-sum(c.values()), c.most_common(1)[0][0]))
+    return [c.most_common(1)[0][0] for c in ranked[:n]]
+
+
+def graded_weights(formula: Formula, windows: Sequence[ActivationRecord], y: np.ndarray) -> list[float | None]:
+    """The graded form's weights: for each positive term (the first and each OR), the mean activation over the
+    search tokens where the formula holds and that term holds (the strongest term wins where several do); None for
+    the gates (AND, AND NOT), which say where, not how strongly. Floored just above 0 so a term never reads as
+    silent."""
+    held = np.concatenate([formula.mask(w.tokens) for w in windows])
+    out: list[float | None] = []
+    for op, prim in [("", formula.first), *formula.rest]:
+        if op not in ("", "or"):
+            out.append(None)
+            continue
+        m = held & np.concatenate([prim.mask(w.tokens) for w in windows])
+        out.append(round(max(float(y[m].mean()) if m.any() else 0.0, 1e-3), 4))
+    return out
+
+
+def cost_front(best: Sequence[Found], n: int) -> list[Found]:
+    """Up to `n` of `best` for the pick on calibration: at each cost the best-scoring formula, kept only if it beats
+    every cheaper one on the search windows (simplest first); when more than `n`, the cheapest `n - 1` and the best
+    overall. When fewer, the next best formulas fill the list."""
+    front: list[Found] = []
+    for f in sorted(best, key=lambda f: (f.cost, -f.score)):
+        if not front or f.score > front[-1].score:
+            front.append(f)
+    if len(front) > n:
+        front = front[: n - 1] + [front[-1]] if n > 1 else [front[-1]]
+    rest = [f for f in best if f not in front]
+    return front + rest[: max(0, n - len(front))]
 
 
 def search_neuron(record: NeuronRecord, config: SearchConfig | None = None) -> SearchTrace:
@@ -288,7 +353,10 @@ def search_neuron(record: NeuronRecord, config: SearchConfig | None = None) -> S
         beam = sorted({f.formula: f for f in beam + grown}.values(), key=lambda f: -f.score)[: config.beam]
         trace.beams.append(beam)
 
-    ordered = sorted(found.values(), key=lambda f: (-f.score, len(f.formula.terms)))
+    fragments = {p for p in kept if is_fragment(p, windows)}
+    for f in found.values():
+        f.cost = formula_cost(f.formula, fragments)
+    ordered = sorted(found.values(), key=lambda f: (-f.score, f.cost))
     best, masks_seen = [], set()
     for f in ordered:
         if f.score <= 0:
@@ -298,6 +366,8 @@ def search_neuron(record: NeuronRecord, config: SearchConfig | None = None) -> S
             continue
         masks_seen.add(key)
         f.text = f.formula.render(_examples(f.formula, windows, firing, config.n_examples))
+        if config.graded:
+            f.weights = graded_weights(f.formula, windows, y)
         best.append(f)
         if len(best) >= config.beam:
             break
@@ -345,6 +415,11 @@ class SearchExplainer:
             )
             return [], [Failure("explain", reason)]
         out = []
-        for f in trace.best[: config.best_of]:
-            out.append(Candidate(f.text, formula=f.formula.to_json(), search_score=round(f.score, 4)))
+        for f in sorted(cost_front(trace.best, config.best_of), key=lambda f: -f.score):
+            out.append(
+                Candidate(
+                    f.text, formula=f.formula.to_json(), search_score=round(f.score, 4), cost=f.cost,
+                    weights=f.weights,
+                )
+            )  # fmt: skip
         return out, []

@@ -9,6 +9,9 @@ and traffic; `summaries.py` what a run writes besides the release's records. Eve
 from __future__ import annotations
 
 from .manifests import (  # noqa: F401
+    LISTED,
+    SAMPLE,
+    SELECTIVE,
     CollectionManifest,
     Component,
     RunManifest,

@@ -121,6 +121,11 @@ class StageRecord:
         self.explainer, self.simulator = Component.of(self.explainer), Component.of(self.simulator)
 
 
+SAMPLE, SELECTIVE, LISTED = "sample", "selective", "listed"
+"""The groups a run's neurons are chosen in (`RunManifest.groups`); a chosen group's scores are never pooled with the
+sample's."""
+
+
 @register
 @dataclass
 class RunManifest:
@@ -130,6 +135,9 @@ class RunManifest:
     """`nxkit run`'s settings as given (source, collect, explain, simulate, revise and the rest)."""
     neurons: list[list[int]] | None = None
     """The neurons chosen, `[layer, neuron]`."""
+    groups: dict[str, list[list[int]]] | None = None
+    """How they were chosen, group -> `[layer, neuron]`: `sample` (uniform per layer: the kit's average), `selective`
+    (most selective by the collection's moments), `listed` (named by the user); None: all `sample`."""
     explain: StageRecord | None = None
     """The explain-and-score stage."""
     revise: StageRecord | None = None

@@ -81,6 +81,12 @@ class Candidate:
     so it can be simulated exactly."""
     search_score: float | None = None
     """The formula's correlation with the neuron on the windows it was searched on."""
+    cost: int | None = None
+    """How much the formula asks a reader to hold: its terms, a sub-word fragment counting twice (None for free
+    text). The pick on calibration keeps a costlier candidate only if it scores higher by `term_margin` per unit."""
+    weights: list[float] | None = None
+    """Graded form: one fitted weight per term of the formula (None for a gate: AND, AND NOT), read by the exact
+    simulator as how strongly the neuron fires where that term holds; None: the binary form."""
 
     @staticmethod
     def of(explanation: str | Candidate) -> Candidate:

@@ -7,7 +7,10 @@ or an LLM is escaped.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import functools
+import gzip
 import math
 from pathlib import Path
 
@@ -16,10 +19,20 @@ import pandas as pd
 from .. import scorers
 from ..files import atomic_write
 from ..heldout import labelled_simulations
-from ..records import NEGATIVE, POSITIVE, CollectionManifest, Component, NeuronId, StageRecord, max_activation_of
+from ..records import (
+    NEGATIVE,
+    POSITIVE,
+    SELECTIVE,
+    CollectionManifest,
+    Component,
+    NeuronId,
+    StageRecord,
+    max_activation_of,
+)
 from ..runs import Run, as_run, side_by_side
 from ..scorers.correlation import OFFLINE_NOTE, difference_of_means, mean_scores, means_line, split_half
 from . import viz
+from .digest import digest_html
 from .viz import esc
 
 _SORT_JS = """
@@ -50,7 +63,59 @@ table.nx-sortable th { cursor: pointer; background: #f0f0f0; position: sticky; t
 table.nx-sortable th[data-dir=asc]::after { content: " ▲"; } table.nx-sortable th[data-dir=desc]::after { content: " ▼"; }
 table.nx-sortable td, table.nx-sortable th { border-bottom: 1px solid #ddd; padding: 2px 6px; }
 .nx-neuron { border-top: 2px solid #ccc; margin-top: 1.2em; padding-top: 0.3em; }
+.nx-window .nx-tok { white-space: pre; border-radius: 2px; padding: 0 1px 0.2em 1px; }
+table.nx-best { border-collapse: collapse; font-size: 90%; } table.nx-best td { border-bottom: 1px solid #ddd;
+  padding: 2px 6px; vertical-align: top; } .nx-ctx { font-family: monospace; white-space: pre-wrap; }
 """
+
+
+_PLOT_JS = """
+(async function () {
+  var packed = document.getElementById('nx-plotly-gz').textContent;
+  var bytes = Uint8Array.from(atob(packed), function (c) { return c.charCodeAt(0); });
+  var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+  var script = document.createElement('script');
+  script.textContent = await new Response(stream).text();
+  document.head.appendChild(script);
+  document.querySelectorAll('div.nx-fig').forEach(function (div) {
+    var fig = JSON.parse(document.getElementById(div.id + '-data').textContent);
+    Plotly.newPlot(div, fig.data, fig.layout, {displaylogo: false, responsive: true});
+  });
+})();
+"""
+"""Unpacks plotly.js (inlined once, gzipped: a third of its size) with the browser's own DecompressionStream, then
+draws every figure from its JSON; nothing is fetched."""
+
+TOKEN_STYLE = ";white-space:pre;border-radius:2px;padding:0 1px 0.2em 1px"
+"""The style every heatmap token carries inline (so a notebook shows it alike); the report sets it once in CSS."""
+MAX_TABLE_ROWS = 2000
+"""Rows of the neuron table at most (the best, the worst and a seeded sample): the report stays bounded."""
+MAX_FIGURE_ROWS = 5000
+"""Neurons drawn in a figure at most (a seeded sample; the means are over every neuron)."""
+
+
+@functools.lru_cache(maxsize=1)
+def plotly_packed() -> str:
+    """plotly.js as shipped with the plotly package, gzipped and base64-encoded (the same bytes every time)."""
+    import plotly
+
+    raw = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")
+
+
+def figure_html(fig, i: int) -> str:
+    """A figure as an empty div and its JSON (drawn by `_PLOT_JS` once plotly.js is unpacked); `</` is escaped so no
+    text in the figure can close the script element."""
+    data = fig.to_json().replace("</", "<\\/")
+    return (
+        f'<div class="nx-fig" id="nx-fig-{i}" style="height:380px"></div>'
+        f'<script type="application/json" id="nx-fig-{i}-data">{data}</script>'
+    )
+
+
+def _bounded(df: pd.DataFrame, n: int) -> pd.DataFrame:
+    """At most `n` rows of a run table (a seeded sample), in their order."""
+    return df if len(df) <= n else df.sample(n=n, random_state=0).sort_index()
 
 
 def _sort_value(v) -> str:
@@ -76,9 +141,10 @@ def neuron_rows_html(df: pd.DataFrame) -> str:
         ("score_after", "after revision"),
         ("explanation", "explanation"),
         ("simulator", "scored by"),
+        ("group", "group"),
     ]
     extra = [c for c in scorers.table_columns() if not c.endswith("flag") and c in df and df[c].notna().any()]
-    cols[-2:-2] = [
+    cols[-3:-3] = [
         (c, c.replace("_", " ").replace("balanced accuracy", "bal. acc.").replace(" auc", " AUC")) for c in extra
     ]
 
@@ -137,7 +203,8 @@ def sides_html(run: Run, max_neurons: int, max_windows: int) -> tuple[str, list]
     neg_run = run.side(NEGATIVE)
     neg = neg_run.table()
     sides = side_by_side(run.sides_table())
-    means = mean_scores(neg[neg["status"] == "done"].to_dict("records"))
+    neg_main, neg_chosen = apart(neg)
+    means = mean_scores(neg_main[neg_main["status"] == "done"].to_dict("records"))
     tail, mass = sides["negative_tail_share"].dropna(), sides["negative_mass_share"].dropna()
     shares = (
         f"The share of a neuron's |activation| that is negative: over every token, median {mass.median():.0%}; above "
@@ -165,14 +232,21 @@ def sides_html(run: Run, max_neurons: int, max_windows: int) -> tuple[str, list]
     shown = heatmap_neurons(neg, max_neurons)
     sections = "".join(
         neuron_section(neg_run, NeuronId(int(r.layer), int(r.neuron)), max_windows) for r in shown.itertuples()
-    )
+    ).replace(TOKEN_STYLE, "")
     html = (
         f"<h2>Both signs</h2><p>Each neuron's negative side (its activations negated: the windows where it is most "
-        f"negative) is explained and scored as its own unit. Negative side: {len(neg)} neurons · "
-        f"{esc(means_line(means))}.</p><p>{shares}</p>"
-        f"{sortable_table(sides, cols, cell)}<h3>Windows of the negative side</h3>{sections}"
+        f"negative) is explained and scored as its own unit. Negative side"
+        f"{', sample' if len(neg_chosen) else ''}: {len(neg_main)} neurons · {esc(means_line(means))}.</p><p>{shares}</p>"
+        f"{sortable_table(_bounded(sides, MAX_TABLE_ROWS), cols, cell)}<h3>Windows of the negative side</h3>{sections}"
     )
     return html, [viz.sides_scatter(sides)]
+
+
+def apart(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run table split into the neurons whose scores are the run's average (sampled or listed) and the chosen
+    `selective` group, which no mean or figure pools with them."""
+    chosen = df["group"] == SELECTIVE
+    return df[~chosen].reset_index(drop=True), df[chosen].reset_index(drop=True)
 
 
 def _figures(df: pd.DataFrame) -> list:
@@ -204,12 +278,15 @@ def heatmap_neurons(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def render_report(
-    run: Run | str | Path, max_neurons: int = 200, max_windows: int = 6, baseline: Run | str | Path | None = None
+    run: Run | str | Path, max_neurons: int = 24, max_windows: int = 4, baseline: Run | str | Path | None = None
 ) -> str:
-    """The report as one HTML string (plotly.js inlined once); with a `baseline` run (a random-network run of the same
+    """The report as one HTML string (plotly.js inlined once, gzipped), its size bounded whatever the run's: windows
+    drawn for `max_neurons` neurons per side, at most `MAX_TABLE_ROWS` table rows and `MAX_FIGURE_ROWS` neurons per
+    figure. With a `baseline` run (a random-network run of the same
     method, say), its score distribution beside this run's and the difference of means with its interval."""
     run = as_run(run)
-    df = run.table()
+    everything = run.table()
+    df, chosen = apart(everything)
     means = mean_scores(df[df["status"] == "done"].to_dict("records"))
     share = viz.share_above(df)
     explain = run.manifest().explain or StageRecord()
@@ -222,11 +299,19 @@ def render_report(
     ]
     counts = df["status"].value_counts().to_dict()
     summary = ("positive side: " if len(run.sides()) > 1 else "") + (
-        f"{len(df)} neurons ({', '.join(f'{esc(k)}: {v}' for k, v in counts.items()) or 'none yet'}) · "
+        ("sample: " if len(chosen) else "")
+        + f"{len(df)} neurons ({', '.join(f'{esc(k)}: {v}' for k, v in counts.items()) or 'none yet'}) · "
         f"{esc(means_line(means))} · above {viz.PAPER_THRESHOLD}: {share['above']} of {share['n']} · "
         f"{esc(split_half_line(df))}"
     )
     extra_figs = []
+    if len(chosen):
+        chosen_means = mean_scores(chosen[chosen["status"] == "done"].to_dict("records"))
+        summary += (
+            f"</p><p>Kept apart, the {len(chosen)} most selective neurons (chosen by the collection's kurtosis, so not "
+            f"the kit's average): {esc(means_line(chosen_means))}"
+        )
+        extra_figs.append(viz.compare_runs({"sample": df, "selective (chosen)": chosen}))
     if baseline is not None:
         base = as_run(baseline)
         base_df = base.table()
@@ -235,17 +320,30 @@ def render_report(
     note = f'<p class="nx-note">{esc(OFFLINE_NOTE)}</p>' if explain.simulator and explain.simulator.smoke_level else ""
     sides, side_figs = sides_html(run, max_neurons, max_windows)
     figs = []
-    for i, fig in enumerate(_figures(df) + extra_figs + side_figs):
+    for i, fig in enumerate(_figures(_bounded(df, MAX_FIGURE_ROWS)) + extra_figs + side_figs):
         fig.update_layout(height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
-        figs.append(fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False}))
-    shown = heatmap_neurons(df, max_neurons)
+        figs.append(figure_html(fig, i))
+    drawn = (
+        f"<p>figures drawn from a seeded sample of {MAX_FIGURE_ROWS:,} of the {len(df):,} neurons; every mean is over "
+        "all of them</p>"
+        if len(df) > MAX_FIGURE_ROWS
+        else ""
+    )
+    listed = heatmap_neurons(everything, MAX_TABLE_ROWS)
+    rows_note = (
+        f"<p>{len(listed):,} of {len(everything):,} neurons listed (the best, the worst and a seeded sample); every "
+        "neuron is in the run table, runs/NAME/table.parquet</p>"
+        if len(everything) > len(listed)
+        else ""
+    )
+    shown = heatmap_neurons(everything, max_neurons)
     sections = "".join(
         neuron_section(run, NeuronId(int(r.layer), int(r.neuron)), max_windows) for r in shown.itertuples()
-    )
+    ).replace(TOKEN_STYLE, "")
     more = (
-        f"<p>windows of {len(shown)} of {len(df)} neurons: the best, the worst and a seeded sample of the rest "
+        f"<p>windows of {len(shown)} of {len(everything)} neurons: the best, the worst and a seeded sample of the rest "
         "(the table and figures above cover every neuron)</p>"
-        if len(df) > len(shown)
+        if len(everything) > len(shown)
         else ""
     )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -260,11 +358,14 @@ def render_report(
 <h1>nxkit run report · {esc(run.path.name)}{init}</h1>
 <p class="nx-meta">{" · ".join(meta)} · written {stamp}</p>
 <p>{summary}</p>{note}
-<h2>Scores</h2><div class="nx-figs">{"".join(f"<div>{f}</div>" for f in figs)}</div>
-<h2>Neurons</h2><p>Click a column header to sort, a neuron to see its windows.</p>{neuron_rows_html(df)}
+{digest_html(run)}
+<h2>Scores</h2>{drawn}<div class="nx-figs">{"".join(f"<div>{f}</div>" for f in figs)}</div>
+<h2>Neurons</h2><p>Click a column header to sort, a neuron to see its windows.</p>{rows_note}{neuron_rows_html(listed)}
 <h2>Windows</h2>{viz.legend_html()}{more}{sections}
 {sides}
 <script>{_SORT_JS}</script>
+<script type="application/octet-stream" id="nx-plotly-gz">{plotly_packed()}</script>
+<script>{_PLOT_JS}</script>
 </body></html>
 """
 
@@ -316,15 +417,23 @@ def _interval(lo, hi) -> str:
     return f"[{lo:+.2f},{hi:+.2f}]"
 
 
-def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 60) -> str:
-    """A plain-text table of the run's neurons (the kept explanation, its scores, control, revision) with means."""
-    df = run.table(neurons=neurons)
+def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 60, max_rows: int | None = None) -> str:
+    """A plain-text table of the run's neurons (the kept explanation, its scores, control, revision) with means, the
+    sample's and a chosen group's apart; over `max_rows` neurons the rows are left to the report."""
+    everything = run.table(neurons=neurons)
+    df, chosen = apart(everything)
+    if max_rows is not None and len(everything) > max_rows:
+        return _means_lines(run, df, chosen, neurons, width, rows=False)
+    return _means_lines(run, df, chosen, neurons, width, rows=True)
+
+
+def _means_lines(run, df, chosen, neurons, width, rows: bool) -> str:
     head = (
         f"{'layer':>5} {'neuron':>6} {'status':<7} {'score':>6} {'95% interval':>13} {'random':>6} {'shuffl':>6} "
         f"{'gap':>6} {'revised':>7}  explanation"
     )
-    lines = [head, "-" * len(head)]
-    for r in df.itertuples():
+    lines = [head, "-" * len(head)] if rows else []
+    for r in pd.concat([df, chosen]).sort_values(["layer", "neuron"]).itertuples() if rows else []:
         text = r.explanation if isinstance(r.explanation, str) else (r.reason or "")
         text = text.replace("\n", " ")
         text = text if len(text) <= width else text[: width - 1] + "…"
@@ -335,8 +444,12 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
         )
     m = mean_scores(df[df["status"] == "done"].to_dict("records"))
     share = viz.share_above(df)
-    lines.append("-" * len(head))
-    lines.append(f"{means_line(m)}; above 0.8: {share['above']} of {share['n']}")
+    lines.append("-" * len(head) if rows else f"{len(df) + len(chosen)} neurons (their rows: the report, Run.table())")
+    group = "sample, " if len(chosen) else ""
+    lines.append(f"{group}{means_line(m)}; above 0.8: {share['above']} of {share['n']}")
+    if len(chosen):
+        mc = mean_scores(chosen[chosen["status"] == "done"].to_dict("records"))
+        lines.append(f"selective (chosen, kept apart), {means_line(mc)}")
     lines.append(split_half_line(df))
     lines += scorers.summary_lines(df)
     sims = sorted(set(df["simulator"].dropna()))
@@ -351,11 +464,11 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
             f"revised explanation kept for {kept}"
         )
     if len(run.sides()) > 1:
-        lines += ["", _sides_lines(run, neurons, width)]
+        lines += ["", _sides_lines(run, neurons, width, rows)]
     return "\n".join(lines)
 
 
-def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
+def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int, rows: bool = True) -> str:
     """Both signs of every neuron side by side, with the negative side's means."""
     sides = side_by_side(run.sides_table(neurons=neurons))
     head = f"{'layer':>5} {'neuron':>6} {'score+':>6} {'score-':>6} {'neg%':>5}  negative side's explanation"
@@ -364,7 +477,7 @@ def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
         head,
         "-" * len(head),
     ]
-    for r in sides.itertuples():
+    for r in sides.itertuples() if rows else []:
         text = r.explanation_negative if isinstance(r.explanation_negative, str) else (r.status_negative or "")
         text = str(text).replace("\n", " ")
         text = text if len(text) <= width else text[: width - 1] + "…"
@@ -373,8 +486,12 @@ def _sides_lines(run: Run, neurons: list[NeuronId] | None, width: int) -> str:
             f"{r.layer:>5} {r.neuron:>6} {_fmt(r.top_and_random_positive):>6} {_fmt(r.top_and_random_negative):>6} "
             f"{share}  {text}"
         )
-    neg = run.side(NEGATIVE).table(neurons=neurons)
+    neg, neg_chosen = apart(run.side(NEGATIVE).table(neurons=neurons))
     m = mean_scores(neg[neg["status"] == "done"].to_dict("records"))
+    lines = lines if rows else lines[:1]
     lines.append("-" * len(head))
-    lines.append(f"negative side, {means_line(m)}")
+    lines.append(f"negative side, {'sample, ' if len(neg_chosen) else ''}{means_line(m)}")
+    if len(neg_chosen):
+        mc = mean_scores(neg_chosen[neg_chosen["status"] == "done"].to_dict("records"))
+        lines.append(f"negative side, selective (chosen, kept apart), {means_line(mc)}")
     return "\n".join(lines)

@@ -93,11 +93,13 @@ def window_heatmap(
     cells = []
     for i, tok in enumerate(tokens):
         r = float(real[i]) if i < len(real) else None
-        style = f"background:{_rgba(REAL_RGB, 0.0 if r is None or max_activation <= 0 else r / max_activation)}"
+        shade = _rgba(REAL_RGB, 0.0 if r is None or max_activation <= 0 else r / max_activation)
+        style = "" if shade.endswith(",0.00)") else f"background:{shade}"  # an unshaded token carries no colour
         tip = f"real {'—' if r is None else f'{r:.3g}'}"
         if simulated is not None:
             p = float(simulated[i]) if i < len(simulated) else None
-            style += f";box-shadow:inset 0 -0.35em 0 {_rgba(SIM_RGB, 0.0 if p is None else p / sim_max)}"
+            bar = _rgba(SIM_RGB, 0.0 if p is None else p / sim_max)
+            style += "" if bar.endswith(",0.00)") else f";box-shadow:inset 0 -0.35em 0 {bar}"
             tip += f" · simulated {'—' if p is None else f'{p:.2g}'}"
         cells.append(
             f'<span class="nx-tok" title="{esc(tip)}" style="{style};white-space:pre;border-radius:2px;'
