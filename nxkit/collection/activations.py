@@ -30,6 +30,21 @@ class SignShares:
     """That threshold."""
 
 
+@dataclass
+class NeuronWrites:
+    """The tokens a neuron side's direct path to the logits raises and lowers most, with their logit weights."""
+
+    raised: list[tuple[str, float]]
+    """Raised most first."""
+    lowered: list[tuple[str, float]]
+    """Lowered most first (negative weights)."""
+
+    def line(self, n: int = 6) -> str:
+        """One line: `raises 'Monday' 'Friday' ...; lowers ...`."""
+        show = lambda items: " ".join(repr(t) for t, _ in items[:n])  # noqa: E731
+        return f"raises {show(self.raised)}; lowers {show(self.lowered)}"
+
+
 class Activations:
     """A finished collection on disk; records are read one neuron at a time with memory mapping.
 
@@ -184,6 +199,22 @@ class Activations:
         above_pos, above_neg = pos[pos > threshold].sum(), neg[neg > threshold].sum()
         tail = float(above_neg / (above_pos + above_neg)) if above_pos + above_neg > 0 else None
         return SignShares(share, tail, threshold)
+
+    def writes(self, layer: int, neuron: int, sign: str | None = None, k: int = 10) -> NeuronWrites | None:
+        """What the neuron writes to the logits through its direct path (`collection.output`): the `k` tokens it
+        raises and lowers most on the side `sign` (swapped on the negative side, whose activation is negative);
+        None when the collection has no projection stored."""
+        self._check(layer, neuron)
+        arrays = [self._array(layer, name) for name in ("writes_up_ids", "writes_up", "writes_down_ids", "writes_down")]
+        if any(a is None for a in arrays):
+            return None
+        strings = self.token_strings
+        up_ids, up, down_ids, down = (np.asarray(a[neuron]) for a in arrays)
+        raised = [(strings[int(i)], float(v)) for i, v in zip(up_ids[:k], up[:k], strict=True)]
+        lowered = [(strings[int(i)], float(v)) for i, v in zip(down_ids[:k], down[:k], strict=True)]
+        if (sign or self.sign) == NEGATIVE:
+            raised, lowered = [(t, -v) for t, v in lowered], [(t, -v) for t, v in raised]
+        return NeuronWrites(raised, lowered)
 
     def _check(self, layer: int, neuron: int) -> None:
         if layer not in self.layers:

@@ -45,6 +45,8 @@ class BestNeuron:
     """The score it was ranked by (on the test windows)."""
     contexts: list[tuple[float, list[str], int]] = field(default_factory=list)
     """Its top windows around their peaks: (activation at the peak, tokens, index of the peak token)."""
+    writes: str | None = None
+    """What it writes to the logits on this side (`Activations.writes`), when the collection stored it."""
 
 
 def shares(df: pd.DataFrame, column: str = "top_and_random") -> dict:
@@ -105,6 +107,8 @@ def best_neurons(run: Run, n: int = 15, contexts: int = 3, width: int = 8) -> tu
             None if pd.isna(lo) or pd.isna(hi) else (float(lo), float(hi)), float(getattr(r, key)),
         )  # fmt: skip
         if acts is not None:
+            writes = acts.writes(best.layer, best.neuron, best.sign)
+            best.writes = writes.line() if writes is not None else None
             record = acts.neuron_record(best.layer, best.neuron, best.sign)
             for w in record.most_positive_activation_records[:contexts]:
                 i = int(np.argmax(w.activations))
@@ -141,6 +145,8 @@ def digest_text(run: Run, n: int = 15) -> str:
         )
         for act, tokens, peak in b.contexts:
             lines.append(f"        {act:6.2f}  {_context_text(tokens, peak)!r}")
+        if b.writes:
+            lines.append(f"        writes: {b.writes}")
     return "\n".join(lines)
 
 
@@ -155,7 +161,7 @@ def digest_html(run: Run, n: int = 15) -> str:
             f"<code>{act:.2f}</code> "
             + "".join(f"<b>{show_token(t)}</b>" if j == peak else show_token(t) for j, t in enumerate(tokens))
             for act, tokens, peak in b.contexts
-        )
+        ) + (f"<br><i>writes: {esc(b.writes)}</i>" if b.writes else "")
         anchor = f"n-{b.layer}-{b.neuron}" + ("" if b.sign == POSITIVE else f"-{b.sign}")
         rows.append(
             f'<tr><td><a href="#{anchor}">{b.layer}:{b.neuron}</a> {esc(b.sign)}</td><td>{esc(b.group)}</td>'

@@ -184,6 +184,9 @@ def neuron_section(run: Run, nid: NeuronId, max_windows: int = 6) -> str:
     if run.sign != POSITIVE:
         parts.append(f"<p><b>{esc(run.sign)} side</b> (activations negated)</p>")
     parts.append(viz.neuron_html(summary, run.read_revision(nid)))
+    writes = run.activations().writes(nid.layer_index, nid.neuron_index, run.sign) if run.has_collection() else None
+    if writes is not None:  # what the neuron writes to the logits on this side (its direct path)
+        parts.append(f'<p class="nx-meta">writes: {esc(writes.line(8))}</p>')
     results = run.read_results(nid)
     if summary is not None and summary.status == "done" and results and results.scored_explanations:
         seqs = results.scored_explanations[0].scored_simulation.scored_sequence_simulations

@@ -469,6 +469,8 @@ def describe_top(acts, layers: list[int] | None = None, per_layer: int = 2, wind
         for neuron in np.argsort(-kurt)[:per_layer]:
             rec = acts.neuron_record(layer, int(neuron))
             lines.append(f"layer {layer} neuron {neuron}  (max {rec.max_activation:.2f}, kurtosis {rec.kurtosis:.0f})")
+            if (writes := acts.writes(layer, int(neuron))) is not None:
+                lines.append(f"    writes: {writes.line()}")
             for r in rec.most_positive_activation_records[:windows]:
                 i = int(np.argmax(r.activations))
                 lo, hi = max(0, i - context), min(len(r.tokens), i + context + 1)

@@ -1,0 +1,49 @@
+"""What a neuron writes: its direct path to the logits, against the real SmolLM2's own final norm and unembedding."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow  # loads the real offline SmolLM2
+
+
+def test_direct_logits_match_the_models_own_final_norm_and_unembedding(subject):
+    from nxkit.collection.output import direct_logits
+
+    layer, neuron = 3, 17
+    ours = direct_logits(subject, layer, slice(neuron, neuron + 1))[0]
+    # a hand-built residual that is the neuron's output direction, through the model's own final norm and W_U
+    resid = subject.W_out[layer][neuron].detach().float().reshape(1, 1, -1) * 3.0
+    with torch.no_grad():
+        theirs = (subject.ln_final(resid) @ subject.W_U + subject.b_U)[0, 0]
+    # an RMSNorm only rescales: the same logits up to one positive factor (and the unembedding's bias, zero here)
+    theirs = theirs - subject.b_U
+    scale = float((theirs @ ours) / (ours @ ours))
+    assert scale > 0
+    torch.testing.assert_close(ours * scale, theirs, rtol=1e-4, atol=1e-4)
+    assert torch.equal(ours.topk(10).indices, theirs.topk(10).indices)
+
+
+def test_stored_writes_read_without_torch_and_swap_on_the_negative_side(subject, tiny_collection, tmp_path):
+    from nxkit.collection.activations import Activations
+    from nxkit.collection.output import direct_logits, has_writes, write_writes
+
+    acts_dir = tmp_path / "activations"
+    shutil.copytree(tiny_collection, acts_dir)
+    assert not has_writes(acts_dir, [0, 5]) and Activations(acts_dir).writes(0, 4) is None
+    write_writes(subject, acts_dir, [0, 5], k=8)
+    assert has_writes(acts_dir, [0, 5])
+    acts = Activations(acts_dir)
+    pos, neg = acts.writes(5, 11, "positive", k=8), acts.writes(5, 11, "negative", k=8)
+    logits = direct_logits(subject, 5, slice(11, 12))[0].numpy()
+    strings = acts.token_strings
+    assert [t for t, _ in pos.raised] == [strings[i] for i in np.argsort(-logits)[:8]]
+    assert [t for t, _ in pos.lowered] == [strings[i] for i in np.argsort(logits)[:8]]
+    assert pos.raised[0][1] == pytest.approx(float(logits.max()), rel=1e-5)
+    # a negative activation writes the negated direction: what the positive side lowers, it raises
+    assert [t for t, _ in neg.raised] == [t for t, _ in pos.lowered] and neg.raised[0][1] > 0
+    assert "raises" in pos.line() and "lowers" in pos.line()
