@@ -426,13 +426,16 @@ def prepare_collection(config: PipelineConfig, run: Run):
         if config.progress:
             print(f"corpus: {windows.summary()}", flush=True)
         collect(model, windows, run.activations_dir, config.collect, progress=config.progress)
-        from .collection.output import write_writes
-
-        if config.writes:
-            write_writes(model, run.activations_dir, run.collection_manifest().layers)
     elif config.progress:
         print(f"reusing the finished collection in {run.activations_dir}", flush=True)
     _check_same_collection(run.collection_manifest(), config, run)
+    from .collection.output import has_writes, write_writes
+
+    layers = run.collection_manifest().layers
+    if config.writes and not has_writes(run.activations_dir, layers):  # also after a kill, or for an older collection
+        if model is None:
+            model = load_subject(src.model, device=src.device, init=src.subject_init, init_seed=src.subject_init_seed)
+        write_writes(model, run.activations_dir, layers)
     run.update_manifest(pipeline=asdict(config))
     return model
 
