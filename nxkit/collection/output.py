@@ -29,7 +29,7 @@ def final_norm_fold(model) -> tuple[Float[Tensor, " d_model"], bool]:
     """The final norm's weight (ones when it has none) and whether it centres (a LayerNorm, with a bias) or not (an
     RMSNorm)."""
     params = dict(model.ln_final.named_parameters())
-    weight = next((p for name, p in params.items() if name.endswith(("weight", ".w", "w"))), None)
+    weight = next((p for name, p in params.items() if name == "w" or name.endswith((".w", "weight"))), None)
     centres = any(name.endswith(("bias", ".b")) for name in params)
     d_model = model.W_U.shape[0]
     return (weight.detach().float() if weight is not None else torch.ones(d_model)), centres

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..records import NEGATIVE, POSITIVE, SAMPLE
 from ..runs import Run
-from .viz import esc, show_token
+from .viz import anchor, esc, show_token
 
 THRESHOLDS = (0.5, 0.8)
 """The shares printed: at or above each."""
@@ -84,10 +84,13 @@ def group_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def best_neurons(run: Run, n: int = 15, contexts: int = 3, width: int = 8) -> tuple[list[BestNeuron], str]:
+def best_neurons(
+    run: Run, n: int = 15, contexts: int = 3, width: int = 8, table: pd.DataFrame | None = None
+) -> tuple[list[BestNeuron], str]:
     """The `n` best neuron sides of the run (every side and group), ranked on their test windows' score (on the valid
-    score only when no test score was kept, said in the returned note), with their top windows in context."""
-    table = run.sides_table()
+    score only when no test score was kept, said in the returned note), with their top windows in context. `table`:
+    the run's `sides_table()`, when the caller has read it already."""
+    table = run.sides_table() if table is None else table
     done = table[(table["status"] == "done") & table["top_and_random"].notna()]
     if done["test_top_and_random"].notna().any():
         done = done.dropna(subset=["test_top_and_random"])
@@ -136,7 +139,7 @@ def digest_text(run: Run, n: int = 15) -> str:
     table = run.sides_table()
     lines = ["neurons by group (a chosen group's scores are kept apart from the sample's):"]
     lines += [f"  {line}" for line in group_lines(table)]
-    best, note = best_neurons(run, n)
+    best, note = best_neurons(run, n, table=table)
     lines += ["", f"the {len(best)} best neurons ({note}):"]
     for b in best:
         lines.append(
@@ -154,7 +157,7 @@ def digest_html(run: Run, n: int = 15) -> str:
     """The same as HTML (the report's opening): each group's shares, then the best neurons, their windows inline."""
     table = run.sides_table()
     items = "".join(f"<li>{esc(line)}</li>" for line in group_lines(table))
-    best, note = best_neurons(run, n)
+    best, note = best_neurons(run, n, table=table)
     rows = []
     for b in best:
         ctx = "<br>".join(
@@ -162,9 +165,8 @@ def digest_html(run: Run, n: int = 15) -> str:
             + "".join(f"<b>{show_token(t)}</b>" if j == peak else show_token(t) for j, t in enumerate(tokens))
             for act, tokens, peak in b.contexts
         ) + (f"<br><i>writes: {esc(b.writes)}</i>" if b.writes else "")
-        anchor = f"n-{b.layer}-{b.neuron}" + ("" if b.sign == POSITIVE else f"-{b.sign}")
         rows.append(
-            f'<tr><td><a href="#{anchor}">{b.layer}:{b.neuron}</a> {esc(b.sign)}</td><td>{esc(b.group)}</td>'
+            f'<tr><td><a href="#{anchor(b.layer, b.neuron, b.sign)}">{b.layer}:{b.neuron}</a> {esc(b.sign)}</td><td>{esc(b.group)}</td>'
             f"<td>{esc(_score(b.score))} {esc(_interval(b.interval))}</td><td>{esc(b.explanation)}</td>"
             f'<td class="nx-ctx">{ctx}</td></tr>'
         )

@@ -172,15 +172,11 @@ def sortable_table(df: pd.DataFrame, cols: list[tuple[str, str]], cell) -> str:
     return f'<table class="nx-sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _anchor(layer, neuron, sign: str = POSITIVE) -> str:
-    return f"n-{layer}-{neuron}" + ("" if sign == POSITIVE else f"-{sign}")
-
-
 def neuron_section(run: Run, nid: NeuronId, max_windows: int = 6) -> str:
     """One neuron (on the run's side): explanation, candidates, scores, revision, and heatmaps of its scored windows
     by split."""
     summary = run.read_neuron(nid)
-    parts = [f'<div class="nx-neuron" id="{_anchor(nid.layer_index, nid.neuron_index, run.sign)}">']
+    parts = [f'<div class="nx-neuron" id="{viz.anchor(nid.layer_index, nid.neuron_index, run.sign)}">']
     if run.sign != POSITIVE:
         parts.append(f"<p><b>{esc(run.sign)} side</b> (activations negated)</p>")
     parts.append(viz.neuron_html(summary, run.read_revision(nid)))
@@ -225,7 +221,9 @@ def sides_html(run: Run, max_neurons: int, max_windows: int) -> tuple[str, list]
 
     def cell(key, v, r) -> str:
         if key == "neuron":
-            return f'<a href="#{_anchor(r.layer, v)}">{v}+</a> <a href="#{_anchor(r.layer, v, NEGATIVE)}">{v}−</a>'
+            return (
+                f'<a href="#{viz.anchor(r.layer, v)}">{v}+</a> <a href="#{viz.anchor(r.layer, v, NEGATIVE)}">{v}−</a>'
+            )
         if key.startswith("top_and_random"):
             return viz.num(v)
         if key.startswith("negative_"):
@@ -425,9 +423,7 @@ def summary_table(run: Run, neurons: list[NeuronId] | None = None, width: int = 
     sample's and a chosen group's apart; over `max_rows` neurons the rows are left to the report."""
     everything = run.table(neurons=neurons)
     df, chosen = apart(everything)
-    if max_rows is not None and len(everything) > max_rows:
-        return _means_lines(run, df, chosen, neurons, width, rows=False)
-    return _means_lines(run, df, chosen, neurons, width, rows=True)
+    return _means_lines(run, df, chosen, neurons, width, rows=max_rows is None or len(everything) <= max_rows)
 
 
 def _means_lines(run, df, chosen, neurons, width, rows: bool) -> str:

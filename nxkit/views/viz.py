@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..records import NeuronRevision, NeuronSummary, ScoredSequenceSimulation, ScoredWindow
+from ..records import POSITIVE, NeuronRevision, NeuronSummary, ScoredSequenceSimulation, ScoredWindow
 from ..runs import Run, as_run
 from ..scorers.correlation import simulation_scale
 
@@ -42,6 +42,11 @@ SIM_RGB = (40, 110, 220)
 def esc(text: object) -> str:
     """Text from a corpus or an LLM made safe for HTML (quotes too, so it can sit in attributes)."""
     return html.escape(str(text), quote=True)
+
+
+def anchor(layer, neuron, sign: str = POSITIVE) -> str:
+    """The id of a neuron side's section in the report (`n-LAYER-NEURON`, `-negative` on the negative side)."""
+    return f"n-{layer}-{neuron}" + ("" if sign == POSITIVE else f"-{sign}")
 
 
 def show_token(token: str) -> str:
