@@ -106,9 +106,15 @@ def choose_candidate(candidates: list[Candidate], margin: float = 0.0) -> Candid
 
 
 async def process_neuron(
-    record: NeuronRecord, explainer: Explainer | Backend, simulator: Simulator, config: ExplainConfig
+    record: NeuronRecord,
+    explainer: Explainer | Backend,
+    simulator: Simulator,
+    config: ExplainConfig,
+    sign: str = POSITIVE,
+    subject: Callable[[], object] | None = None,
 ) -> tuple[NeuronSummary, NeuronSimulationResults | None]:
-    """Explain, select and score one neuron; returns its summary and its results (None unless done)."""
+    """Explain, select and score one neuron (on the side `sign`; `subject` gives the subject model to scorers that
+    run it); returns its summary and its results (None unless done)."""
     explainer = as_explainer(explainer)
     nid = record.neuron_id
     t0 = time.perf_counter()
@@ -136,7 +142,11 @@ async def process_neuron(
     for name in dict.fromkeys(k for k in config.scorers if k != scorers.SIMULATION):
         seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
         llm = simulator.llm if simulator.llm is not None else explainer.llm
-        context = ScoringContext(nid, best, valid, record.max_activation, seed, llm)
+        calibration = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
+        context = ScoringContext(
+            nid, best, valid, record.max_activation, seed, llm, sign=sign, simulation=scored,
+            calibration=calibration, simulator=simulator, mean_activation=record.mean, subject=subject,
+        )  # fmt: skip
         results[name], lost = await scorers.get_scorer(name).score(context)
         failures += lost
     summary = NeuronSummary(
@@ -217,9 +227,11 @@ PENDING = "<pending>"
 class _Flight:
     """The shared state of one `explain_and_score` call: who has an explanation, the budget, the stop flag."""
 
-    def __init__(self, run: Run, neurons: list[NeuronId], seed: int, budget: Budget | None, usages: list[Usage]):
+    def __init__(
+        self, run: Run, neurons: list[NeuronId], seed: int, budget: Budget | None, usages: list[Usage], subject=None
+    ):
         loop = asyncio.get_running_loop()
-        self.run, self.budget, self.usages = run, budget, usages
+        self.run, self.budget, self.usages, self.subject = run, budget, usages, subject
         self.spent_before = _sum_usage(*usages)  # a budget counts this call's traffic only
         self.order = control_order(neurons, seed)
         self.explanations: dict[NeuronId, asyncio.Future] = {n: loop.create_future() for n in self.order}
@@ -323,7 +335,9 @@ async def _one_neuron(flight, nid, acts, explainer, simulator, config, control, 
             return None
         try:
             record = acts.neuron_record(nid.layer_index, nid.neuron_index)
-            summary, results = await process_neuron(record, explainer, simulator, config)
+            summary, results = await process_neuron(
+                record, explainer, simulator, config, flight.run.sign, flight.subject
+            )
             shares = acts.sign_shares(nid.layer_index, nid.neuron_index)
             summary.negative_mass_share, summary.negative_tail_share = (
                 shares.negative_mass_share,
@@ -367,6 +381,7 @@ async def explain_many(
     budget: Budget | None = None,
     on_neuron_done: Callable[[NeuronSummary], None] | None = None,
     progress: bool = True,
+    subject: Callable[[], object] | None = None,
 ) -> tuple[list[NeuronSummary], str | None]:
     """Every unfinished neuron of `neurons`, many in flight (up to `config.max_neurons_in_flight` when the explainer
     and simulator talk to a server; one at a time in process), each written as it finishes, each with its shuffled
@@ -374,7 +389,7 @@ async def explain_many(
     and why the run stopped early (a budget), if it did."""
     acts = run.activations()
     todo = run.todo(neurons, retry_failed)
-    flight = _Flight(run, neurons, config.seed, budget, [explainer.usage, simulator.usage])
+    flight = _Flight(run, neurons, config.seed, budget, [explainer.usage, simulator.usage], subject)
     for nid in flight.order:
         if nid not in todo:
             flight.publish(nid, run.read_neuron(nid))
@@ -416,9 +431,11 @@ def explain_and_score(
     progress: bool = True,
     control: bool = True,
     budget: Budget | None = None,
+    subject: Callable[[], object] | None = None,
 ) -> list[NeuronSummary]:
     """Process every unfinished neuron of `neurons` into the run directory, with its shuffled control; returns the
-    summaries written now.
+    summaries written now. Scorers that run the subject model (`ablation`) get `subject` (by default the
+    collection's model, loaded when first needed).
 
     Finished neurons are skipped, so a stopped run resumes where it was. With a `budget`, no neuron starts once it
     is spent; the run stops cleanly and says so (`Run.manifest().stopped`), and a later call resumes.
@@ -429,9 +446,23 @@ def explain_and_score(
     run.update_manifest(
         explain=StageRecord(asdict(config), Component.of(explainer.describe()), Component.of(simulator.describe()))
     )
+    if subject is None and (manifest := run.collection_manifest()) is not None:
+        from .collection.subject import SubjectLoader
+
+        subject = SubjectLoader.of(manifest)
     done, stopped = run_sync(
-        explain_many(
-            run, neurons, explainer, simulator, config, retry_failed, control, budget, on_neuron_done, progress
+        explain_many(  # fmt: skip
+            run,
+            neurons,
+            explainer,
+            simulator,
+            config,
+            retry_failed,
+            control,
+            budget,
+            on_neuron_done,
+            progress,
+            subject,
         )
     )
     run.compact_table()

@@ -72,14 +72,22 @@ def held_out(record: NeuronRecord, split: str, n: int | None, crop: int | None =
     labelled = [(r, TOP) for r in top_splits(record)[split][:n]] + [
         (r, RANDOM) for r in random_splits(record)[split][:n]
     ]
-    return [HeldOutWindow(*prompts.crop_window(r.tokens, r.activations, crop), split=label) for r, label in labelled]
+    out = []
+    for r, label in labelled:
+        tokens, acts = prompts.crop_window(r.tokens, r.activations, crop)
+        ids = r.token_ids
+        if ids is not None and len(tokens) < len(r.tokens):
+            start = prompts.crop_start(r.activations, crop)
+            ids = ids[start : start + len(tokens)]
+        out.append(HeldOutWindow(tokens, acts, token_ids=ids, split=label))
+    return out
 
 
 def scored_windows(results: NeuronSimulationResults, splits: list[str]) -> list[HeldOutWindow]:
     """The windows an explanation file was scored on (its first explanation's), each with its label: the one place
     labels stored beside the release-schema file are put back on its windows."""
     return [
-        HeldOutWindow(list(w.simulation.simulation.tokens), list(w.simulation.true_activations), w.split)
+        HeldOutWindow(list(w.simulation.simulation.tokens), list(w.simulation.true_activations), split=w.split)
         for w in labelled_simulations(results, splits)
     ]
 

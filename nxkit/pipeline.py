@@ -368,7 +368,14 @@ def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:
     from .explain_score import Budget, _sum_usage
 
     budget, start = Budget(config.max_requests, config.max_tokens_spent), _sum_usage(explainer.usage, simulator.usage)
-    stopped = explain_sides(config, sides, neurons, explainer, simulator)
+    manifest = run.collection_manifest()
+    subject = None
+    if manifest is not None:
+        from .collection.subject import SubjectLoader
+
+        subject = SubjectLoader.of(manifest, src.device, model)
+    stopped = explain_sides(config, sides, neurons, explainer, simulator, subject)
+    model = model if subject is None else subject.loaded  # the ablation score may have loaded it
     stages.stop()
 
     stages.start(
@@ -465,7 +472,7 @@ def choose_sides(config: PipelineConfig, run: Run) -> list[str]:
 
 
 def explain_sides(
-    config: PipelineConfig, sides: list[Run], neurons: list[NeuronId], explainer, simulator
+    config: PipelineConfig, sides: list[Run], neurons: list[NeuronId], explainer, simulator, subject=None
 ) -> str | None:
     """Explain and score every side in turn under one budget; returns why the run stopped early, if it did."""
     from .explain_score import Budget, _sum_usage, explain_and_score
@@ -481,7 +488,7 @@ def explain_sides(
         else:
             explain_and_score(
                 side, neurons, explainer, simulator, config.explain, retry_failed=config.retry_failed,
-                progress=config.progress, budget=left,
+                progress=config.progress, budget=left, subject=subject,
             )  # fmt: skip
             stopped = side.manifest().stopped
         if stopped:

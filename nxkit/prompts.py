@@ -36,12 +36,19 @@ def _token_lines(pairs: list[tuple[str, int]]) -> list[str]:
     return [f"{format_token(t)}\t{a}" for t, a in pairs]
 
 
+def crop_start(activations: list[float], n: int | None) -> int:
+    """Where `crop_window` starts keeping (0 when it keeps everything)."""
+    if n is None or len(activations) <= n:
+        return 0
+    peak = max(range(len(activations)), key=lambda i: activations[i])
+    return min(max(0, peak - (n - n // 4) + 1), len(activations) - n)
+
+
 def crop_window(tokens: list[str], activations: list[float], n: int | None) -> tuple[list[str], list[float]]:
     """Keep `n` consecutive tokens around the strongest activation (most of them before it)."""
     if n is None or len(tokens) <= n:
         return tokens, activations
-    peak = max(range(len(activations)), key=lambda i: activations[i])
-    start = min(max(0, peak - (n - n // 4) + 1), len(tokens) - n)
+    start = crop_start(activations, n)
     return tokens[start : start + n], activations[start : start + n]
 
 

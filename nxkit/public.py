@@ -113,7 +113,8 @@ def _tag(obj: Any, fields: dict[str, frozenset[str]] | None = None) -> Any:
     """
     if fields is None:
         fields = {
-            name: frozenset(f.name for f in dataclasses.fields(cls)) for name, cls in registered_records().items()
+            name: frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("json", True))
+            for name, cls in registered_records().items()
         }
     if isinstance(obj, list):
         return [_tag(v, fields) for v in obj]

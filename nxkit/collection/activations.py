@@ -114,7 +114,9 @@ class Activations:
                 continue
             out.append(
                 ActivationRecord(
-                    tokens=[strings[t] for t in self.windows[w]], activations=[factor * float(v) + 0.0 for v in a]
+                    tokens=[strings[t] for t in self.windows[w]],
+                    activations=[factor * float(v) + 0.0 for v in a],
+                    token_ids=[int(t) for t in self.windows[w]],
                 )
             )
         return out

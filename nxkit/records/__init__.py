@@ -52,6 +52,7 @@ from .summaries import (  # noqa: F401
     TOP,
     UNKNOWN,
     WINDOW_SPLITS,
+    AblationScore,
     Candidate,
     ClassifierScore,
     Failure,

@@ -55,6 +55,9 @@ class ActivationRecord:
     """Each token decoded on its own, as a reader sees it."""
     activations: list[float]
     """The neuron's raw activation on each token."""
+    token_ids: list[int] | None = field(default=None, compare=False, repr=False, metadata={"json": False})
+    """The tokens' ids in the subject model's vocabulary, when the window came from a collection (the ablation score
+    runs them through the model again); never written to JSON, so the release's layout is unchanged."""
 
     @property
     def max_activation(self) -> float:
@@ -62,7 +65,7 @@ class ActivationRecord:
 
     def negated(self) -> ActivationRecord:
         """The same window on the neuron's negative side (every activation negated; -0.0 shown as 0.0)."""
-        return ActivationRecord(list(self.tokens), [-a + 0.0 for a in self.activations])
+        return ActivationRecord(list(self.tokens), [-a + 0.0 for a in self.activations], self.token_ids)
 
 
 @register
@@ -103,7 +106,8 @@ def to_json_obj(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {"dataclass_name": type(obj).__name__}
         for f in dataclasses.fields(obj):
-            out[f.name] = to_json_obj(getattr(obj, f.name))
+            if f.metadata.get("json", True):
+                out[f.name] = to_json_obj(getattr(obj, f.name))
         return out
     if isinstance(obj, (list, tuple)):
         return [to_json_obj(v) for v in obj]

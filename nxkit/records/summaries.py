@@ -147,6 +147,36 @@ class ClassifierScore:
 
 @register
 @dataclass
+class AblationScore:
+    """The ablation score of one explanation: how much of the neuron's effect on the model's next-token
+    distributions its simulation keeps, against mean ablation (Bills et al. 2023). 1 - JSD(unchanged, simulation
+    patched in) / JSD(unchanged, mean patched in), each averaged over every position of the valid windows."""
+
+    top_and_random: float | None = None
+    """Over the valid top and random windows together (None: undefined, see the flag)."""
+    random_only: float | None = None
+    """Over the valid random windows alone."""
+    flag: str | None = None
+    """Why it is undefined: `no_subject`, `no_token_ids`, `no_simulation`, or `no_effect` (mean ablation changes
+    nothing the model says: the neuron has no effect to keep)."""
+    top_and_random_interval: list[float] | None = None
+    """Its 95% bootstrap interval over windows."""
+    random_only_interval: list[float] | None = None
+    """The same for `random_only`."""
+    n_windows: int = 0
+    """Valid windows scored (those the simulation failed on are left out)."""
+    slope: float | None = None
+    """The linear map from simulation to activation units, fitted on the calibration windows: its slope ..."""
+    intercept: float | None = None
+    """... and its intercept (activation = slope * simulation + intercept, on the neuron's side)."""
+    jsd_simulated: float | None = None
+    """Mean JSD (nats) between the unchanged and the simulation-patched next-token distributions."""
+    jsd_mean: float | None = None
+    """Mean JSD (nats) between the unchanged and the mean-ablated distributions."""
+
+
+@register
+@dataclass
 class NeuronSummary:
     """nxkit's per-neuron summary: what was chosen, how it scored, the control, and what went wrong."""
 

@@ -1,5 +1,5 @@
 """Scorers of a kept explanation, chosen by name: the correlation of its simulation (`simulation`, always run: it
-chooses among candidates, in `correlation.py`), and any registered `Scorer` (`detection`, `fuzzing`, ...).
+chooses among candidates, in `correlation.py`), and any registered `Scorer` (`detection`, `fuzzing`, `ablation`, ...).
 
 `register_scorer` adds one; `--explain.scorers` names them; each result lands in the summary's `scorer_results`,
 the run table (`table_columns`), the summary printout and the report without any stage knowing the scorer.
@@ -71,10 +71,12 @@ def summary_lines(table) -> list[str]:
     return [line for s in registered() if (line := s.summary_line(table))]
 
 
-from .classify import DETECTION, FUZZING  # noqa: E402  (the built-in scorers register themselves)
+from .ablation import ABLATION_SCORER  # noqa: E402  (the built-in scorers register themselves)
+from .classify import DETECTION, FUZZING  # noqa: E402
 
 register_scorer(DETECTION)
 register_scorer(FUZZING)
+register_scorer(ABLATION_SCORER)
 
 __all__ = [
     "SIMULATION", "Scorer", "ScorerError", "ScoringContext", "get_scorer", "register_scorer", "registered",

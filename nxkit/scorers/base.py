@@ -8,15 +8,17 @@ back typed. A new scorer is one module with one such class and one `register_sco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ..records import Candidate, Failure, HeldOutWindow, NeuronId
+from ..records import POSITIVE, Candidate, Failure, HeldOutWindow, NeuronId, ScoredSimulation
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..llm.base import Backend
+    from ..simulators.base import Simulator
 
 
 class ScorerError(ValueError):
@@ -39,6 +41,18 @@ class ScoringContext:
     """A seed for this neuron and scorer (`scorer_seed`)."""
     llm: Backend | None
     """The LLM the run's simulator talks to, else the explainer's; None when neither sends LLM traffic."""
+    sign: str = POSITIVE
+    """The side scored (`positive`, or `negative`: its windows' activations are the real ones negated)."""
+    simulation: ScoredSimulation | None = None
+    """The kept explanation's simulation of `windows` (one scored window each, in order)."""
+    calibration: list[HeldOutWindow] = field(default_factory=list)
+    """The neuron's calibration windows (a scorer may fit on them: every choice is made there)."""
+    simulator: Simulator | None = None
+    """The run's simulator (to simulate `calibration`)."""
+    mean_activation: float | None = None
+    """The side's mean activation over every token of the corpus."""
+    subject: Callable[[], Any] | None = None
+    """The subject model, loaded on the first call (None: the run has none to give, e.g. a re-scored release)."""
 
 
 @runtime_checkable
