@@ -207,17 +207,54 @@ def format_explain_windows(windows: list[Window]) -> str:
     return "\n\n".join(parts)
 
 
-def explain_user_message(windows: list[Window]) -> str:
-    return f"{format_explain_windows(windows)}\n\nWhat does this neuron respond to?"
+EXPLAIN_OUTPUT_NOTE = (
+    " After the windows come the tokens the neuron's output pushes the model's next-token prediction towards and "
+    "away from (its direct effect on the logits). Where they share something, end the same sentence with what the "
+    'neuron does, after ", and pushes towards".'
+)
+"""Added to the system prompt when the explainer is shown what the neuron writes (`--explain.show-output`)."""
+
+Writes = tuple[list[str], list[str]]
+"""What a neuron writes, for a prompt: the tokens it raises most and those it lowers most."""
+
+EXAMPLE_WRITES: list[tuple[Writes, str]] = [
+    (
+        ([" morning", " evening", " night", " afternoon", " mornings"], [" the", "ing", " of", " a", "ed"]),
+        "names of weekdays, and pushes towards a time of day",
+    ),
+    (
+        ([" #", ";", "\n", " +", " =="], [" x", "len", "(", " print", "_"]),
+        "closing brackets in code, and pushes towards what follows a finished call (an operator, a comment, a line "
+        "end)",
+    ),
+]
+"""For each of `EXPLAIN_EXAMPLES`, invented output tokens and the explanation that uses them (our own words)."""
 
 
-def explain_messages(windows: list[Window]) -> list[dict[str, str]]:
-    """Chat messages asking for one explanation of the neuron behind `windows` (0-10 activations)."""
-    messages = [{"role": "system", "content": EXPLAIN_SYSTEM}]
-    for example_windows, explanation in EXPLAIN_EXAMPLES:
-        messages.append({"role": "user", "content": explain_user_message(example_windows)})
-        messages.append({"role": "assistant", "content": f"{ANSWER_LEAD} {explanation}."})
-    messages.append({"role": "user", "content": explain_user_message(windows)})
+def format_writes(writes: Writes) -> str:
+    raised, lowered = writes
+    show = lambda tokens: ", ".join(repr(t) for t in tokens)  # noqa: E731
+    return f"Its output raises: {show(raised)}\nIts output lowers: {show(lowered)}"
+
+
+def explain_user_message(windows: list[Window], writes: Writes | None = None) -> str:
+    extra = "" if writes is None else f"\n\n{format_writes(writes)}"
+    return f"{format_explain_windows(windows)}{extra}\n\nWhat does this neuron respond to?"
+
+
+def explain_messages(windows: list[Window], writes: Writes | None = None) -> list[dict[str, str]]:
+    """Chat messages asking for one explanation of the neuron behind `windows` (0-10 activations); with `writes`, the
+    neuron's strongest raised and lowered output tokens are shown too (and the examples show theirs)."""
+    system = EXPLAIN_SYSTEM if writes is None else EXPLAIN_SYSTEM + EXPLAIN_OUTPUT_NOTE
+    messages = [{"role": "system", "content": system}]
+    for (example_windows, explanation), (example_writes, with_output) in zip(
+        EXPLAIN_EXAMPLES, EXAMPLE_WRITES, strict=True
+    ):
+        shown = None if writes is None else example_writes
+        messages.append({"role": "user", "content": explain_user_message(example_windows, shown)})
+        said = explanation if writes is None else with_output
+        messages.append({"role": "assistant", "content": f"{ANSWER_LEAD} {said}."})
+    messages.append({"role": "user", "content": explain_user_message(windows, writes)})
     return messages
 
 

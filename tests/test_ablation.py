@@ -181,3 +181,52 @@ def test_the_ablation_scorer_runs_in_a_run_and_reaches_the_table(subject, tiny_c
     assert table["ablation_top_and_random"].notna().sum() == 3
     assert "ablation: mean" in summary_table(run) and "over 3 neurons" in summary_table(run)
     assert "ablation top and random" in render_report(run)
+
+
+# --- output-aware explanations (part 3) ---------------------------------------------------------
+
+
+def _record_with_writes(writes):
+    from nxkit.collection.activations import NeuronWrites
+    from nxkit.records import ActivationRecord, NeuronRecord
+
+    top = [ActivationRecord([" a", " Monday", " b"], [0.0, 3.0 - i * 0.1, 0.0]) for i in range(8)]
+    rand = [ActivationRecord([" x", " y", " z"], [0.0, 0.1, 0.0]) for _ in range(6)]
+    record = NeuronRecord(NeuronId(2, 3), random_sample=rand, most_positive_activation_records=top)
+    record.writes = None if writes is None else NeuronWrites(*writes)
+    return record
+
+
+def test_show_output_puts_the_written_tokens_in_the_explainer_prompt():
+    from conftest import ScriptedLLM
+
+    from nxkit.explainers.base import ExplainConfig
+    from nxkit.explainers.llm import explain_neuron
+    from nxkit.llm.base import run_sync
+
+    writes = ([(" evening", 2.0), (" night", 1.5)], [(" the", -1.0), ("ing", -0.5)])
+    llm = ScriptedLLM("It fires on weekdays, and pushes towards a time of day.")
+    texts, failures = run_sync(
+        explain_neuron(llm, _record_with_writes(writes), ExplainConfig(best_of=1, show_output=True))
+    )
+    assert texts == ["weekdays, and pushes towards a time of day"] and failures == []
+    system, last = llm.seen[0][0]["content"], llm.seen[0][-1]["content"]
+    assert "pushes the model's next-token prediction" in system
+    assert "Its output raises: ' evening', ' night'\nIts output lowers: ' the', 'ing'" in last
+    assert "Its output raises" in llm.seen[0][1]["content"]  # the few-shot examples show theirs too
+    plain = ScriptedLLM("It fires on weekdays.")
+    run_sync(explain_neuron(plain, _record_with_writes(writes), ExplainConfig(best_of=1)))
+    assert not any("Its output" in m["content"] or "next-token prediction" in m["content"] for m in plain.seen[0])
+
+
+def test_show_output_without_a_projection_says_how_to_get_one():
+    from conftest import ScriptedLLM
+
+    from nxkit.explainers.base import ExplainConfig
+    from nxkit.explainers.llm import explain_neuron
+    from nxkit.llm.base import run_sync
+
+    llm = ScriptedLLM("It fires on weekdays.")
+    texts, failures = run_sync(explain_neuron(llm, _record_with_writes(None), ExplainConfig(show_output=True)))
+    assert texts == [] and llm.calls == 0
+    assert "vocabulary projection" in failures[0].reason and "--no-writes" in failures[0].reason

@@ -52,3 +52,10 @@ def test_stored_writes_read_without_torch_and_swap_on_the_negative_side(subject,
     # a negative activation writes the negated direction: what the positive side lowers, it raises
     assert [t for t, _ in neg.raised] == [t for t, _ in pos.lowered] and neg.raised[0][1] > 0
     assert "raises" in pos.line() and "lowers" in pos.line()
+    # a neuron's record carries what it writes (never in its JSON), so the LLM explainer can be shown it
+    record = acts.neuron_record(5, 11, "negative")
+    assert record.writes.raised == acts.writes(5, 11, "negative").raised
+    from nxkit.records import to_json_obj
+
+    assert "writes" not in to_json_obj(record)
+    assert all("token_ids" not in r for r in to_json_obj(record)["most_positive_activation_records"])

@@ -141,8 +141,11 @@ class Activations:
         quantile bands (they are bands of the window maximum)."""
         sign = check_sign(sign or self.sign)
         self._check(layer, neuron)
-        if sign == NEGATIVE:
-            return self._negative_record(layer, neuron)
+        record = self._negative_record(layer, neuron) if sign == NEGATIVE else self._positive_record(layer, neuron)
+        record.writes = self.writes(layer, neuron, sign)
+        return record
+
+    def _positive_record(self, layer: int, neuron: int) -> NeuronRecord:
         mean, var, skew, kurt = (float(v) for v in self._array(layer, "moments")[neuron])
         bounds = self._array(layer, "quantile_boundaries")
         band_acts, band_windows = self._array(layer, "band_acts")[neuron], self._array(layer, "band_windows")[neuron]

@@ -56,8 +56,15 @@ class ExplainConfig:
     """Crop held-out windows to this many tokens around their peaks before simulating (None: whole windows)."""
     scorers: list[str] = field(default_factory=lambda: ["simulation"])
     """Scorers of the kept explanation, by name: `simulation` (correlation; always run), the cheaper `detection` and
-    `fuzzing` (one LLM request each per neuron: accuracy and balanced accuracy), or any registered scorer
-    (`nxkit.scorers.register_scorer`)."""
+    `fuzzing` (one LLM request each per neuron: accuracy and balanced accuracy), `ablation` (the simulation patched
+    into the subject model against mean ablation: does the explained part matter to the model's output?), or any
+    registered scorer (`nxkit.scorers.register_scorer`)."""
+    show_output: bool = False
+    """Show the LLM explainer what the neuron writes beside its windows: the tokens its output raises and lowers most
+    (the collection's vocabulary projection), so an explanation can say what the neuron does as well as what it
+    reads. Measure its effect with the ablation score (`--explain.scorers simulation ablation`)."""
+    output_tokens: int = 8
+    """Raised and lowered tokens shown each with `show_output`."""
     max_neurons_in_flight: int = 32
     """Neurons in progress at once when the explainer and simulator talk to a server (bounds memory; requests in
     flight are bounded by the server backend's own `max_concurrency`). In-process models take one at a time."""
@@ -71,6 +78,8 @@ class ExplainConfig:
             raise ExplainError(f"term_margin must be in [0, 1), got {self.term_margin}")
         if self.max_neurons_in_flight < 1:
             raise ExplainError("max_neurons_in_flight must be >= 1")
+        if self.output_tokens < 1:
+            raise ExplainError(f"output_tokens must be >= 1, got {self.output_tokens}")
         unknown = [k for k in self.scorers if k not in scorers.scorer_names()]
         if unknown:
             raise ExplainError(f"unknown scorer {unknown[0]!r}; choose from {scorers.scorer_names()}")

@@ -46,8 +46,18 @@ async def explain_neuron(
     backend: Backend, record: NeuronRecord, config: ExplainConfig
 ) -> tuple[list[str], list[Failure]]:
     """Sample k explanations; returns (parsed explanations, failures with the raw text of unparsable ones)."""
-    messages = prompts.explain_messages(explainer_windows(record, config))
     explanations, failures = [], []
+    writes = None
+    if config.show_output:
+        if record.writes is None:
+            why = (
+                "--explain.show-output needs what the neuron writes, and this collection stores no vocabulary "
+                "projection; run `nxkit run` on it again without --no-writes (it adds the projection and keeps the rest)"
+            )
+            return [], [Failure("explain", why)]
+        n = config.output_tokens
+        writes = ([t for t, _ in record.writes.raised[:n]], [t for t, _ in record.writes.lowered[:n]])
+    messages = prompts.explain_messages(explainer_windows(record, config), writes)
     nid = record.neuron_id
     answers = await asyncio.gather(  # all k at once on a server; in turn in process
         *(

@@ -91,6 +91,9 @@ class NeuronRecord:
     """Excess kurtosis of the activation over every token."""
     most_positive_activation_records: list[ActivationRecord] = field(default_factory=list)
     """The windows with the highest maximum activation, strongest first."""
+    writes: Any = field(default=None, compare=False, repr=False, metadata={"json": False})
+    """What the neuron writes to the logits (`collection.activations.NeuronWrites`), when the collection stores it;
+    never written to JSON (the release's layout has no such field)."""
 
     @property
     def max_activation(self) -> float:
