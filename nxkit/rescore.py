@@ -8,7 +8,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .explain_score import process_neuron, simulate_and_score
-from .explainers.base import ExplainConfig
+from .explainers.base import ExplainConfig, ExplainError
 from .llm.base import run_sync
 from .public import PublicDataError, released_windows
 from .records import max_activation_of
@@ -60,3 +60,54 @@ def rescore_released(
             }
         rows.append(row)
     return rows
+
+
+def add_scores(run, neurons, simulator, names: list[str], config: ExplainConfig | None = None, subject=None,
+               progress: bool = True) -> int:  # fmt: skip
+    """Run more scorers (`names`, e.g. `["ablation"]`) on a run's finished neurons that lack them, on the same valid
+    windows their kept explanation was scored on, and write them into their summaries and the run table; returns how
+    many neurons got a new result. `config` must be the run's (it says which windows are valid); `subject` gives the
+    subject model (default: the collection's, loaded when first needed)."""
+    from . import scorers
+    from .heldout import held_out
+    from .runs import as_run
+    from .scorers import ScoringContext
+
+    run, config = as_run(run), config or ExplainConfig()
+    for name in names:
+        scorers.get_scorer(name)  # an unknown name fails before any work
+    if subject is None and (manifest := run.collection_manifest()) is not None:
+        from .collection.subject import SubjectLoader
+
+        subject = SubjectLoader.of(manifest)
+    acts, added = run.activations(), 0
+    for nid in tqdm(list(neurons), desc="add scores", unit="neuron", disable=not progress):
+        summary = run.read_neuron(nid)
+        todo = [
+            n for n in names if summary is not None and summary.status == "done" and n not in summary.scorer_results
+        ]
+        if not todo:
+            continue
+        record = acts.neuron_record(nid.layer_index, nid.neuron_index)
+        valid = held_out(record, "valid", config.valid_windows, config.sim_window_tokens)
+        scored = run.read_results(nid).scored_explanations[0].scored_simulation
+        stored = [s.simulation.tokens for s in scored.scored_sequence_simulations]
+        if [w.tokens for w in valid] != stored:
+            raise ExplainError(
+                f"neuron {nid.layer_index}:{nid.neuron_index}: the valid windows of this config are not the ones its "
+                "explanation was scored on; pass the run's own ExplainConfig (valid_windows, sim_window_tokens)"
+            )
+        calibration = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
+        for name in todo:
+            seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
+            context = ScoringContext(
+                nid, summary.original_candidate, valid, record.max_activation, seed, simulator.llm, sign=run.sign,
+                simulation=scored, calibration=calibration, simulator=simulator, mean_activation=record.mean,
+                subject=subject,
+            )  # fmt: skip
+            summary.scorer_results[name], lost = run_sync(scorers.get_scorer(name).score(context))
+            summary.failures += lost
+        run.write_neuron(summary)
+        added += 1
+    run.compact_table()
+    return added

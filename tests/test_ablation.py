@@ -182,6 +182,23 @@ def test_the_ablation_scorer_runs_in_a_run_and_reaches_the_table(subject, tiny_c
     assert "ablation: mean" in summary_table(run) and "over 3 neurons" in summary_table(run)
     assert "ablation top and random" in render_report(run)
 
+    # the same neurons scored without it, then given it afterwards: the same windows, the same numbers
+    from nxkit.rescore import add_scores
+
+    later = Run(tmp_path / "later")
+    later.path.mkdir()
+    (later.path / "activations").symlink_to(tiny_collection, target_is_directory=True)
+    explain_and_score(later, neurons, SearchExplainer(), FormulaSimulator(), ExplainConfig(), progress=False)
+    assert later.table()["ablation_top_and_random"].isna().all()
+    assert add_scores(later, neurons, FormulaSimulator(), ["ablation"], subject=lambda: subject, progress=False) == 3
+    for s in done:
+        got = later.read_neuron(s.neuron_id).scorer_results["ablation"]
+        want = s.scorer_results["ablation"]
+        assert got.n_windows == want.n_windows and got.slope == pytest.approx(want.slope)
+        assert got.top_and_random == pytest.approx(want.top_and_random, abs=1e-3)
+    assert later.table()["ablation_top_and_random"].notna().sum() == 3
+    assert add_scores(later, neurons, FormulaSimulator(), ["ablation"], subject=lambda: subject, progress=False) == 0
+
 
 # --- output-aware explanations (part 3) ---------------------------------------------------------
 

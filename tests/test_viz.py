@@ -170,3 +170,15 @@ def test_inspector_takes_released_neurons():
     assert "layer 5 · neuron 7" in ins.explanation.value
     ins.text.value = "any text"  # no subject model given: a clear message, not an exception
     assert "pass their subject model" in ins.probe_out.value
+
+
+def test_inspector_shows_what_a_neuron_writes_escaped():
+    from nxkit.collection.activations import NeuronWrites
+    from nxkit.records import NeuronId, NeuronRecord
+    from nxkit.views.widgets import NeuronData, writes_html
+
+    record = NeuronRecord(NeuronId(0, 1))
+    assert writes_html(NeuronData(NeuronId(0, 1), record=record)) == ""  # no projection stored: nothing shown
+    record.writes = NeuronWrites([(XSS, 1.5), (" Friday", 1.2)], [(" the", -0.7)])
+    page = writes_html(NeuronData(NeuronId(0, 1), record=record))
+    assert "writes: raises" in page and "Friday" in page and "<script>" not in page

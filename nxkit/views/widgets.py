@@ -134,6 +134,14 @@ def explanation_html(data: NeuronData) -> str:
     return viz.neuron_html(data.summary, data.revision)
 
 
+def writes_html(data: NeuronData) -> str:
+    """What the neuron writes to the logits on this side (its direct path), when the collection stores it."""
+    writes = data.record.writes if data.record is not None else None
+    if writes is None:
+        return ""
+    return f"<p style='color:#555'>writes: {esc(writes.line(8))}</p>"
+
+
 def sides_html(run: Run, layer: int, neuron: int) -> str:
     """Both sides of a neuron side by side (its explanation and score on each, and how much of it is negative); empty
     for a run that explained one side."""
@@ -322,7 +330,7 @@ class NeuronInspector:
         """Show one neuron (also what the dropdowns call)."""
         self.data = neuron_data(self.source, layer, neuron)
         self.sides.value = sides_html(self.source, layer, neuron) if isinstance(self.source, Run) else ""
-        self.explanation.value = explanation_html(self.data)
+        self.explanation.value = explanation_html(self.data) + writes_html(self.data)
         self.quantiles.value = quantiles_html(self.data)
         self.windows.value = windows_html(self.data, self.n_windows)
         self.probe_out.value = ""
