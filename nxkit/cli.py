@@ -95,6 +95,8 @@ def cmd_run(config: PipelineConfig) -> None:
 
     t0 = time.perf_counter()
     result = run_pipeline(config)
+    if not result.seconds:  # a torchrun rank above 0: it collected its share, rank 0 runs the rest
+        return
     print("\n" + summary_table(result.run, result.neurons, max_rows=SUMMARY_ROWS))
     print("\n" + digest_text(result.run))
     if config.baseline:
@@ -115,11 +117,14 @@ def cmd_run(config: PipelineConfig) -> None:
 
 def cmd_collect(command: Collect) -> None:
     """The pipeline's collection stage alone."""
-    from .pipeline import prepare_collection
+    from .pipeline import other_rank, prepare_collection
     from .runs import Run
 
     config = PipelineConfig(source=command.source, collect=command.collect)
     run = Run(command.source.path)
+    if other_rank():  # under torchrun: this rank's share, merged by collectives; rank 0 writes and holds the lock
+        prepare_collection(config, run)
+        return
     with run.lock():
         prepare_collection(config, run)
     print(f"activations: {run.activations_dir}")

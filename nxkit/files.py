@@ -11,7 +11,10 @@ passes. The crash harness (`tests/test_crash.py`, `bench/crash.py`) uses both to
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
+import platform
 import shutil
 import signal
 import tempfile
@@ -138,3 +141,29 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _load_libc():
+    name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc on Linux; elsewhere nothing to do).
+
+    A pass frees tens of megabytes of scratch tensors per layer and batch; glibc keeps most of them in its
+    heap once its mmap threshold has risen, so without this the resident memory of a long pass, or of a
+    second pass in the same process, grows with the heap's garbage rather than with what is kept.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

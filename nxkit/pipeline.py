@@ -9,6 +9,7 @@ it was. The settings are saved in the run manifest under `pipeline`.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -340,8 +341,20 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run (or resume) every stage; returns what was done. Prints a stage header and progress for each."""
 
     run = Run(config.source.path)
+    if other_rank():  # under torchrun, ranks above 0 collect their shares and stop; rank 0 holds the run
+        prepare_collection(config, run)
+        return PipelineResult(run, [], {}, None, False)
     with run.lock():  # a second process on this run stops at once; a crashed one's half-done writes are finished
         return _run_pipeline(config, run)
+
+
+def other_rank() -> bool:
+    """True in a torchrun rank above 0 (joining its process group first)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from .collection.distributed import init_from_env
+
+    return init_from_env()[0] > 0
 
 
 def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:
@@ -422,19 +435,24 @@ def prepare_collection(config: PipelineConfig, run: Run):
     """Collect (or resume collecting) unless the run has a finished collection; returns the subject model when
     it was loaded (else None), after checking that the collection matches the config."""
     from .collection.corpus import make_windows
+    from .collection.distributed import init_from_env, rank_device
     from .collection.subject import load_subject
 
     src, model = config.source, None
+    rank, size = init_from_env()  # under torchrun: this rank collects its share of the windows
     if not run.has_collection():
         from .collection.collect import collect
 
-        model = load_subject(src.model, device=src.device, init=src.subject_init, init_seed=src.subject_init_seed)
+        device = rank_device(src.device)
+        model = load_subject(src.model, device=device, init=src.subject_init, init_seed=src.subject_init_seed)
         windows = make_windows(model.tokenizer, src.corpus, window=src.window, max_tokens=src.max_tokens, seed=src.seed)
-        if config.progress:
-            print(f"corpus: {windows.summary()}", flush=True)
+        if config.progress and rank == 0:
+            print(f"corpus: {windows.summary()}" + (f"; {size} ranks" if size > 1 else ""), flush=True)
         collect(model, windows, run.activations_dir, config.collect, progress=config.progress)
-    elif config.progress:
+    elif config.progress and rank == 0:
         print(f"reusing the finished collection in {run.activations_dir}", flush=True)
+    if rank > 0:
+        return model  # the other stages run on rank 0 alone
     _check_same_collection(run.collection_manifest(), config, run)
     from .collection.output import has_writes, write_writes
 

@@ -15,8 +15,6 @@ On disk (`runs/<name>/activations/`):
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import math
@@ -31,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..files import atomic_write
+from ..files import atomic_write, release_free_memory
 from ..offline import SubjectError
 from ..records import CollectionManifest
 from ..seeds import mix_seed
@@ -80,29 +78,6 @@ class CollectConfig:
             raise CollectError(f"quantile_levels must be increasing values in (0, 1), got {levels}")
 
 
-def _load_libc():
-    name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
-
-
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc on Linux; elsewhere nothing to do).
-
-    A pass frees tens of megabytes of scratch tensors per layer and batch; glibc keeps most of them in its
-    heap once its mmap threshold has risen, so without this the resident memory of a long pass, or of a
-    second pass in the same process, grows with the heap's garbage rather than with what is kept.
-    """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
 # --- the per-batch reduction -----------------------------------------------------------------
 
 
@@ -136,6 +111,15 @@ class _Reducer:
         return _reduce(x, shift)
 
 
+def best_first(scores: Tensor, windows: Tensor, acts: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, the `k` best (score descending, then window id ascending) of the candidates, with their activations."""
+    by_id = windows.argsort(dim=1, stable=True)
+    by_score = scores.gather(1, by_id).argsort(dim=1, descending=True, stable=True)
+    order = by_id.gather(1, by_score)[:, :k]
+    picked = acts.gather(1, order.unsqueeze(-1).expand(-1, -1, acts.shape[-1]))
+    return scores.gather(1, order), windows.gather(1, order), picked
+
+
 class KeepBest:
     """For each of `n` neurons, the `k` windows with the highest score seen so far, with the
     neuron's per-token activations on them. Updates touch only neurons whose threshold was beaten."""
@@ -164,14 +148,20 @@ class KeepBest:
         else:
             rows_of = beats.nonzero().squeeze(1)
             new, kept = scores[:, rows_of].T, self.scores[rows_of]
+        # equal scores go to the lower window id, so the windows kept never depend on the order they came in (one
+        # process and the merged shards of several keep the same): a stable sort where a top k would pick any
         if c < new.shape[1]:
-            new, order = new.topk(c, dim=1)
+            new, order = new.sort(dim=1, descending=True, stable=True)
+            new, order = new[:, :c], order[:, :c]
         else:
             order = torch.arange(new.shape[1], device=new.device).expand(new.shape[0], -1)
-        # each row keeps the best k of its k kept and c new scores: it drops its c smallest (cheaper than a top k)
+        # each row keeps the best k of its k kept and c new windows
         cand = torch.cat([kept, new], dim=1)
-        drop = cand.topk(c, dim=1, largest=False).indices
-        chosen = torch.ones_like(cand, dtype=torch.bool).scatter_(1, drop, False)
+        ids = window_ids.to(self.windows.device)
+        cand_ids = torch.cat([self.windows if rows_of is None else self.windows[rows_of], ids[order]], dim=1)
+        by_id = cand_ids.argsort(dim=1, stable=True)
+        best = by_id.gather(1, cand.gather(1, by_id).argsort(dim=1, descending=True, stable=True))[:, :k]
+        chosen = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, best, True)
         # Slots stay unordered: each new window that made the cut overwrites one evicted slot, so
         # the cost is proportional to the windows that enter, not to everything kept. Every row
         # chose exactly k, so it evicts as many slots as it admits windows: the row-major lists of
@@ -180,14 +170,13 @@ class KeepBest:
         _, pick = chosen[:, k:].nonzero(as_tuple=True)
         rows, cand_idx = (local if rows_of is None else rows_of[local]), order[local, pick]
         self.scores[rows, slot] = new[local, pick]
-        self.windows[rows, slot] = window_ids.to(self.windows.device)[cand_idx]
+        self.windows[rows, slot] = ids[cand_idx]
         self.acts[rows, slot] = acts[cand_idx, :, rows].to(self.acts.dtype)
 
     def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Scores, window ids and activations sorted by score, best first (empty slots last)."""
-        order = self.scores.argsort(dim=1, descending=True)
-        acts = self.acts.gather(1, order.unsqueeze(-1).expand(-1, -1, self.acts.shape[-1]))
-        return self.scores.gather(1, order), self.windows.gather(1, order), acts
+        """Scores, window ids and activations sorted by score, best first, equal scores by window id (empty slots
+        last): the same order however the windows arrived (`distributed` merges shards with it)."""
+        return best_first(self.scores, self.windows, self.acts, self.scores.shape[1])
 
     def state(self) -> dict:
         return {"scores": self.scores, "windows": self.windows, "acts": self.acts}
@@ -489,7 +478,10 @@ def collect(
     if status == "complete":
         log.info("collection in %s is complete; nothing to do", out)
         return out
-    _write_inputs(out, model, windows)
+    from .distributed import world
+
+    if world()[0] == 0:  # under torchrun, rank 0 writes what every rank shares
+        _write_inputs(out, model, windows)
     release_free_memory()  # what an earlier pass in this process freed goes back before this one allocates
     try:
         _pass(model, windows, out, manifest, cfg, progress, max_batches)
@@ -501,7 +493,13 @@ def collect(
 def _pass(
     model, windows: Windows, out: Path, manifest: CollectionManifest, cfg: CollectConfig, progress, max_batches
 ) -> None:
-    """The pass itself, from its checkpoint if there is one; writes the layers when every batch is done."""
+    """The pass itself, from its checkpoint if there is one; writes the layers when every batch is done. Under
+    `torchrun` (a process group of several ranks) each rank runs its share (`distributed.shard_pass`)."""
+    from .distributed import shard_pass, world
+
+    rank, size = world()
+    if size > 1:
+        return shard_pass(model, windows, out, manifest, cfg, progress, max_batches, rank, size)
     device = next(model.parameters()).device
     state = _Pass(manifest, cfg, windows, device)
     ckpt_path, manifest_path = out / "checkpoint.pt", out / "manifest.json"
@@ -510,12 +508,17 @@ def _pass(
         log.info("resuming %s at window %d of %d", out, done_windows, windows.n_windows)
     manifest = replace(manifest, status="partial", done_windows=done_windows)
     _write_json(manifest_path, asdict(manifest))
+    bs = cfg.batch_size
 
-    def checkpoint(done: int) -> None:
+    def checkpoint(done_batches: int) -> None:
+        done = min(done_batches * bs, windows.n_windows)
         state.save(ckpt_path, done)
         _write_json(manifest_path, asdict(replace(manifest, done_windows=done)))
 
-    if not _run_batches(model, windows, state, done_windows, checkpoint, progress, max_batches):
+    batches = list(range(math.ceil(windows.n_windows / bs)))
+    if _run_batches(model, windows, state, batches, -(-done_windows // bs), checkpoint, progress, max_batches) < len(
+        batches
+    ):
         return
     for layer in state.layers:
         _write_layer(out / f"layer_{layer:02d}", state.states[layer])
@@ -523,42 +526,43 @@ def _pass(
     ckpt_path.unlink(missing_ok=True)
 
 
-def _run_batches(model, windows: Windows, state: _Pass, done_windows: int, checkpoint, progress, max_batches) -> bool:
-    """Every remaining batch through the model, checkpointing on a timer and on Ctrl-C; True when all are done."""
+def _run_batches(
+    model, windows: Windows, state: _Pass, batches: list[int], done: int, checkpoint, progress, max_batches, desc=""
+) -> bool:
+    """The batches `batches[done:]` (batch indices) through the model, checkpointing (`checkpoint(batches done)`) on a
+    timer, on Ctrl-C and when `max_batches` stops it; returns how many of `batches` are done."""
     bs = state.cfg.batch_size
     device = next(model.parameters()).device
-    batch_index, n_batches = done_windows // bs, math.ceil(windows.n_windows / bs)
     bar = tqdm(
-        total=windows.n_tokens,
-        initial=done_windows * windows.window,
+        total=len(batches) * bs * windows.window,
+        initial=done * bs * windows.window,
         unit="tok",
         unit_scale=True,
-        desc=f"collect {len(state.layers)} layers x {state.d_mlp:,} neurons",
+        desc=f"collect {len(state.layers)} layers x {state.d_mlp:,} neurons{desc}",
         disable=not progress,
     )
     last_ckpt, ran = time.monotonic(), 0
     try:
         with torch.inference_mode():
-            while batch_index < n_batches and (max_batches is None or ran < max_batches):
-                state.start = batch_index * bs
+            while done < len(batches) and (max_batches is None or ran < max_batches):
+                state.start = batches[done] * bs
                 batch = windows.tokens[state.start : state.start + bs].to(device)
                 state.ids = torch.arange(state.start, state.start + batch.shape[0], device=device)
                 run_capture(model, batch, state.layers, state.update)
-                batch_index, ran = batch_index + 1, ran + 1
+                done, ran = done + 1, ran + 1
                 bar.update(batch.shape[0] * windows.window)
-                if time.monotonic() - last_ckpt >= state.cfg.checkpoint_seconds and batch_index < n_batches:
-                    checkpoint(batch_index * bs)
+                if time.monotonic() - last_ckpt >= state.cfg.checkpoint_seconds and done < len(batches):
+                    checkpoint(done)
                     last_ckpt = time.monotonic()
     except KeyboardInterrupt:
-        checkpoint(min(batch_index * bs, windows.n_windows))
+        checkpoint(done)
         bar.close()
-        log.warning("interrupted: checkpoint saved at window %d; run again to resume", batch_index * bs)
+        log.warning("interrupted: checkpoint saved after %d of %d batches; run again to resume", done, len(batches))
         raise
     bar.close()
-    if batch_index < n_batches:
-        checkpoint(batch_index * bs)
-        return False
-    return True
+    if done < len(batches):
+        checkpoint(done)
+    return done
 
 
 def _write_layer(path: Path, st: LayerState) -> None:
