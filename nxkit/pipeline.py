@@ -77,10 +77,23 @@ def check_corpus_spec(spec: str) -> None:
     raise PipelineError(f"unknown corpus {spec!r}; choose one of: {', '.join(SOURCES)}")
 
 
-def check_base_url(name: str, url: str | None) -> None:
-    """A server URL must be http(s)://HOST[:PORT]/...; anything else is named before a request is made."""
-    if url is None:
+def check_base_url(name: str, urls: str | list[str] | None) -> None:
+    """A server URL must be http(s)://HOST[:PORT]/...; anything else is named before a request is made. Several URLs
+    (replicas of one model), or `@FILE` of them, are each checked."""
+    if urls is None:
         return
+    from .llm.base import LLMError
+    from .llm.server import endpoint_urls
+
+    try:
+        every = endpoint_urls(urls)
+    except LLMError as exc:
+        raise PipelineError(f"{name}: {exc}") from exc
+    for url in every:
+        _check_one_url(name, url)
+
+
+def _check_one_url(name: str, url: str) -> None:
     from urllib.parse import urlsplit
 
     try:
@@ -173,10 +186,12 @@ class PipelineConfig:
     """`nxkit-sim` (nxkit's trained simulator), `local` (the prompted SmolLM2), or a model name on a server; None
     uses the explainer's model, except that the offline `local` explainer's texts are scored by nxkit-sim (the
     prompted SmolLM2 ignores explanations), and `search`'s formulas are simulated exactly."""
-    base_url: str | None = None
-    """OpenAI-compatible server of the explainer (None: $OPENAI_BASE_URL or OpenAI's API)."""
-    simulator_base_url: str | None = None
-    """Server of the simulator (None: `base_url`)."""
+    base_url: list[str] | None = None
+    """OpenAI-compatible server of the explainer (None: $OPENAI_BASE_URL or OpenAI's API). Several URLs (or `@FILE`,
+    one URL per line) are replicas of one model: each request goes to the least busy, one that fails rests and the
+    request goes to another."""
+    simulator_base_url: list[str] | None = None
+    """Server(s) of the simulator (None: `base_url`)."""
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     """Explanation and scoring settings (best-of-k, windows)."""
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -1,4 +1,4 @@
-"""A loopback OpenAI-compatible server with a fixed latency per request and no capacity limit, for measuring how
+"""A loopback OpenAI-compatible server with a fixed latency per request (and no capacity limit unless `capacity=`), for measuring how
 busy the pipeline keeps a server (`bench/throughput.py`) and testing many neurons in flight, rate limits, budgets
 and faults over real HTTP.
 
@@ -169,6 +169,7 @@ class LoopbackServer:
         fault_every: int = 1,
         fault_limit: int | None = None,
         port: int = 0,
+        capacity: int | None = None,
     ):
         if answers not in ANSWERS:
             raise ValueError(f"answers must be one of {ANSWERS}, not {answers!r}")
@@ -194,6 +195,9 @@ class LoopbackServer:
         self._seen: set[bytes] = set()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
+        self.capacity = capacity
+        """Requests served at once (the others wait their turn, as on a server with a fixed batch); None: no limit."""
+        self._slots = threading.Semaphore(capacity) if capacity else None
 
     @property
     def base_url(self) -> str:
@@ -319,7 +323,11 @@ class LoopbackServer:
             storming = self.storm is not None and self.storm[0] <= now - self._t0 < self.storm[1]
             fault = self._fault_now(request)
         try:
-            time.sleep(self.latency)
+            if self._slots is not None:
+                with self._slots:
+                    time.sleep(self.latency)
+            else:
+                time.sleep(self.latency)
             if storming or fault == "http_429":
                 with self._lock:
                     self.rate_limited += 1
@@ -424,10 +432,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--storm", help="START,END seconds during which every request answers 429")
     ap.add_argument("--retry-after", type=float, default=1.0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--capacity", type=int, help="requests served at once (default: no limit)")
     args = ap.parse_args(argv)
     storm = tuple(float(v) for v in args.storm.split(",")) if args.storm else None
     server = LoopbackServer(
-        args.latency, storm, args.retry_after, args.answers, args.fault, args.fault_every, args.fault_limit, args.port
+        args.latency,
+        storm,
+        args.retry_after,
+        args.answers,
+        args.fault,
+        args.fault_every,
+        args.fault_limit,
+        args.port,
+        args.capacity,
     )
     with server:
         print(server.base_url, flush=True)

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,50 @@ VOLATILE_MODEL_FIELDS = ("created", "object", "permission", "permissions")
 """Fields of a /models entry that change when the same model is served again (vLLM's `created` is the start time)."""
 
 
+def endpoint_urls(base_url: str | list[str] | None) -> list[str | None]:
+    """The server URLs of one model: one URL, several replicas (a list, or one string of URLs separated by commas or
+    spaces), or `@FILE` (a file of URLs, one per line, `#` comments); [None] for OpenAI's own API."""
+    if base_url is None:
+        return [None]
+    items = [base_url] if isinstance(base_url, str) else list(base_url)
+    urls: list[str] = []
+    for item in items:
+        if item.startswith("@"):
+            path = Path(item[1:]).expanduser()
+            if not path.is_file():
+                raise LLMError(f"no file of server URLs at {path} (from {item!r}); give one URL per line")
+            lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+            urls += [ln for ln in lines if ln]
+        else:
+            urls += [u for u in item.replace(",", " ").split() if u]
+    if not urls:
+        raise LLMError(f"no server URL in {base_url!r}")
+    return list(dict.fromkeys(urls))
+
+
+@dataclass
+class Replica:
+    """One server of a model served by several: its URL, what it is doing and what it has answered."""
+
+    url: str | None
+    in_flight: int = 0
+    """Requests sent to it or waiting for one of its slots."""
+    rest_until: float = 0.0
+    """time.monotonic() before which no request goes to it (it failed)."""
+    fails: int = 0
+    """Failures in a row (the rest doubles with each)."""
+    usage: Usage = field(default_factory=Usage)
+    """Its requests, tokens and retries."""
+
+
+REST_UNREACHABLE = 30.0
+"""Seconds a replica that did not answer the first check rests before it is tried again."""
+
+
 class OpenAIBackend:
-    """Any OpenAI-compatible endpoint through the `openai` async client."""
+    """Any OpenAI-compatible endpoint through the `openai` async client; one model on several replicas when
+    `base_url` names several (each request goes to the least busy replica that is not resting; one that fails rests,
+    and the request goes elsewhere)."""
 
     name = "openai"
 
@@ -135,7 +177,9 @@ class OpenAIBackend:
         cache_root: str | Path | None = None,
         **settings,
     ):
-        self.config = OpenAIConfig(model=model, base_url=base_url or os.environ.get("OPENAI_BASE_URL"), **settings)
+        urls = endpoint_urls(base_url or os.environ.get("OPENAI_BASE_URL"))
+        self.replicas = [Replica(u) for u in urls]
+        self.config = OpenAIConfig(model=model, base_url=urls[0], **settings)
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not self._api_key:
             raise LLMError(
@@ -159,27 +203,42 @@ class OpenAIBackend:
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.config.model!r}, base_url={self.url!r})"
+        more = f" and {len(self.replicas) - 1} more replicas" if len(self.replicas) > 1 else ""
+        return f"OpenAIBackend(model={self.config.model!r}, base_url={self.url!r}{more})"
 
     @property
     def url(self) -> str:
-        """The server's URL as nxkit writes and prints it: any credentials in it (`user:key@`, a `key=` query)
-        are replaced by `***`."""
+        """The (first) server's URL as nxkit writes and prints it: any credentials in it (`user:key@`, a `key=`
+        query) are replaced by `***`. The cache keys hold it: replicas of one model share their answers."""
         return redact_url(self.config.base_url or "https://api.openai.com/v1")
 
-    def _client(self):
-        """One client and semaphore per event loop (an httpx pool cannot cross loops)."""
+    def endpoint_usage(self) -> dict[str, Usage]:
+        """Requests, tokens and retries per server (credentials redacted)."""
+        return {redact_url(r.url or "https://api.openai.com/v1"): r.usage for r in self.replicas}
+
+    def _client(self, replica: int = 0):
+        """One client and semaphore per replica and event loop (an httpx pool cannot cross loops)."""
         from openai import AsyncOpenAI
 
         loop = asyncio.get_running_loop()
         entry = self._per_loop.get(id(loop))
         if entry is None or entry[0] is not loop:
-            client = AsyncOpenAI(
-                api_key=self._api_key, base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout
-            )
-            entry = (loop, client, asyncio.Semaphore(self.config.max_concurrency))
+            clients = [
+                AsyncOpenAI(api_key=self._api_key, base_url=r.url, max_retries=0, timeout=self.config.timeout)
+                for r in self.replicas
+            ]
+            entry = (loop, clients, [asyncio.Semaphore(self.config.max_concurrency) for _ in self.replicas])
             self._per_loop = {id(loop): entry}
-        return entry[1], entry[2]
+        return entry[1][replica], entry[2][replica]
+
+    async def _pick(self) -> int:
+        """The least busy replica that is not resting (waiting for the first to wake when all are)."""
+        while True:
+            now = time.monotonic()
+            ready = [i for i, r in enumerate(self.replicas) if r.rest_until <= now]
+            if ready:
+                return min(ready, key=lambda i: self.replicas[i].in_flight)
+            await asyncio.sleep(min(r.rest_until for r in self.replicas) - now)
 
     def _unreachable(self, exc: Exception) -> LLMError:
         return LLMError(
@@ -187,11 +246,11 @@ class OpenAIBackend:
             "nxkit at another one with base_url= (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1"
         )
 
-    async def _models(self) -> list[dict]:
+    async def _models(self, replica: int = 0) -> list[dict]:
         import httpx
         import openai
 
-        client, _ = self._client()
+        client, _ = self._client(replica)
         try:
             response = await client.get("/models", cast_to=httpx.Response)
         except openai.APIConnectionError as exc:
@@ -220,7 +279,21 @@ class OpenAIBackend:
         model served under the same name."""
         if self._checked:
             return
-        listed = await self._models()
+        listed, first_error = None, None
+        for i, replica in enumerate(self.replicas):
+            try:
+                got = await self._models(i)
+            except LLMError as exc:
+                if len(self.replicas) == 1:
+                    raise
+                first_error = first_error or exc
+                replica.rest_until = time.monotonic() + REST_UNREACHABLE
+                log.warning("replica %s did not answer (%s); it rests %g s", redact_url(replica.url or ""), exc,
+                            REST_UNREACHABLE)  # fmt: skip
+                continue
+            listed = got if listed is None else listed
+        if listed is None:
+            raise first_error
         names = [m["id"] for m in listed]
         if names and self.config.model not in names:
             raise LLMError(f"the server at {self.url} does not serve model {self.config.model!r}; it lists: {names}")
@@ -298,7 +371,6 @@ class OpenAIBackend:
         slot excluded, takes at most `timeout` seconds however slowly the server sends its bytes."""
         import httpx
 
-        client, sem = self._client()
         path = "/chat/completions" if endpoint == "chat" else "/completions"
         body = {"model": self.config.model, **params}
         give_up_at = time.monotonic() + self.config.deadline
@@ -309,10 +381,17 @@ class OpenAIBackend:
                     f"one request to {self.url} took over {self.config.deadline:g} s in all ({attempt} attempts, "
                     "retries and waits included; deadline=): the server is overloaded or stalled"
                 )
+            i = await self._pick()
+            replica = self.replicas[i]
+            client, sem = self._client(i)
             try:
-                async with sem:
-                    await self._wait_out_pause()  # a pause that began while this request waited for a slot
-                    raw = await asyncio.wait_for(self._post(client, path, body, httpx), self.config.timeout)
+                replica.in_flight += 1
+                try:
+                    async with sem:
+                        await self._wait_out_pause()  # a pause that began while this request waited for a slot
+                        raw = await asyncio.wait_for(self._post(client, path, body, httpx), self.config.timeout)
+                finally:
+                    replica.in_flight -= 1
                 try:
                     if len(raw) >= POOL_MIN_BYTES and (pool := parse_pool(self.config.parse_workers)) is not None:
                         value, usage = await asyncio.get_running_loop().run_in_executor(pool, parse, read, raw)
@@ -321,22 +400,33 @@ class OpenAIBackend:
                 except MalformedResponse:
                     count(self.usage, requests=1, malformed=1)
                     raise
-                count(
-                    self.usage,
-                    requests=1,
-                    prompt_tokens=as_int(usage.get("prompt_tokens")),
-                    completion_tokens=as_int(usage.get("completion_tokens")),
-                )
+                amounts = {
+                    "requests": 1,
+                    "prompt_tokens": as_int(usage.get("prompt_tokens")),
+                    "completion_tokens": as_int(usage.get("completion_tokens")),
+                }
+                count(self.usage, **amounts)
+                for k, v in amounts.items():
+                    setattr(replica.usage, k, getattr(replica.usage, k) + v)
+                replica.fails = 0
                 return value
             except Exception as exc:
                 error = self._fatal(exc, last=attempt == self.config.max_retries, attempts=attempt + 1)
                 if error is not None:
                     raise error from exc
                 delay = self._retry_after(exc)
+                count(self.usage, retries=1)
+                replica.usage.retries += 1
+                if len(self.replicas) > 1:  # this replica rests; the request goes to another at once
+                    replica.fails += 1
+                    rest = delay if delay is not None else self.config.backoff * 2 ** min(replica.fails - 1, 6)
+                    replica.rest_until = time.monotonic() + rest
+                    where = redact_url(replica.url or "")
+                    log.warning("%s from replica %s; it rests %.1f s", type(exc).__name__, where, rest)
+                    continue
                 if delay is None:
                     delay = self.config.backoff * 2**attempt * (0.5 + random.random())
                 self._pause_until = max(self._pause_until, time.monotonic() + delay)
-                count(self.usage, retries=1)
                 log.warning("%s from %s; every request waits %.1f s", type(exc).__name__, self.url, delay)
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
@@ -467,7 +557,7 @@ class OpenAIBackend:
 
     def describe(self) -> Component:
         """What the manifest records of this backend (never the key)."""
-        return Component("llm", model=self.config.model, backend=self.name, base_url=self.url)
+        return Component("llm", model=self.config.model, backend=self.name, base_url=self.url)  # replicas: one model
 
 
 # --- a transformers model in this process ------------------------------------------------------
