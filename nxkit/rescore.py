@@ -3,16 +3,19 @@ release scored, beside the released score, and optionally our own explanation of
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .explain_score import process_neuron, simulate_and_score
-from .explainers.base import ExplainConfig, ExplainError
+from .explainers.base import ExplainConfig
 from .llm.base import run_sync
 from .public import PublicDataError, released_windows
 from .records import max_activation_of
 from .scorers.correlation import scores
+
+log = logging.getLogger(__name__)
 
 
 def rescore_released(
@@ -92,11 +95,13 @@ def add_scores(run, neurons, simulator, names: list[str], config: ExplainConfig 
         valid = held_out(record, "valid", config.valid_windows, config.sim_window_tokens)
         scored = run.read_results(nid).scored_explanations[0].scored_simulation
         stored = [s.simulation.tokens for s in scored.scored_sequence_simulations]
-        if [w.tokens for w in valid] != stored:
-            raise ExplainError(
-                f"neuron {nid.layer_index}:{nid.neuron_index}: the valid windows of this config are not the ones its "
-                "explanation was scored on; pass the run's own ExplainConfig (valid_windows, sim_window_tokens)"
-            )
+        if [w.tokens for w in valid] != stored:  # scored with other window settings: say so, leave it as it is
+            log.warning(
+                "neuron %d:%d: the valid windows of this config are not the ones its explanation was scored on; "
+                "skipped (pass the run's own ExplainConfig: valid_windows, sim_window_tokens)",
+                nid.layer_index, nid.neuron_index,
+            )  # fmt: skip
+            continue
         calibration = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
         for name in todo:
             seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
