@@ -82,9 +82,10 @@ def test_requests_spread_over_replicas(tmp_path):
 
     from nxkit.llm.base import run_sync
 
-    with LoopbackProcess(latency=0.1, answers="short") as a, LoopbackProcess(latency=0.1, answers="short") as b:
+    with LoopbackProcess(latency=1.0, answers="short") as a, LoopbackProcess(latency=1.0, answers="short") as b:
         backend = OpenAIBackend(MODEL, base_url=f"{a.base_url},{b.base_url}", api_key="local", cache=False,
                                 max_concurrency=4)  # fmt: skip
+        run_sync(backend.check())  # checked first: every request is picked before any answer comes back
 
         async def many():
             messages = [[{"role": "user", "content": f"what is {i}?"}] for i in range(16)]
