@@ -11,6 +11,7 @@ reading explanations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -23,7 +24,7 @@ from . import scorers
 from .explainers import as_explainer
 from .explainers.base import ExplainConfig, Explainer, ExplainError
 from .heldout import held_out, scored_windows
-from .llm.base import NEURON_USAGE, Backend, run_sync
+from .llm.base import NEURON_USAGE, Backend, Deferred, run_sync
 from .records import (
     POSITIVE,
     Candidate,
@@ -347,15 +348,19 @@ async def _one_neuron(flight, nid, acts, explainer, simulator, config, control, 
             flight.run.write_neuron(summary, results)
             if on_done is not None:
                 on_done(summary)
+        except Deferred:  # a request waits for a batch answer: the neuron waits for a later call, nothing is written
+            flight.publish(nid, None, pending=True)
+            return None
         except BaseException:
             flight.failed = True  # no neuron starts after a failure; the others in flight finish or are cancelled
             flight.publish(nid, None, pending=True)
             raise
         flight.publish(nid, summary)
     if control and summary.status == "done":
-        summary = await _control(flight, simulator, summary)
-        summary.usage = Usage(**usage.as_dict())
-        flight.run.write_neuron(summary)
+        with contextlib.suppress(Deferred):  # waiting for a batch answer: a later call runs the control
+            summary = await _control(flight, simulator, summary)
+            summary.usage = Usage(**usage.as_dict())
+            flight.run.write_neuron(summary)
     bar.update(1)
     return summary
 
@@ -365,7 +370,10 @@ async def _control_only(flight, nid, simulator) -> None:
     summary = flight.run.read_neuron(nid)
     usage = Usage(**summary.usage.as_dict())
     NEURON_USAGE.set(usage)  # the control's traffic adds to the neuron's
-    summary = await _control(flight, simulator, summary)
+    try:
+        summary = await _control(flight, simulator, summary)
+    except Deferred:  # waiting for a batch answer: a later call runs it
+        return
     summary.usage = Usage(**usage.as_dict())
     flight.run.write_neuron(summary)
 

@@ -10,7 +10,6 @@ it was. The settings are saved in the run manifest under `pipeline`.
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
 from contextlib import contextmanager
@@ -18,25 +17,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from . import files
 from .collection.collect import CollectConfig
 from .explainers import SEARCH
 from .explainers.base import ExplainConfig
 from .explainers.search import SearchConfig
+from .llm.batch import BatchRound
 from .records import NEGATIVE, POSITIVE, SAMPLE, SELECTIVE, CollectionManifest, Component, NeuronId
 from .revise import ReviseConfig
 from .runs import Run
-from .seeds import mix_seed
+from .selection import PipelineError, most_selective, parse_neurons, select_neurons  # noqa: F401 (re-exported)
 from .simulators.prompted import SimulateConfig
 
 BOTH = "both"
 SIDES = {POSITIVE: [POSITIVE], NEGATIVE: [NEGATIVE], BOTH: [POSITIVE, NEGATIVE]}
-
-
-class PipelineError(ValueError):
-    """A run that cannot start as configured."""
 
 
 _DEFERRED: list[bool] = []
@@ -219,6 +213,10 @@ class PipelineConfig:
     baseline: str | None = None
     """A run directory to compare with (a `--subject-init random` run of the same method, say): its scores are
     printed and drawn beside this run's, with the difference of means and its interval."""
+    batch_out: str | None = None
+    """Write the LLM requests each stage would send (those the response cache lacks) to this folder as OpenAI Batch
+    API files, and stop; `nxkit cache import` reads their answers into the cache and the same command goes on to the
+    next stage (one round of files per stage)."""
     progress: bool = True
     """Progress bars and stage headers."""
 
@@ -247,59 +245,6 @@ class PipelineConfig:
             raise PipelineError(f"sign must be positive, negative or both (or None: automatic), got {self.sign!r}")
 
 
-def parse_neurons(items: list[str], layers: list[int]) -> list[NeuronId]:
-    """`N` means neuron N of every layer in `layers`; `L:N` one neuron of layer L."""
-    out = []
-    for item in items:
-        try:
-            if ":" in str(item):
-                layer, neuron = (int(x) for x in str(item).split(":"))
-                out.append(NeuronId(layer, neuron))
-            else:
-                out.extend(NeuronId(layer, int(item)) for layer in layers)
-        except ValueError as exc:
-            raise PipelineError(
-                f"cannot read neuron {item!r}: write N (every chosen layer) or LAYER:N, e.g. 5:123"
-            ) from exc
-    return sorted(set(out))
-
-
-def select_neurons(
-    layers: list[int], d_mlp: int, neurons: list[str] | None = None, sample: int = 2, seed: int = 0
-) -> list[NeuronId]:
-    """The listed neurons, or `sample` per layer drawn uniformly (the same seed gives the same neurons)."""
-    if neurons:
-        chosen = parse_neurons(neurons, layers)
-        bad = [n for n in chosen if n.layer_index not in layers or not 0 <= n.neuron_index < d_mlp]
-        if bad:
-            raise PipelineError(
-                f"neuron {bad[0].layer_index}:{bad[0].neuron_index} is not in the collection "
-                f"(layers {layers}, neurons 0 to {d_mlp - 1}); add its layer with --collect.layers or pick another"
-            )
-        return chosen
-    if sample > d_mlp:
-        raise PipelineError(f"cannot sample {sample} neurons from a layer of {d_mlp}")
-    return sorted(
-        NeuronId(layer, n)
-        for layer in layers
-        for n in random.Random(mix_seed(seed, layer)).sample(range(d_mlp), sample)
-    )
-
-
-def most_selective(acts, layers: list[int], per_layer: int, exclude: list[NeuronId] = ()) -> list[NeuronId]:
-    """Each layer's `per_layer` neurons of highest excess kurtosis over the corpus (the collection's own moments: a
-    neuron silent on most tokens and strong on a few), leaving out `exclude` (the sample)."""
-    if per_layer <= 0:
-        return []
-    skip = {(n.layer_index, n.neuron_index) for n in exclude}
-    out = []
-    for layer in layers:
-        kurt = np.nan_to_num(acts.moments(layer)[:, 3], nan=-np.inf)
-        ranked = [int(i) for i in np.argsort(-kurt, kind="stable") if (layer, int(i)) not in skip]
-        out += [NeuronId(layer, i) for i in ranked[:per_layer]]
-    return sorted(out)
-
-
 @dataclass
 class PipelineResult:
     """What a run did."""
@@ -314,6 +259,8 @@ class PipelineResult:
     """The report, when written."""
     smoke_level: bool = False
     """True when the explainer or simulator is a smoke-level model (its scores say little)."""
+    batch: BatchRound | None = None
+    """With `batch_out`: the batch files this call wrote before it stopped (None: nothing was left to ask)."""
 
 
 def make_llms(config: PipelineConfig):
@@ -330,7 +277,12 @@ def make_llms(config: PipelineConfig):
         config.explainer, explainer.llm, config.simulator, config.simulate,
         base_url=config.simulator_base_url or config.base_url, explainer_base_url=config.base_url, **server,
     )  # fmt: skip
-    for llm in {id(c.llm): c.llm for c in (explainer, simulator) if c.llm is not None}.values():
+    llms = {id(c.llm): c.llm for c in (explainer, simulator) if c.llm is not None}.values()
+    if config.batch_out:
+        from .llm.batch import attach
+
+        attach(llms, config.batch_out)
+    for llm in llms:
         run_sync(llm.check())
     return explainer, simulator
 
@@ -405,6 +357,8 @@ def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:
     stopped = explain_sides(config, sides, neurons, explainer, simulator, subject)
     model = model if subject is None else subject.loaded  # the ablation score may have loaded it
     stages.stop()
+    if batch := _batch_round(explainer, simulator, "explain+score"):
+        return PipelineResult(run, neurons, stages.seconds, batch=batch)
 
     stages.start(
         "shuffled control", "shuffled-explanation control (each neuron scored with another neuron's explanation)"
@@ -412,6 +366,8 @@ def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:
     for side in sides:  # a side's control takes an explanation of the same side
         shuffled_controls(side, simulator, neurons=neurons, seed=config.explain.seed, progress=config.progress)
     stages.stop()
+    if batch := _batch_round(explainer, simulator, "shuffled control"):
+        return PipelineResult(run, neurons, stages.seconds, batch=batch)
 
     if revise and stopped:
         print("revision skipped: the budget is spent", flush=True)
@@ -424,6 +380,8 @@ def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:
                 break
             model = revise_stage(config, side, model, explainer, simulator, neurons, left)
         stages.stop()
+        if batch := _batch_round(explainer, simulator, "revision"):
+            return PipelineResult(run, neurons, stages.seconds, batch=batch)
     elif config.revise.rounds and config.progress:
         print(
             "\nrevision skipped: the search explainer writes formulas, not prose an LLM revises; revise with an LLM "
@@ -444,6 +402,12 @@ def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:
     run.update_manifest(pipeline_seconds={k: round(v, 1) for k, v in stages.seconds.items()})
     smoke = any(Component.of(c.describe()).smoke_level for c in (explainer, simulator))
     return PipelineResult(run, neurons, stages.seconds, report, smoke)
+
+
+def _batch_round(explainer, simulator, stage: str):
+    """In batch mode, the batch files of the requests this stage waits for (written now), else None."""
+    out = next((c.llm.batch for c in (explainer, simulator) if getattr(c.llm, "batch", None) is not None), None)
+    return out.write(stage) if out is not None and out.pending else None
 
 
 def prepare_collection(config: PipelineConfig, run: Run):

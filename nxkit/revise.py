@@ -30,7 +30,7 @@ from .explain_score import Budget, _sum_usage, simulate_and_score
 from .explainers import as_explainer
 from .explainers.base import train_windows
 from .heldout import held_out, scored_windows
-from .llm.base import Backend, LLMError, run_sync, unusable
+from .llm.base import Backend, Deferred, LLMError, run_sync, unusable
 from .offline import SubjectError
 from .prompts import KINDS
 from .records import (
@@ -501,9 +501,11 @@ def revise_run(
                     stopped.append(why)
                     bar.update(1)
                     return
-                done[nid] = await _revise_neuron(
-                    run, model, nid.layer_index, nid.neuron_index, explainer, simulator, config
-                )
+                layer, n = nid.layer_index, nid.neuron_index
+                try:
+                    done[nid] = await _revise_neuron(run, model, layer, n, explainer, simulator, config)
+                except Deferred:  # a request waits for a batch answer: this neuron waits for a later call
+                    return bar.update(1)
             bar.update(1)
             stats = summarize([r for r in done.values() if r is not None])
             if stats["n_compared"]:

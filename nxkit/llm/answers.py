@@ -119,19 +119,26 @@ READERS = {"chat": read_chat, "echo": read_echo, "own": read_own_logprobs, "plac
 """What `parse` can read an answer into, by name (a name and plain arguments travel to a parsing worker)."""
 
 
+def read_answer(reader: tuple | list, data: Any) -> tuple[Any, dict]:
+    """Read one decoded answer with `READERS[reader[0]](data, *reader[1:])`: (small form, usage); raises
+    `MalformedResponse` for anything it cannot read (also an answer imported from a batch file)."""
+    if not reader or reader[0] not in READERS:
+        raise MalformedResponse(f"no reader {reader!r}: this answer was noted by another nxkit")
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return READERS[reader[0]](data, *reader[1:]), usage if isinstance(usage, dict) else {}
+
+
 def parse(reader: tuple, raw: bytes) -> tuple[Any, dict]:
     """Decode one answer and read it with `READERS[reader[0]](data, *reader[1:])`: (small form, usage). Runs in the
     calling process or in a parsing worker; raises `MalformedResponse` for anything it cannot read."""
     try:
-        data = orjson.loads(raw)
-        usage = data.get("usage") if isinstance(data, dict) else None
-        value = READERS[reader[0]](data, *reader[1:])
+        value, usage = read_answer(reader, orjson.loads(raw))
     except (orjson.JSONDecodeError, MalformedResponse) as exc:
         raise MalformedResponse(
             f"{len(raw):,} bytes that are not the answer asked for ({type(exc).__name__}: {exc}); they begin "
             f"{raw[:60]!r}"
         ) from None
-    return value, usage if isinstance(usage, dict) else {}
+    return value, usage
 
 
 def watch_parent(parent: int) -> None:

@@ -16,6 +16,11 @@ class LLMError(RuntimeError):
     """An LLM backend that cannot be reached, configured or understood."""
 
 
+class Deferred(Exception):  # noqa: N818 (not an error: a request that waits)
+    """A request that waits for its answer from a batch file (`llm.batch`): the neuron asking for it waits for a later
+    run. Not an `LLMError`, so that no stage records it as a failure."""
+
+
 def redact_url(url: str) -> str:
     """`url` with any credentials replaced by `***`: the password (or a lone user name) of `user:key@host`, and the
     values of query parameters that look like keys (`key`, `api_key`, `token`, `secret`, `password`, `sig`)."""

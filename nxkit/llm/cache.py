@@ -61,6 +61,7 @@ class ResponseCache:
             db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB, used REAL)")
             db.execute("CREATE INDEX IF NOT EXISTS responses_used ON responses (used)")
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS pending (key TEXT PRIMARY KEY, custom_id TEXT, reader TEXT)")
             row = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
             if row is None:
                 old = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
@@ -139,6 +140,38 @@ class ResponseCache:
                 db.execute("DELETE FROM responses WHERE key = ?", (key,))
                 if self._size is not None:
                     self._size -= row[0]
+
+    def add_pending(self, rows: list[tuple[str, str, str]]) -> int:
+        """Note requests written to a batch file: (cache key, custom_id, reader as JSON). Returns how many were noted
+        already (written to an earlier file whose answers were not imported)."""
+        with self._lock:
+            db = self._conn()
+            keys = list(dict.fromkeys(k for k, _, _ in rows))
+            before = 0
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                sql = f"SELECT COUNT(*) FROM pending WHERE key IN ({','.join('?' * len(chunk))})"
+                before += db.execute(sql, chunk).fetchone()[0]
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", rows)
+            db.execute("COMMIT")
+            return before
+
+    def pending_rows(self) -> dict[str, list[tuple[str, list]]]:
+        """The requests waiting for batch answers: custom_id -> [(cache key, reader)]."""
+        out: dict[str, list[tuple[str, list]]] = {}
+        with self._lock:
+            for key, cid, reader in self._conn().execute("SELECT key, custom_id, reader FROM pending"):
+                out.setdefault(cid, []).append((key, orjson.loads(reader)))
+        return out
+
+    def drop_pending(self, keys: list[str]) -> None:
+        """Forget requests whose answers were imported."""
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM pending WHERE key = ?", [(k,) for k in keys])
+            db.execute("COMMIT")
 
     def _trim(self, db) -> None:
         """Drop the least recently used entries down to 90% of `max_bytes` (walking the `used` index)."""

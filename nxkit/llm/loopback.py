@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -422,6 +423,24 @@ class LoopbackProcess:
             self._proc.wait(timeout=30)
 
 
+def answer_batch(requests: str | Path, output: str | Path, answers: str = "realistic") -> int:
+    """Answer a batch input file (OpenAI Batch API JSONL, as `nxkit run --batch-out` writes it) the way this server
+    answers over HTTP, into an output file in the batch service's format (`custom_id`, `response.status_code`,
+    `response.body`, `error`); returns how many lines it answered. What a test uses in place of a batch service."""
+    server = LoopbackServer(latency=0.0, answers=answers)
+    lines = []
+    for i, raw in enumerate(Path(requests).read_bytes().splitlines()):
+        if not raw.strip():
+            continue
+        line = orjson.loads(raw)
+        status, body, _, _ = server._answer(line["url"], line["body"])
+        response = {"status_code": status, "request_id": f"loopback-{i}", "body": body}
+        lines.append(orjson.dumps({"id": f"batch_req_{i}", "custom_id": line["custom_id"], "response": response,
+                                   "error": None}))  # fmt: skip
+    Path(output).write_bytes(b"\n".join(lines) + b"\n")
+    return len(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="A loopback OpenAI-compatible server (nxkit's tests and benchmarks).")
     ap.add_argument("--latency", type=float, default=0.2)
@@ -433,7 +452,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--retry-after", type=float, default=1.0)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--capacity", type=int, help="requests served at once (default: no limit)")
+    ap.add_argument("--batch", nargs=2, metavar=("IN", "OUT"), help="answer a batch input file into OUT, and exit")
     args = ap.parse_args(argv)
+    if args.batch:
+        print(f"answered {answer_batch(*args.batch, answers=args.answers)} requests into {args.batch[1]}")
+        return
     storm = tuple(float(v) for v in args.storm.split(",")) if args.storm else None
     server = LoopbackServer(
         args.latency,

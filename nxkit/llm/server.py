@@ -10,6 +10,7 @@ scores whole prompts in one forward pass and reuses the keys and values of the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ from .answers import CACHE_FORMAT, CACHE_FORMAT_KEY, MalformedResponse, as_int, 
 from .base import (
     Capabilities,
     Completion,
+    Deferred,
     LLMError,
     PromptLogprobs,
     TokenLogprob,
@@ -194,6 +196,8 @@ class OpenAIBackend:
         self._in_flight: dict[str, asyncio.Future] = {}  # requests on their way, by cache key (one event loop)
         self._pause_until = 0.0  # time.monotonic() before which no request is sent (shared backoff)
         self._shift: int | None = self.config.prompt_logprobs_shift
+        self.batch = None
+        """A `batch.BatchOut` in batch mode: requests the cache does not hold are written to files, not sent."""
         url = self.config.base_url or "https://api.openai.com/v1"
         guess = "api.openai.com" not in url
         self.capabilities = Capabilities(
@@ -279,6 +283,12 @@ class OpenAIBackend:
         model served under the same name."""
         if self._checked:
             return
+        if self.batch is not None:  # nothing is sent: a batch service answers; the shift probe goes in the first file
+            self._checked = True
+            if self.capabilities.prompt_logprobs and self._shift is None:
+                with contextlib.suppress(Deferred):
+                    await self.prompt_shift()
+            return
         listed, first_error = None, None
         for i, replica in enumerate(self.replicas):
             try:
@@ -328,6 +338,10 @@ class OpenAIBackend:
             if isinstance(hit, dict) and hit.get(CACHE_FORMAT_KEY) == CACHE_FORMAT:
                 count(self.usage, cache_hits=1)
                 return hit["value"]
+        if self.batch is not None:
+            path = "/chat/completions" if endpoint == "chat" else "/completions"
+            self.batch.add(self.cache, key, read, path, {"model": self.config.model, **params})
+            raise Deferred(f"{endpoint} request {key[:12]} waits for its batch answer")
         waiting = self._in_flight.get(key)
         if waiting is not None:  # the same request is already on its way: share its answer, send nothing
             count(self.usage, cache_hits=1)
