@@ -4,6 +4,7 @@ SmolLM2 neurons, trained against randomly re-initialised.
     .venv/bin/python bench/ablation.py cost [--neurons 8]
     .venv/bin/python bench/ablation.py runs [--sample 7]
     .venv/bin/python bench/ablation.py report
+    .venv/bin/python bench/ablation.py show-output --collection runs/NAME/activations [--sample 1]
 
 `cost`: for `--neurons` neurons spread over the layers, each with 10 valid windows of 64 tokens (5 top, 5 random) of
 the trained collection and a simulation (their real activations with noise), the seconds per neuron of three paths:
@@ -20,6 +21,11 @@ finished collection of the same corpus (bench/trust.py), it is linked instead of
 ablation score's mean with its count and undefined count, the binned relation (mean ablation per band of
 correlation) beside the paper's (correlation 0.9 goes with ablation about 0.6 on top and random windows, Bills et al.
 2023), and ten neurons with their explanation, what they write and the three scores side by side.
+
+`show-output`: the LLM explainer (`--explainer`, default the offline `local` SmolLM2) on `--sample` neurons per layer of
+one collection, without and with what each neuron writes in its prompt (`--explain.show-output`), into
+`runs/show-output-off` and `runs/show-output-on`; prints each score's mean both ways and the paired difference over
+neurons with a 95% bootstrap interval.
 """
 
 from __future__ import annotations
@@ -164,14 +170,65 @@ def _f(x) -> str:
     return "  -  " if x is None or x != x else f"{x:+.2f}"
 
 
+def show_output(args) -> None:
+    """The LLM explainer with and without what the neuron writes (`--explain.show-output`), on the same neurons of one
+    collection, each explanation scored by correlation and by ablation; the paired differences over neurons."""
+    from nxkit.cli import main as nxkit
+    from nxkit.runs import Run
+
+    collection = Path(args.collection).resolve()
+    if not (collection / "manifest.json").exists():
+        sys.exit(f"--collection {collection}: no finished collection there (it needs what neurons write, too)")
+    tables = {}
+    for label, extra in (("off", []), ("on", ["--explain.show-output"])):
+        name = f"show-output-{label}"
+        path = ROOT / name
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / "activations").exists():
+            (path / "activations").symlink_to(collection, target_is_directory=True)
+        argv = [
+            "run", "--name", name, "--explainer", args.explainer, "--corpus", args.corpus, "--max-tokens",
+            str(args.max_tokens), "--sample", str(args.sample), "--sign", "positive", "--no-report",
+            "--explain.best-of", str(args.best_of), "--explain.scorers", "simulation", "ablation",
+            "--explain.valid-windows", "5", "--revise.rounds", "0", *extra,
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        assert nxkit(argv) == 0
+        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        df = Run(path).table()
+        tables[label] = df[df["status"] == "done"].set_index(["layer", "neuron"])
+    off, on = tables["off"], tables["on"]
+    print(f"\nexplainer {args.explainer!r}, {len(off)} and {len(on)} neurons done without and with what they write")
+    rng = np.random.default_rng(0)
+    for column in ("top_and_random", "ablation_top_and_random"):
+        pair = off[[column]].join(on[[column]], lsuffix="_off", rsuffix="_on", how="inner").dropna()
+        d = (pair[f"{column}_on"] - pair[f"{column}_off"]).to_numpy()
+        if not len(d):
+            print(f"{column}: no neuron with both scores defined")
+            continue
+        boot = [rng.choice(d, len(d)).mean() for _ in range(2000)]
+        low, high = np.percentile(boot, [2.5, 97.5])
+        print(
+            f"{column}: off {pair[f'{column}_off'].mean():+.3f}, on {pair[f'{column}_on'].mean():+.3f} over {len(d)} "
+            f"neurons with both defined; on - off {d.mean():+.3f} [{low:+.3f}, {high:+.3f}] (95% bootstrap over neurons)"
+        )
+    for (layer, neuron), row in on.head(6).iterrows():
+        before = off.loc[(layer, neuron), "explanation"] if (layer, neuron) in off.index else "-"
+        print(f"  {layer}:{neuron} off {str(before)[:60]!r} | on {str(row['explanation'])[:60]!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["cost", "runs", "report"])
+    parser.add_argument("part", choices=["cost", "runs", "report", "show-output"])
+    parser.add_argument("--collection", help="show-output: a finished collection (its activations/ folder)")
+    parser.add_argument("--explainer", default="local", help="show-output: the LLM explainer")
+    parser.add_argument("--corpus", default="fortunes")
+    parser.add_argument("--best-of", type=int, default=2)
     parser.add_argument("--neurons", type=int, default=8)
     parser.add_argument("--sample", type=int, default=7)
     parser.add_argument("--max-tokens", type=int, default=200000)
     args = parser.parse_args()
-    {"cost": cost, "runs": runs, "report": report}[args.part](args)
+    {"cost": cost, "runs": runs, "report": report, "show-output": show_output}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def cmd_run(config: PipelineConfig) -> None:
 
 def cmd_collect(command: Collect) -> None:
     """The pipeline's collection stage alone."""
-    from .pipeline import other_rank, prepare_collection
+    from .collection.distributed import other_rank
+    from .pipeline import prepare_collection
     from .runs import Run
 
     config = PipelineConfig(source=command.source, collect=command.collect)

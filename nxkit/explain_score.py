@@ -24,7 +24,7 @@ from . import scorers
 from .explainers import as_explainer
 from .explainers.base import ExplainConfig, Explainer, ExplainError
 from .heldout import held_out, scored_windows
-from .llm.base import NEURON_USAGE, Backend, Deferred, run_sync
+from .llm.base import NEURON_USAGE, Backend, Deferred, endpoint_usage, run_sync
 from .records import (
     POSITIVE,
     Candidate,
@@ -139,17 +139,10 @@ async def process_neuron(
             simulator, best, test, record.max_activation, "test", intervals=False
         )
         fails = fails + test_fails
-    results = {}
-    for name in dict.fromkeys(k for k in config.scorers if k != scorers.SIMULATION):
-        seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
-        llm = simulator.llm if simulator.llm is not None else explainer.llm
-        calibration = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
-        context = ScoringContext(
-            nid, best, valid, record.max_activation, seed, llm, sign=sign, simulation=scored,
-            calibration=calibration, simulator=simulator, mean_activation=record.mean, subject=subject,
-        )  # fmt: skip
-        results[name], lost = await scorers.get_scorer(name).score(context)
-        failures += lost
+    more = [k for k in dict.fromkeys(config.scorers) if k != scorers.SIMULATION]
+    llm = simulator.llm if simulator.llm is not None else explainer.llm
+    results, lost = await run_scorers(more, record, best, valid, scored, config, sign, simulator, llm, subject)
+    failures += lost
     summary = NeuronSummary(
         status="done",
         candidates=candidates,
@@ -165,6 +158,27 @@ async def process_neuron(
         **base,
     )
     return summary, NeuronSimulationResults(nid, [ScoredExplanation(best.text, scored)])
+
+
+async def run_scorers(
+    names: list[str], record: NeuronRecord, explanation: Candidate, valid: list, simulation, config: ExplainConfig,
+    sign: str, simulator: Simulator, llm, subject=None,
+) -> tuple[dict, list]:  # fmt: skip
+    """The scorers `names` (registered, other than `simulation`) on one neuron's kept explanation, scored on its
+    `valid` windows (`simulation`: their simulation); each gets the calibration windows to fit on and a seed of its
+    own. Returns their results by name and the failures met on the way (what `process_neuron` and
+    `rescore.add_scores` both run)."""
+    nid, results, failures = record.neuron_id, {}, []
+    calibration = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens) if names else []
+    for name in names:
+        seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
+        context = ScoringContext(
+            nid, explanation, valid, record.max_activation, seed, llm, sign=sign, simulation=simulation,
+            calibration=calibration, simulator=simulator, mean_activation=record.mean, subject=subject,
+        )  # fmt: skip
+        results[name], lost = await scorers.get_scorer(name).score(context)
+        failures += lost
+    return results, failures
 
 
 # --- a run: many neurons in flight -----------------------------------------------------------------
@@ -474,7 +488,11 @@ def explain_and_score(
         )
     )
     run.compact_table()
-    run.update_manifest(usage=_sum_usage(explainer.usage, simulator.usage), stopped=stopped)
+    run.update_manifest(
+        usage=_sum_usage(explainer.usage, simulator.usage),
+        endpoints=endpoint_usage(explainer.llm, simulator.llm),
+        stopped=stopped,
+    )
     if stopped:
         left = len(run.todo(neurons, retry_failed))
         log.warning("stopped: %s; %d neurons left (run again with a larger budget to resume)", stopped, left)

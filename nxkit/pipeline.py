@@ -9,7 +9,6 @@ it was. The settings are saved in the run manifest under `pipeline`.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from contextlib import contextmanager
@@ -307,21 +306,14 @@ class _Stages:
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run (or resume) every stage; returns what was done. Prints a stage header and progress for each."""
 
+    from .collection.distributed import other_rank
+
     run = Run(config.source.path)
     if other_rank():  # under torchrun, ranks above 0 collect their shares and stop; rank 0 holds the run
         prepare_collection(config, run)
         return PipelineResult(run, [], {}, None, False)
     with run.lock():  # a second process on this run stops at once; a crashed one's half-done writes are finished
         return _run_pipeline(config, run)
-
-
-def other_rank() -> bool:
-    """True in a torchrun rank above 0 (joining its process group first)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    from .collection.distributed import init_from_env
-
-    return init_from_env()[0] > 0
 
 
 def _run_pipeline(config: PipelineConfig, run: Run) -> PipelineResult:

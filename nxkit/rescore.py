@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .explain_score import process_neuron, simulate_and_score
+from .explain_score import process_neuron, run_scorers, simulate_and_score
 from .explainers.base import ExplainConfig
 from .llm.base import run_sync
 from .public import PublicDataError, released_windows
@@ -74,7 +74,6 @@ def add_scores(run, neurons, simulator, names: list[str], config: ExplainConfig 
     from . import scorers
     from .heldout import held_out
     from .runs import as_run
-    from .scorers import ScoringContext
 
     run, config = as_run(run), config or ExplainConfig()
     for name in names:
@@ -102,16 +101,12 @@ def add_scores(run, neurons, simulator, names: list[str], config: ExplainConfig 
                 nid.layer_index, nid.neuron_index,
             )  # fmt: skip
             continue
-        calibration = held_out(record, "calibration", config.calibration_windows, config.sim_window_tokens)
-        for name in todo:
-            seed = scorers.scorer_seed(config.seed, nid.layer_index, nid.neuron_index, name)
-            context = ScoringContext(
-                nid, summary.original_candidate, valid, record.max_activation, seed, simulator.llm, sign=run.sign,
-                simulation=scored, calibration=calibration, simulator=simulator, mean_activation=record.mean,
-                subject=subject,
-            )  # fmt: skip
-            summary.scorer_results[name], lost = run_sync(scorers.get_scorer(name).score(context))
-            summary.failures += lost
+        results, lost = run_sync(
+            run_scorers(todo, record, summary.original_candidate, valid, scored, config, run.sign, simulator,
+                        simulator.llm, subject)
+        )  # fmt: skip
+        summary.scorer_results.update(results)
+        summary.failures += lost
         run.write_neuron(summary)
         added += 1
     run.compact_table()

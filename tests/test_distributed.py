@@ -58,8 +58,11 @@ def one_and_two(tmp_path_factory):
 
 
 def test_two_ranks_keep_what_one_process_keeps(one_and_two):
-    one, two = one_and_two
-    for layer in (0, 5):
+    _assert_same(*one_and_two, layers=(0, 5))
+
+
+def _assert_same(one: Path, two: Path, layers) -> None:
+    for layer in layers:
         for name in EXACT:
             a, b = np.load(one / f"layer_{layer:02d}/{name}.npy"), np.load(two / f"layer_{layer:02d}/{name}.npy")
             assert a.shape == b.shape and np.array_equal(a, b), f"layer {layer} {name} differs"
@@ -73,6 +76,33 @@ def test_two_ranks_keep_what_one_process_keeps(one_and_two):
 
     m1, m2 = (json.loads((p / "manifest.json").read_text()) for p in (one, two))
     assert m1["status"] == m2["status"] == "complete" and m1["corpus"] == m2["corpus"]
+
+
+def tiny_gpt2(path: Path) -> Path:
+    """A two-layer GPT-2 (GELU MLPs of 256 neurons, random weights, SmolLM2's tokenizer) saved as a Hugging Face
+    folder, which `--model PATH` loads offline: another architecture than the offline model's gated MLPs."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from nxkit.offline import load_offline_hf
+
+    _, tok = load_offline_hf()
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_inner=256, vocab_size=len(tok), n_positions=128,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_two_ranks_keep_what_one_process_keeps_on_a_tiny_model(tmp_path):
+    model = tiny_gpt2(tmp_path / "tiny-gpt2")
+    extra = ["--model", str(model), "--collect.layers", "0", "1", "--collect.bottom-k", "8"]
+    for name, ranks in (("one", 1), ("two", 2)):
+        done = _collect(tmp_path / name, ranks, extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "one" / "activations", tmp_path / "two" / "activations"
+    assert np.load(one / "layer_01/bottom_acts.npy").size  # the negative side is kept, and compared
+    _assert_same(one, two, layers=(0, 1))
 
 
 def test_a_stopped_two_rank_pass_resumes_to_the_same_collection(one_and_two, tmp_path):

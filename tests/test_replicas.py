@@ -71,6 +71,8 @@ def test_a_replica_killed_mid_run_rests_and_the_run_finishes_alike(tmp_path):
     assert usage[b.base_url].retries >= 1  # requests sent to it after the kill failed and went to a
     assert usage[a.base_url].requests == served_a
     assert backend.usage.requests == served_a + killed[0]
+    recorded = run.manifest().endpoints  # the run manifest keeps the share of each replica
+    assert {url: u.requests for url, u in recorded.items()} == {a.base_url: served_a, b.base_url: killed[0]}
     with LoopbackProcess(latency=0.02, answers="short") as one:
         alone, done_alone, _ = _run(tmp_path, "one", one.base_url)
     assert [s.explanation for s in done] == [s.explanation for s in done_alone]

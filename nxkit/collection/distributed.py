@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
+import time
 from dataclasses import asdict, replace
 from datetime import timedelta
 
@@ -57,6 +59,14 @@ def init_from_env() -> tuple[int, int]:
     return world()
 
 
+def other_rank() -> bool:
+    """True in a torchrun rank above 0 (joining its process group first): it collects its share and stops, while rank
+    0 holds the run and runs the other stages."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    return init_from_env()[0] > 0
+
+
 def rank_device(device: str | None) -> str | None:
     """The device this rank runs on: its own GPU (`LOCAL_RANK`) when there are GPUs and none was named."""
     if device is None and world()[1] > 1 and torch.cuda.is_available():
@@ -78,6 +88,7 @@ def shard_pass(model, windows, out, manifest, cfg, progress, max_batches, rank: 
     """One rank's share of the pass (see the module's docstring); rank 0 writes the merged collection."""
     from .collect import _Pass, _run_batches, _write_json, _write_layer
 
+    t_start = time.perf_counter()
     device = next(model.parameters()).device
     state = _Pass(manifest, cfg, windows, device)
     bs = cfg.batch_size
@@ -108,11 +119,15 @@ def shard_pass(model, windows, out, manifest, cfg, progress, max_batches, rank: 
     if not _all_agree(done >= len(mine), device):
         log.warning("rank %d: not every rank has finished its batches; run again to resume", rank)
         return
+    t_merge = time.perf_counter()
     for layer in state.layers:
         merge_layer(state.states[layer], bs, rank, size)
         if rank == 0:
             _write_layer(out / f"layer_{layer:02d}", state.states[layer])
     dist.barrier()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    log.info("rank %d of %d: pass %.1f s, merge and write %.1f s, peak memory %.0f MiB", rank, size,
+             t_merge - t_start, time.perf_counter() - t_merge, peak)  # fmt: skip
     if rank == 0:
         _write_json(manifest_path, asdict(replace(manifest, status="complete", done_windows=windows.n_windows)))
     ckpt_path.unlink(missing_ok=True)

@@ -59,6 +59,18 @@ NEURON_USAGE: ContextVar[Usage | None] = ContextVar("nxkit_neuron_usage", defaul
 counted per neuron even with many neurons in flight on one backend."""
 
 
+def endpoint_usage(*llms) -> dict[str, Usage] | None:
+    """The traffic per server of `llms` (each backend counted once, servers shared by two backends summed); None when
+    none of them reports one (`Backend.endpoint_usage` is optional)."""
+    out: dict[str, Usage] = {}
+    for llm in {id(x): x for x in llms if x is not None}.values():
+        for url, usage in (getattr(llm, "endpoint_usage", dict)() or {}).items():
+            total = out.setdefault(url, Usage())
+            for k, v in usage.as_dict().items():
+                setattr(total, k, getattr(total, k) + v)
+    return out or None
+
+
 def count(usage: Usage, **amounts: int) -> None:
     """Add `amounts` to a backend's counters and to the current neuron's, when a task is working for one."""
     for target in {id(u): u for u in (usage, NEURON_USAGE.get()) if u is not None}.values():
@@ -152,7 +164,10 @@ def logprobs_at(lp: PromptLogprobs, offsets: list[int], candidates: list[str]) -
 
 @runtime_checkable
 class Backend(Protocol):
-    """An LLM the explainer and the simulators talk to. Implementations: `OpenAIBackend`, `LocalBackend`."""
+    """An LLM the explainer and the simulators talk to. Implementations: `OpenAIBackend`, `LocalBackend`.
+
+    Optional: `endpoint_usage() -> dict[str, Usage]`, the traffic per server (a backend on several replicas), which
+    the run manifest records under `endpoints`."""
 
     name: str
     capabilities: Capabilities

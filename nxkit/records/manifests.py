@@ -146,6 +146,9 @@ class RunManifest:
     """LLM traffic of the last explain-and-score call."""
     stopped: str | None = None
     """Why the last call stopped early (a budget), None when it did not."""
+    endpoints: dict[str, Usage] | None = None
+    """The traffic per server (credentials redacted) of the last explanation call's backends, since they started:
+    how a model on several replicas shared the work. None without a server."""
     pipeline_seconds: dict[str, float] | None = None
     """Wall time per stage of the last `nxkit run`."""
 
@@ -158,6 +161,8 @@ class RunManifest:
                 )
         if self.usage is not None:
             self.usage = Usage.of(self.usage)
+        if self.endpoints is not None:
+            self.endpoints = {url: Usage.of(u) for url, u in self.endpoints.items()}
 
     @classmethod
     def from_json_obj(cls, obj: dict) -> RunManifest:
