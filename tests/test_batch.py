@@ -128,17 +128,10 @@ ROUNDS = 40
 
 
 def _outcome(run):
-    summaries = {
-        s.neuron_id: (
-            s.status,
-            s.explanation,
-            [c.text for c in s.candidates],
-            s.scores,
-            s.shuffled_control_from,
-            s.shuffled_control,
-        )  # fmt: skip
-        for s in run.summaries()
-    }
+    """What a run concluded per neuron (`test_flight.outcome`) and per revision."""
+    from test_flight import outcome
+
+    summaries = outcome(run)
     revisions = {n: (r.status, r.final_explanation, r.score_after) for n in summaries if (r := run.read_revision(n))}
     return summaries, revisions
 

@@ -342,6 +342,33 @@ def test_the_small_cached_form_gives_the_same_simulation_as_the_whole_echo(tmp_p
     assert store.size_bytes() / len(store) < 4_000  # bytes per answer: the small form, not the echo
 
 
+def test_both_http_layers_read_the_same_answers():
+    """The aiohttp layer (the default where httpx-aiohttp is installed) and the openai client's own httpx give the same
+    simulation numbers and chat text, and a wrong transport name is refused."""
+    from nxkit import prompts
+    from nxkit.llm.loopback import MODEL, LoopbackServer
+    from nxkit.simulators.prompted import DIGITS
+
+    tokens = [" The", " cat", " sat", " on", " the", " mat"]
+    got = {}
+    with LoopbackServer(latency=0.0) as server:
+        for transport in ("httpx", "aiohttp"):
+            b = OpenAIBackend(MODEL, base_url=server.base_url, api_key="local", cache=False, transport=transport)
+            prefix, (text, places) = prompts.simulate_prefix("the word cat"), prompts.simulate_window_text(tokens)
+            kept = run_sync(b.placeholder_logprobs(prefix, text, places, DIGITS, top=20))
+            chat = run_sync(b.chat([{"role": "user", "content": "What does this neuron respond to? cat"}])).text
+            got[transport] = (kept, chat)
+            client, _ = run_sync(_client_of(b))
+            assert ("AioHttp" in type(client._client).__name__) == (transport == "aiohttp")
+    assert got["httpx"] == got["aiohttp"] and any(got["httpx"][0])
+    with pytest.raises(LLMError, match="transport must be"):
+        OpenAIBackend(MODEL, base_url="http://127.0.0.1:9/v1", api_key="local", transport="curl")
+
+
+async def _client_of(backend):
+    return backend._client(0)
+
+
 def test_a_cache_from_an_older_nxkit_is_named_and_not_read(tmp_path, caplog):
     import sqlite3
 

@@ -7,6 +7,8 @@ never surfaces as a `KeyError` deep in a stage.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -154,3 +156,42 @@ def watch_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, daemon=True, name="nxkit-parent-watch").start()
+
+
+POOL_MIN_BYTES = 32 * 1024
+"""Answers at least this long (an echoed prompt with its log-probabilities) are decoded in a parsing worker."""
+_POOL: tuple[int, Any] | None = None
+
+
+def parse_pool(workers: int | None):
+    """The parsing workers this process shares (started on first use, `spawn`ed: this process has threads); None
+    when there is no core to spare or `workers` is 0. `workers` None: one per core beyond the first, at most 4."""
+    global _POOL
+    n = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else workers
+    if n == 0:
+        return None
+    if _POOL is None or _POOL[0] != n:
+        import concurrent.futures
+        import multiprocessing
+
+        if _POOL is not None:
+            _POOL[1].shutdown(wait=False)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            n, mp_context=multiprocessing.get_context("spawn"), initializer=watch_parent, initargs=(os.getpid(),)
+        )
+        _POOL = (n, pool)
+    return _POOL[1]
+
+
+def parse_workers_cpu() -> float:
+    """CPU seconds the parsing workers of this process have used (read from /proc; 0 where it cannot be read)."""
+    if _POOL is None:
+        return 0.0
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in list(_POOL[1]._processes or {}):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total

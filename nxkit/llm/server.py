@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,16 @@ from typing import Any
 import orjson
 
 from ..records import Component, Usage
-from .answers import CACHE_FORMAT, CACHE_FORMAT_KEY, MalformedResponse, as_int, parse, watch_parent
+from .answers import (  # noqa: F401 (parse_workers_cpu: read by bench/throughput.py from here)
+    CACHE_FORMAT,
+    CACHE_FORMAT_KEY,
+    POOL_MIN_BYTES,
+    MalformedResponse,
+    as_int,
+    parse,
+    parse_pool,
+    parse_workers_cpu,
+)
 from .base import (
     Capabilities,
     Completion,
@@ -68,6 +78,9 @@ class OpenAIConfig:
     parse_workers: int | None = None
     """Processes that decode long answers (echoed prompts), so that the event loop's process is not the limit; None:
     one per core beyond the first (at most 4); 0: decode in this process."""
+    transport: str = "auto"
+    """The HTTP layer under the `openai` client: `aiohttp` (its C parser reads a long echoed answer in a fraction of
+    the CPU time), `httpx` (the client's own), or `auto` (aiohttp when `httpx-aiohttp` is installed)."""
     prompt_logprobs_shift: int | None = None
     """0 when the server's echoed top log-probabilities at token i predict token i (OpenAI, vLLM); 1 when they
     predict token i+1 (llama-cpp-python 0.3). None detects it once with a counting probe."""
@@ -75,49 +88,12 @@ class OpenAIConfig:
     def __post_init__(self):
         if not self.model:
             raise LLMError("model must be a non-empty model name")
+        if self.transport not in ("auto", "aiohttp", "httpx"):
+            raise LLMError(f"transport must be auto, aiohttp or httpx, not {self.transport!r}")
         if self.prompt_logprobs_shift not in (None, 0, 1):
             raise LLMError("prompt_logprobs_shift must be None, 0 or 1")
         if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.backoff < 0:
             raise LLMError("max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0 are required")
-
-
-POOL_MIN_BYTES = 32 * 1024
-"""Answers at least this long (an echoed prompt with its log-probabilities) are decoded in a parsing worker."""
-_POOL: tuple[int, Any] | None = None
-
-
-def parse_pool(workers: int | None):
-    """The parsing workers this process shares (started on first use, `spawn`ed: this process has threads); None
-    when there is no core to spare or `workers` is 0. `workers` None: one per core beyond the first, at most 4."""
-    global _POOL
-    n = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else workers
-    if n == 0:
-        return None
-    if _POOL is None or _POOL[0] != n:
-        import concurrent.futures
-        import multiprocessing
-
-        if _POOL is not None:
-            _POOL[1].shutdown(wait=False)
-        pool = concurrent.futures.ProcessPoolExecutor(
-            n, mp_context=multiprocessing.get_context("spawn"), initializer=watch_parent, initargs=(os.getpid(),)
-        )
-        _POOL = (n, pool)
-    return _POOL[1]
-
-
-def parse_workers_cpu() -> float:
-    """CPU seconds the parsing workers of this process have used (read from /proc; 0 where it cannot be read)."""
-    if _POOL is None:
-        return 0.0
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    for pid in list(_POOL[1]._processes or {}):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 VOLATILE_MODEL_FIELDS = ("created", "object", "permission", "permissions")
@@ -162,6 +138,25 @@ class Replica:
 
 REST_UNREACHABLE = 30.0
 """Seconds a replica that did not answer the first check rests before it is tried again."""
+
+
+def _close_clients(loop, clients) -> None:
+    """Close a backend's clients on their event loop once the backend is gone or the interpreter exits (aiohttp warns
+    of an unclosed pool); waits for it, except on the loop's own thread."""
+    import threading
+
+    async def close() -> None:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    if loop.is_closed() or not loop.is_running():
+        return
+    with contextlib.suppress(Exception):
+        if getattr(loop, "_thread_id", None) == threading.get_ident():
+            loop.create_task(close())
+        else:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
 
 
 class OpenAIBackend:
@@ -228,12 +223,32 @@ class OpenAIBackend:
         entry = self._per_loop.get(id(loop))
         if entry is None or entry[0] is not loop:
             clients = [
-                AsyncOpenAI(api_key=self._api_key, base_url=r.url, max_retries=0, timeout=self.config.timeout)
+                AsyncOpenAI(
+                    api_key=self._api_key,
+                    base_url=r.url,
+                    max_retries=0,
+                    timeout=self.config.timeout,
+                    http_client=self._http_client(),
+                )  # fmt: skip
                 for r in self.replicas
             ]
             entry = (loop, clients, [asyncio.Semaphore(self.config.max_concurrency) for _ in self.replicas])
             self._per_loop = {id(loop): entry}
+            weakref.finalize(self, _close_clients, loop, clients)  # when the backend goes, or at exit
         return entry[1][replica], entry[2][replica]
+
+    def _http_client(self):
+        """The HTTP client under the `openai` client (None: its own httpx), as `transport` says."""
+        if self.config.transport == "httpx":
+            return None
+        try:
+            import httpx_aiohttp  # noqa: F401 (what DefaultAioHttpClient needs)
+            from openai import DefaultAioHttpClient
+        except ImportError as exc:
+            if self.config.transport == "aiohttp":
+                raise LLMError("transport='aiohttp' needs `pip install httpx-aiohttp` (or openai[aiohttp])") from exc
+            return None
+        return DefaultAioHttpClient(timeout=self.config.timeout)
 
     async def _pick(self) -> int:
         """The least busy replica that is not resting (waiting for the first to wake when all are)."""
