@@ -201,7 +201,7 @@ def show_output(args) -> None:
     print(f"\nexplainer {args.explainer!r}, {len(off)} and {len(on)} neurons done without and with what they write")
     rng = np.random.default_rng(0)
     for column in ("top_and_random", "ablation_top_and_random"):
-        pair = off[[column]].join(on[[column]], lsuffix="_off", rsuffix="_on", how="inner").dropna()
+        pair = off[[column]].add_suffix("_off").join(on[[column]].add_suffix("_on"), how="inner").dropna()
         d = (pair[f"{column}_on"] - pair[f"{column}_off"]).to_numpy()
         if not len(d):
             print(f"{column}: no neuron with both scores defined")
