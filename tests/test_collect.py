@@ -243,3 +243,26 @@ def test_killed_pass_resumes_to_the_same_result(subject, tmp_path):
                 peak(np.asarray(resumed._array(layer, name))), peak(np.asarray(straight._array(layer, name))),
                 rtol=1e-4, atol=1e-5,
             )  # fmt: skip
+
+
+def test_equal_scores_go_to_the_lower_window_id():
+    """KeepBest fed batches in window order keeps the windows of a brute-force sort by (score descending, id
+    ascending), with many equal maxima; two of them fed alternate batches (as two ranks are) merge by `best_first` to
+    the same."""
+    from nxkit.collection.collect import KeepBest, best_first
+
+    gen = torch.Generator().manual_seed(0)
+    n_windows, pos, neurons, k = 64, 4, 30, 5
+    acts = torch.randint(0, 3, (n_windows, pos, neurons), generator=gen).float()  # many windows share a maximum
+    one, ranks = KeepBest(neurons, k, pos, "cpu"), [KeepBest(neurons, k, pos, "cpu") for _ in range(2)]
+    for b, start in enumerate(range(0, n_windows, 8)):
+        w = torch.arange(start, start + 8)
+        for keep in (one, ranks[b % 2]):
+            keep.update(acts[w].amax(1), acts[w], w)
+    scores, windows, kept_acts = one.ordered()
+    for n in range(neurons):
+        want = sorted(range(n_windows), key=lambda w: (-acts[w, :, n].max().item(), w))[:k]
+        assert windows[n].tolist() == want
+    merged = best_first(*(torch.cat([getattr(r, a) for r in ranks], dim=1) for a in ("scores", "windows", "acts")), k)
+    for a, b in zip((scores, windows, kept_acts), merged, strict=True):
+        assert torch.equal(a, b)
