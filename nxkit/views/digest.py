@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..records import NEGATIVE, POSITIVE, SAMPLE
 from ..runs import Run
+from . import viz
 from .viz import anchor, esc, show_token
 
 THRESHOLDS = (0.5, 0.8)
@@ -56,7 +57,7 @@ def shares(df: pd.DataFrame, column: str = "top_and_random") -> dict:
     vals = done[column].dropna()
     out = {"n": int(vals.size), "done": len(done), "undefined": int(len(done) - vals.size), "neurons": len(df)}
     for t in THRESHOLDS:
-        out[t] = int((vals >= t).sum())
+        out[t] = viz.share_above(done, t, column, inclusive=True)["above"]
     return out
 
 

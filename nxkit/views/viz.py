@@ -160,15 +160,16 @@ def _short(text: object, n: int = 80) -> str:
 
 
 def share_above(
-    data: pd.DataFrame | Run | str | Path, threshold: float = PAPER_THRESHOLD, column: str = "top_and_random"
+    data: pd.DataFrame | Run | str | Path,
+    threshold: float = PAPER_THRESHOLD,
+    column: str = "top_and_random",
+    inclusive: bool = False,
 ) -> dict:
-    """Neurons with a defined score, and the share of them above `threshold` (the paper's 0.8 by default)."""
+    """Neurons with a defined score, and the share of them above `threshold` (the paper's "above 0.8" by default;
+    `inclusive`: at or above it, as the digest counts its shares)."""
     vals = _frame(data)[column].dropna()
-    return {
-        "n": int(vals.size),
-        "above": int((vals > threshold).sum()),
-        "share": float((vals > threshold).mean()) if vals.size else None,
-    }
+    hit = vals >= threshold if inclusive else vals > threshold
+    return {"n": int(vals.size), "above": int(hit.sum()), "share": float(hit.mean()) if vals.size else None}
 
 
 # --- figures --------------------------------------------------------------------------------------
