@@ -18,7 +18,7 @@ import pandas as pd
 from ..records import NEGATIVE, POSITIVE, SAMPLE
 from ..runs import Run
 from . import viz
-from .viz import anchor, esc, show_token
+from .viz import anchor, esc, in_context, show_token
 
 THRESHOLDS = (0.5, 0.8)
 """The shares printed: at or above each."""
@@ -122,11 +122,6 @@ def best_neurons(
     return out, note
 
 
-def _context_text(tokens: list[str], peak: int) -> str:
-    text = "".join(tokens[:peak]) + "[" + tokens[peak] + "]" + "".join(tokens[peak + 1 :])
-    return text.replace("\n", "⏎")
-
-
 def _interval(iv: tuple[float, float] | None) -> str:
     return "[  —  ]" if iv is None else f"[{iv[0]:+.2f}, {iv[1]:+.2f}]"
 
@@ -148,7 +143,7 @@ def digest_text(run: Run, n: int = 15) -> str:
             f"{b.explanation}"
         )
         for act, tokens, peak in b.contexts:
-            lines.append(f"        {act:6.2f}  {_context_text(tokens, peak)!r}")
+            lines.append(f"        {act:6.2f}  {in_context(tokens, peak, newline='⏎')!r}")
         if b.writes:
             lines.append(f"        writes: {b.writes}")
     return "\n".join(lines)

@@ -465,6 +465,14 @@ def split_heatmaps(windows: Sequence[ScoredWindow], max_activation: float, n: in
     return "".join(out)
 
 
+def in_context(tokens: list[str], peak: int, width: int | None = None, newline: str | None = None) -> str:
+    """The tokens around `peak` (`width` on each side; None: all of them) as one text, the token at `peak` in
+    [brackets]; line breaks written as `newline` when given."""
+    lo, hi = (0, len(tokens)) if width is None else (max(0, peak - width), min(len(tokens), peak + width + 1))
+    text = "".join(tokens[lo:peak]) + "[" + tokens[peak] + "]" + "".join(tokens[peak + 1 : hi])
+    return text if newline is None else text.replace("\n", newline)
+
+
 def describe_top(acts, layers: list[int] | None = None, per_layer: int = 2, windows: int = 3, context: int = 8) -> str:
     """Text showing, for the most selective neurons (highest kurtosis) of a few layers of a collection
     (`nxkit.collection.activations.Activations`), the top tokens in context, the strongest token in [brackets]."""
@@ -479,7 +487,5 @@ def describe_top(acts, layers: list[int] | None = None, per_layer: int = 2, wind
                 lines.append(f"    writes: {writes.line()}")
             for r in rec.most_positive_activation_records[:windows]:
                 i = int(np.argmax(r.activations))
-                lo, hi = max(0, i - context), min(len(r.tokens), i + context + 1)
-                text = "".join(r.tokens[lo:i]) + "[" + r.tokens[i] + "]" + "".join(r.tokens[i + 1 : hi])
-                lines.append(f"    {r.activations[i]:6.2f}  {text!r}")
+                lines.append(f"    {r.activations[i]:6.2f}  {in_context(r.tokens, i, context)!r}")
     return "\n".join(lines)
