@@ -81,7 +81,7 @@ class OpenAIConfig:
     bench/throughput.py measured 3.9 ms and 207 requests/s against 4.3 ms and 232 with workers, on 2 cores)."""
     transport: str = "auto"
     """The HTTP layer under the `openai` client: `aiohttp` (its C parser reads a long echoed answer in a fraction of
-    the CPU time), `httpx` (the client's own), or `auto` (aiohttp when `httpx-aiohttp` is installed)."""
+    the CPU time), `httpx` (the client's own), or `auto` (aiohttp when the openai client can use it)."""
     prompt_logprobs_shift: int | None = None
     """0 when the server's echoed top log-probabilities at token i predict token i (OpenAI, vLLM); 1 when they
     predict token i+1 (llama-cpp-python 0.3). None detects it once with a counting probe."""
@@ -243,13 +243,13 @@ class OpenAIBackend:
         if self.config.transport == "httpx":
             return None
         try:
-            import httpx_aiohttp  # noqa: F401 (what DefaultAioHttpClient needs)
             from openai import DefaultAioHttpClient
-        except ImportError as exc:
+
+            return DefaultAioHttpClient(timeout=self.config.timeout)
+        except (ImportError, RuntimeError) as exc:  # an openai without it, or aiohttp missing
             if self.config.transport == "aiohttp":
-                raise LLMError("transport='aiohttp' needs `pip install httpx-aiohttp` (or openai[aiohttp])") from exc
+                raise LLMError(f"transport='aiohttp' needs `pip install aiohttp` and openai >= 1.9x ({exc})") from exc
             return None
-        return DefaultAioHttpClient(timeout=self.config.timeout)
 
     async def _pick(self) -> int:
         """The least busy replica that is not resting (waiting for the first to wake when all are)."""
