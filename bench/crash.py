@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARYING = {
     "seconds", "usage", "requests", "prompt_tokens", "completion_tokens", "cache_hits", "retries", "malformed",
     "reused_prompt_tokens", "pipeline_seconds", "elapsed", "created", "started", "finished", "base_url", "run_dir",
+    "endpoints",
 }  # fmt: skip
 """Fields that say how long, how much traffic or where (the run folder, the loopback port), not what was found."""
 
