@@ -220,8 +220,7 @@ class Budget:
 def _sum_usage(*usages: Usage) -> Usage:
     out = Usage()
     for u in {id(u): u for u in usages}.values():  # one backend serving both counts once
-        for k, v in u.as_dict().items():
-            setattr(out, k, getattr(out, k) + v)
+        out.add(**u.as_dict())
     return out
 
 

@@ -65,17 +65,14 @@ def endpoint_usage(*llms) -> dict[str, Usage] | None:
     out: dict[str, Usage] = {}
     for llm in {id(x): x for x in llms if x is not None}.values():
         for url, usage in (getattr(llm, "endpoint_usage", dict)() or {}).items():
-            total = out.setdefault(url, Usage())
-            for k, v in usage.as_dict().items():
-                setattr(total, k, getattr(total, k) + v)
+            out.setdefault(url, Usage()).add(**usage.as_dict())
     return out or None
 
 
 def count(usage: Usage, **amounts: int) -> None:
     """Add `amounts` to a backend's counters and to the current neuron's, when a task is working for one."""
     for target in {id(u): u for u in (usage, NEURON_USAGE.get()) if u is not None}.values():
-        for k, v in amounts.items():
-            setattr(target, k, getattr(target, k) + v)
+        target.add(**amounts)
 
 
 @dataclass

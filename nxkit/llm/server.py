@@ -192,6 +192,7 @@ class OpenAIBackend:
         self._in_flight: dict[str, asyncio.Future] = {}  # requests on their way, by cache key (one event loop)
         self._pause_until = 0.0  # time.monotonic() before which no request is sent (shared backoff)
         self._shift: int | None = self.config.prompt_logprobs_shift
+        self._url = redact_url(self.config.base_url or "https://api.openai.com/v1")  # read for every request's key
         self.batch = None
         """A `batch.BatchOut` in batch mode: requests the cache does not hold are written to files, not sent."""
         url = self.config.base_url or "https://api.openai.com/v1"
@@ -210,7 +211,7 @@ class OpenAIBackend:
     def url(self) -> str:
         """The (first) server's URL as nxkit writes and prints it: any credentials in it (`user:key@`, a `key=`
         query) are replaced by `***`. The cache keys hold it: replicas of one model share their answers."""
-        return redact_url(self.config.base_url or "https://api.openai.com/v1")
+        return self._url
 
     def endpoint_usage(self) -> dict[str, Usage]:
         """Requests, tokens and retries per server (credentials redacted)."""
@@ -355,8 +356,7 @@ class OpenAIBackend:
                 count(self.usage, cache_hits=1)
                 return hit["value"]
         if self.batch is not None:
-            path = "/chat/completions" if endpoint == "chat" else "/completions"
-            self.batch.add(self.cache, key, read, path, {"model": self.config.model, **params})
+            self.batch.add(self.cache, key, read, *self._wire(endpoint, params))
             raise Deferred(f"{endpoint} request {key[:12]} waits for its batch answer")
         waiting = self._in_flight.get(key)
         if waiting is not None:  # the same request is already on its way: share its answer, send nothing
@@ -380,6 +380,10 @@ class OpenAIBackend:
             await asyncio.to_thread(self.cache.flush)
         return value
 
+    def _wire(self, endpoint: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of a request as the server (or a batch file) gets it."""
+        return ("/chat/completions" if endpoint == "chat" else "/completions"), {"model": self.config.model, **params}
+
     async def _wait_out_pause(self) -> None:
         while (wait := self._pause_until - time.monotonic()) > 0:
             await asyncio.sleep(wait)
@@ -401,8 +405,7 @@ class OpenAIBackend:
         slot excluded, takes at most `timeout` seconds however slowly the server sends its bytes."""
         import httpx
 
-        path = "/chat/completions" if endpoint == "chat" else "/completions"
-        body = {"model": self.config.model, **params}
+        path, body = self._wire(endpoint, params)
         give_up_at = time.monotonic() + self.config.deadline
         for attempt in range(self.config.max_retries + 1):
             await self._wait_out_pause()
@@ -436,8 +439,7 @@ class OpenAIBackend:
                     "completion_tokens": as_int(usage.get("completion_tokens")),
                 }
                 count(self.usage, **amounts)
-                for k, v in amounts.items():
-                    setattr(replica.usage, k, getattr(replica.usage, k) + v)
+                replica.usage.add(**amounts)
                 replica.fails = 0
                 return value
             except Exception as exc:

@@ -35,6 +35,11 @@ class Usage:
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
+    def add(self, **amounts: int) -> None:
+        """Add `amounts` (counter name -> how many) to these counters."""
+        for k, v in amounts.items():
+            setattr(self, k, getattr(self, k) + v)
+
     def reset(self) -> None:
         for k in dataclasses.asdict(self):
             setattr(self, k, 0)
